@@ -1,0 +1,452 @@
+"""The replicating process: pidfile, start (background or foreground), stop.
+
+Exactly one litestream per workspace config: every start and stop holds an
+exclusive lock on ``<state dir>/litestream.lock`` while it looks at and
+changes the pidfile, so concurrent starts serialise and the losers find the
+winner's daemon. The pidfile names a process by pid *and* create time *and*
+command line; one whose process is gone, or whose pid now belongs to another
+program, is stale and never used to signal anything. Only this module touches
+the pidfile.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+
+import psutil
+
+from . import logfile
+from .config import Settings, require_r2
+from .errors import BackupError, translate
+from .litestream import Litestream
+from .render import LitestreamConfig, read_config
+
+LOCK_TIMEOUT = 120.0  # a start holds the lock until its first sync at most
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 30.0  # litestream's own shutdown-sync-timeout
+CREATE_TIME_SLACK = 1.0  # seconds; psutil rounds differently across platforms
+POLL = 0.1
+
+
+# -- platform differences ---------------------------------------------------
+
+
+class Posix:
+    def lock(self, fh: IO[bytes]) -> None:
+        """Take an exclusive lock on ``fh`` or raise BlockingIOError at once."""
+        import fcntl
+
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def unlock(self, fh: IO[bytes]) -> None:
+        import fcntl
+
+        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def interrupt(self, proc: psutil.Process | subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+        """Ask litestream to make its final sync and exit."""
+        proc.send_signal(sig)
+
+
+class Windows:
+    """Windows: litestream only handles os.Interrupt (Ctrl-C / Ctrl-Break)."""
+
+    def __init__(self, kill: Callable[[int, int], None] | None = None, msvcrt: Any = None):
+        self._kill = kill or os.kill
+        self._msvcrt = msvcrt
+
+    def _locking(self) -> Any:
+        if self._msvcrt is None:
+            import msvcrt
+
+            self._msvcrt = msvcrt
+        return self._msvcrt
+
+    def lock(self, fh: IO[bytes]) -> None:
+        m = self._locking()
+        try:
+            m.locking(fh.fileno(), m.LK_NBLCK, 1)
+        except OSError as exc:
+            raise BlockingIOError(str(exc)) from None
+
+    def unlock(self, fh: IO[bytes]) -> None:
+        m = self._locking()
+        fh.seek(0)
+        m.locking(fh.fileno(), m.LK_UNLCK, 1)
+
+    def interrupt(self, proc: psutil.Process | subprocess.Popen, sig: int = 0) -> None:
+        # The daemon was started with CREATE_NEW_PROCESS_GROUP, so its pid is
+        # its group id and CTRL_BREAK_EVENT reaches it alone. Where that cannot
+        # reach it (another console), there is no control socket on Windows to
+        # ask for a sync first: terminate, and the next start catches up from
+        # the WAL.
+        try:
+            self._kill(proc.pid, getattr(signal, "CTRL_BREAK_EVENT", 1))
+        except OSError:
+            proc.terminate()
+
+
+def current_platform() -> Posix | Windows:
+    return Windows() if sys.platform == "win32" else Posix()
+
+
+# -- the pidfile ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PidRecord:
+    pid: int
+    create_time: float
+    cmdline: list[str]
+    config: str
+    started_at: str  # RFC 3339, UTC
+    log: str | None
+    foreground: bool = False
+
+
+@dataclass(frozen=True)
+class DaemonState:
+    state: str  # "running", "stopped" or "stale"
+    record: PidRecord | None = None
+    reason: str = ""
+    process: psutil.Process | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.state == "running"
+
+    @property
+    def pid(self) -> int | None:
+        return self.record.pid if self.running and self.record else None
+
+
+def _read_pidfile(path: Path) -> PidRecord | None | str:
+    """The record, None when there is no pidfile, or a reason it is unreadable."""
+    try:
+        data = json.loads(path.read_text("utf-8"))
+        return PidRecord(**data)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as exc:
+        return f"unreadable pidfile ({type(exc).__name__})"
+
+
+def _write_pidfile(path: Path, record: PidRecord) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(asdict(record), indent=2) + "\n", "utf-8")
+    os.replace(tmp, path)
+
+
+def _remove_pidfile(path: Path, record: PidRecord | None) -> None:
+    """Remove the pidfile, but only while it still names ``record``."""
+    current = _read_pidfile(path)
+    if record is None or not isinstance(current, PidRecord) or current == record:
+        path.unlink(missing_ok=True)
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def check(settings: Settings) -> DaemonState:
+    """What the pidfile says, proven against the process table. Signals nothing."""
+    record = _read_pidfile(settings.pidfile)
+    if record is None:
+        return DaemonState("stopped")
+    if isinstance(record, str):
+        return DaemonState("stale", None, record)
+    try:
+        proc = psutil.Process(record.pid)
+        same = (
+            abs(proc.create_time() - record.create_time) < CREATE_TIME_SLACK
+            and proc.cmdline() == record.cmdline
+        )
+    except psutil.NoSuchProcess:
+        return DaemonState("stale", record, f"process {record.pid} is gone")
+    except psutil.AccessDenied:
+        same = False
+    if not same:
+        return DaemonState("stale", record, f"pid {record.pid} now belongs to another program")
+    if not _alive(proc):
+        return DaemonState("stale", record, f"process {record.pid} has exited")
+    return DaemonState("running", record, process=proc)
+
+
+@contextlib.contextmanager
+def _locked(settings: Settings, platform: Posix | Windows, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + timeout
+    with open(settings.lockfile, "a+b") as fh:
+        while True:
+            try:
+                platform.lock(fh)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise BackupError(
+                        f"another chora-backup command has held {settings.lockfile} for "
+                        f"{timeout:g}s: wait for it, or check 'inv backup.status'"
+                    ) from None
+                time.sleep(POLL)
+        try:
+            yield
+        finally:
+            platform.unlock(fh)
+
+
+def _refuse_other_workspace(settings: Settings, state: DaemonState) -> None:
+    if state.running and state.record and state.record.config != str(settings.config_path):
+        raise BackupError(
+            f"BACKUP_STATE_DIR {settings.state_dir} belongs to the daemon of "
+            f"{state.record.config} (pid {state.record.pid}): give each workspace its own "
+            "BACKUP_STATE_DIR"
+        )
+
+
+def _prepare(settings: Settings, config: LitestreamConfig | None) -> LitestreamConfig:
+    config = config or read_config(settings.config_path)
+    if config.uses_s3:
+        require_r2(settings)
+    return config
+
+
+def _record(proc: subprocess.Popen, argv: list[str], settings: Settings, foreground: bool) -> PidRecord:
+    try:
+        create_time = psutil.Process(proc.pid).create_time()
+    except psutil.NoSuchProcess:
+        create_time = 0.0  # it died at once; the start-up wait reports why
+    return PidRecord(
+        pid=proc.pid,
+        create_time=create_time,
+        cmdline=argv,
+        config=str(settings.config_path),
+        started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        log=None if foreground else str(settings.logfile),
+        foreground=foreground,
+    )
+
+
+# -- background ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StartResult:
+    pid: int
+    log: Path
+    already_running: bool
+    stale: DaemonState | None = None
+    waiting: tuple[Path, ...] = ()  # databases that do not exist yet
+
+
+def start_background(
+    settings: Settings,
+    litestream: Litestream,
+    timeout: float = START_TIMEOUT,
+    platform: Posix | Windows | None = None,
+) -> StartResult:
+    """Start the daemon and return once it is healthy, or raise with its log."""
+    platform = platform or current_platform()
+    with _locked(settings, platform):
+        state = check(settings)
+        _refuse_other_workspace(settings, state)
+        if state.running and state.record:
+            return StartResult(state.record.pid, settings.logfile, already_running=True)
+        config = _prepare(settings, None)
+        argv = litestream.argv("replicate")
+        logfile.rotate(settings.logfile)
+        offset = logfile.size(settings.logfile)
+        with open(settings.logfile, "ab") as log:
+            proc = litestream.spawn("replicate", stdout=log, stderr=subprocess.STDOUT, detached=True)
+        record = _record(proc, argv, settings, foreground=False)
+        _write_pidfile(settings.pidfile, record)
+        try:
+            waiting = _wait_healthy(settings, litestream, config, proc, offset, timeout)
+        except BaseException:
+            _kill(proc, platform)
+            _remove_pidfile(settings.pidfile, record)
+            raise
+        return StartResult(
+            proc.pid,
+            settings.logfile,
+            already_running=False,
+            stale=state if state.state == "stale" else None,
+            waiting=waiting,
+        )
+
+
+def _synced(litestream: Litestream, socket: Path) -> set[Path] | None:
+    """Databases the daemon has synced at least once, per its control socket."""
+    proc = litestream.run("list", "-json", "-socket", str(socket), timeout=5, check=False)
+    if proc.returncode != 0:
+        return None  # not listening yet
+    try:
+        listing = json.loads(proc.stdout)
+    except ValueError:
+        return None
+    return {Path(db["path"]) for db in listing.get("databases") or [] if db.get("last_sync_at")}
+
+
+def _startup_error(settings: Settings, offset: int) -> str | None:
+    for line in logfile.read_since(settings.logfile, offset).splitlines():
+        if "level=ERROR" in line:
+            return translate(line, "litestream reported an error")
+    return None
+
+
+def _wait_healthy(
+    settings: Settings,
+    litestream: Litestream,
+    config: LitestreamConfig,
+    proc: subprocess.Popen,
+    offset: int,
+    timeout: float,
+) -> tuple[Path, ...]:
+    """Wait for the first sync of every database that exists."""
+    started = time.monotonic()
+    deadline = started + timeout
+
+    def failure(reason: str) -> BackupError:
+        lines = tuple(settings.mask(l) for l in logfile.tail(settings.logfile, 20, offset))
+        return BackupError(settings.mask(reason), details=lines)
+
+    while True:
+        code = proc.poll()
+        if code is not None:
+            error = _startup_error(settings, offset)
+            raise failure(error or f"litestream exited with code {code} while starting")
+        error = _startup_error(settings, offset)
+        if error:
+            raise failure(f"litestream failed to start: {error}")
+        waiting = tuple(db.path for db in config.databases if not db.path.exists())
+        pending = [db.path for db in config.databases if db.path.exists()]
+        if config.socket:
+            synced = _synced(litestream, config.socket)
+            if synced is not None and all(p in synced for p in pending):
+                return waiting
+        elif time.monotonic() - started > 2.0:
+            # No control socket (Windows): alive and quiet for two ticks.
+            return waiting
+        if time.monotonic() > deadline:
+            raise failure(
+                f"litestream made no first sync within {timeout:g}s: see {settings.logfile}"
+            )
+        time.sleep(POLL)
+
+
+def _kill(proc: subprocess.Popen | psutil.Process, platform: Posix | Windows) -> None:
+    with contextlib.suppress(psutil.Error, OSError):
+        proc.kill()
+    if isinstance(proc, subprocess.Popen):
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(10)
+
+
+# -- foreground ----------------------------------------------------------------
+
+
+def run_foreground(
+    settings: Settings,
+    litestream: Litestream,
+    out: IO[str],
+    config: LitestreamConfig | None = None,
+    platform: Posix | Windows | None = None,
+) -> int:
+    """Replicate in the foreground, streaming masked output; litestream's exit code.
+
+    SIGINT and SIGTERM are passed on so litestream makes its final sync. The
+    pidfile names the child meanwhile, so start-bg and stop see it.
+    """
+    platform = platform or current_platform()
+    with _locked(settings, platform):
+        state = check(settings)
+        _refuse_other_workspace(settings, state)
+        if state.running and state.record:
+            how = "in the foreground" if state.record.foreground else "by 'inv backup.start-bg'"
+            raise BackupError(
+                f"litestream already replicates this workspace (pid {state.record.pid}, started "
+                f"{how}): stop it first with 'inv backup.stop'"
+            )
+        config = _prepare(settings, config)
+        argv = litestream.argv("replicate")
+        proc = litestream.spawn("replicate", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        record = _record(proc, argv, settings, foreground=True)
+        _write_pidfile(settings.pidfile, record)
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(OSError):
+            platform.interrupt(proc, signum)
+
+    handled = [signal.SIGINT, signal.SIGTERM]
+    if hasattr(signal, "SIGHUP"):
+        handled.append(signal.SIGHUP)
+    previous = {sig: signal.signal(sig, forward) for sig in handled}
+    try:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            out.write(settings.mask(raw.decode("utf-8", errors="replace")))
+            out.flush()
+        return proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if proc.poll() is None:
+            platform.interrupt(proc)
+            proc.wait()
+        with _locked(settings, platform):
+            _remove_pidfile(settings.pidfile, record)
+
+
+# -- stop ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StopResult:
+    was_running: bool
+    pid: int | None = None
+    forced: bool = False
+    stale: DaemonState | None = None
+
+
+def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(proc):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(POLL / 2)
+    return True
+
+
+def stop(
+    settings: Settings, timeout: float = STOP_TIMEOUT, platform: Posix | Windows | None = None
+) -> StopResult:
+    """Stop the daemon gracefully (final sync), killing it after ``timeout``."""
+    platform = platform or current_platform()
+    with _locked(settings, platform):
+        state = check(settings)
+        if not state.running or state.record is None or state.process is None:
+            if state.state == "stale":
+                _remove_pidfile(settings.pidfile, state.record)
+            return StopResult(False, stale=state if state.state == "stale" else None)
+        proc = state.process
+        with contextlib.suppress(psutil.NoSuchProcess):
+            platform.interrupt(proc)
+        forced = not _wait_gone(proc, timeout)
+        if forced:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+            _wait_gone(proc, 10)
+        _remove_pidfile(settings.pidfile, state.record)
+        return StopResult(True, pid=state.record.pid, forced=forced)

@@ -1,0 +1,112 @@
+"""The project's error types and exit codes.
+
+Nothing below the task layer prints or exits: library code raises a
+``BackupError`` carrying one line a person can act on, and the task layer
+turns it into ``invoke.Exit``.
+"""
+from __future__ import annotations
+
+# Exit codes, in one place. The README documents them.
+EXIT_OK = 0
+EXIT_FAILED = 1  # the operation failed, or a check did not pass
+EXIT_CONFIG = 2  # bad input: .env, variables, flags, paths
+EXIT_NOT_RUNNING = 3  # status: no daemon runs for this workspace
+
+
+class BackupError(Exception):
+    """An expected failure with a message that names the fix."""
+
+    code = EXIT_FAILED
+
+    def __init__(self, message: str, code: int | None = None, details: tuple[str, ...] = ()):
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+        # Lines worth showing before the message, such as a log's tail.
+        self.details = details
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0])
+
+
+class ConfigError(BackupError):
+    """The configuration (.env, environment, flags, litestream.yml) is unusable."""
+
+    code = EXIT_CONFIG
+
+
+class LitestreamError(BackupError):
+    """litestream itself failed; the message is already translated."""
+
+
+# Known litestream failures, most specific first: (substring, what to do).
+_TRANSLATIONS: tuple[tuple[str, str], ...] = (
+    (
+        "has no WithTransportOptions",
+        "litestream could not load its AWS config because AWS_CA_BUNDLE reached it; "
+        "this is a chora-backup bug, please report it",
+    ),
+    (
+        "NoSuchBucket",
+        "the bucket does not exist: create it, or fix R2_BUCKET in .env",
+    ),
+    (
+        "InvalidAccessKeyId",
+        "access denied: the access key id was refused; check R2_ACCESS_KEY_ID in .env",
+    ),
+    (
+        "SignatureDoesNotMatch",
+        "access denied: the secret key was refused; check R2_SECRET_ACCESS_KEY in .env",
+    ),
+    (
+        "AccessDenied",
+        "access denied: check that the API token has Object Read & Write permission "
+        "on the bucket",
+    ),
+    (
+        "no such host",
+        "cannot resolve the storage endpoint: check R2_ACCOUNT_ID or R2_ENDPOINT",
+    ),
+    (
+        "connection refused",
+        "the storage endpoint refused the connection: check R2_ENDPOINT and your network",
+    ),
+    (
+        "x509:",
+        "the endpoint's TLS certificate was not trusted: check R2_ENDPOINT, or set "
+        "SSL_CERT_FILE to your CA bundle",
+    ),
+    (
+        "database is locked",
+        "database locked: stop any process holding a write lock on the database",
+    ),
+    (
+        "no matching backup files available",
+        "nothing to restore yet: the replica holds no backup for that point "
+        "(start replication with 'inv backup.start-bg')",
+    ),
+    (
+        "no replicas",
+        "no replicas configured: run 'inv backup.setup' (or 'inv backup.local')",
+    ),
+)
+
+
+def translate(stderr: str, fallback: str) -> str:
+    """Turn litestream's stderr into one actionable line.
+
+    ``fallback`` is used when no known failure matches; the last ``Error:``
+    line of litestream's own output is appended to it so nothing is hidden.
+    """
+    for needle, advice in _TRANSLATIONS:
+        if needle.lower() in stderr.lower():
+            return advice
+    last = ""
+    for line in stderr.splitlines():
+        if line.strip():
+            last = line.strip()
+        if line.startswith("Error:"):
+            last = line[len("Error:"):].strip()
+            break
+    return f"{fallback}: {last}" if last else fallback

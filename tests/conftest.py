@@ -1,0 +1,304 @@
+"""Fixtures: a real S3 server on 127.0.0.1, isolated workspaces, real processes.
+
+Every process a fixture or test starts is stopped by its own pid.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+ACCESS_KEY_ID = "AKIACHORATEST7Q2Z"
+SECRET_ACCESS_KEY = "s3cr3t$HOME{x}/+q=9Zk"
+SECRETS = (ACCESS_KEY_ID, SECRET_ACCESS_KEY)
+# Variables of ours (and AWS credentials) that must not leak in from outside.
+_SCRUB = (
+    "R2_ACCOUNT_ID", "R2_BUCKET", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "R2_ENDPOINT",
+    "BACKUP_DB", "BACKUP_REPLICA_PATH", "BACKUP_SYNC_INTERVAL", "BACKUP_LOCAL_DIR",
+    "BACKUP_STATE_DIR", "LITESTREAM_BIN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+    "AWS_PROFILE", "AWS_SESSION_TOKEN",
+)
+
+
+def wait_for(predicate, timeout: float = 20.0, interval: float = 0.05, what: str = "condition"):
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory) -> Iterator[str]:
+    """moto's S3 server on 127.0.0.1 and a free port, stopped by its pid."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    env = {**os.environ, "AWS_EC2_METADATA_DISABLED": "true"}
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=fh, stderr=subprocess.STDOUT, env=env,
+        )
+    endpoint = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return True
+        except OSError:
+            assert proc.poll() is None, log.read_text()
+            return False
+
+    try:
+        wait_for(up, 30, what="moto server")
+        yield endpoint
+    finally:
+        stop_process(proc)
+
+
+def s3_client(endpoint: str):
+    import boto3
+
+    return boto3.client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1",
+        aws_access_key_id=ACCESS_KEY_ID, aws_secret_access_key=SECRET_ACCESS_KEY,
+    )
+
+
+@pytest.fixture
+def bucket(s3_endpoint) -> str:
+    name = f"chora-{uuid.uuid4().hex[:12]}"
+    s3_client(s3_endpoint).create_bucket(Bucket=name)
+    return name
+
+
+class Workspace:
+    """A workspace folder with its own HOME and state dir, driven through the CLI."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.path = root / "ws"
+        self.home = root / "home"
+        self.state = root / "state"
+        for p in (self.path, self.home):
+            p.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / "tasks.py", self.path / "tasks.py")
+        env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
+        env.update(HOME=str(self.home), BACKUP_STATE_DIR=str(self.state), PYTHONUNBUFFERED="1")
+        env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+        self.env = env
+        self.outputs: list[str] = []
+        self.children: list[subprocess.Popen] = []
+
+    @property
+    def db(self) -> Path:
+        return self.path / "chora.db"
+
+    @property
+    def config(self) -> Path:
+        return self.path / "litestream.yml"
+
+    @property
+    def pidfile(self) -> Path:
+        return self.state / "litestream.pid"
+
+    def write_env(self, text: str = "", **values: str) -> Path:
+        lines = [text] if text else []
+        lines += [f"{k}={v}" for k, v in values.items()]
+        path = self.path / ".env"
+        path.write_text("\n".join(lines) + "\n", "utf-8")
+        return path
+
+    def environ(self, extra: dict | None = None) -> dict:
+        """The workspace environment plus ``extra`` (a None value removes a variable)."""
+        env = {**self.env, **(extra or {})}
+        return {k: v for k, v in env.items() if v is not None}
+
+    def run(self, *argv: str, timeout: float = 120, env: dict | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            list(argv), cwd=cwd or self.path, env=self.environ(env),
+            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        )
+        self.outputs += [proc.stdout, proc.stderr]
+        return proc
+
+    def inv(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        return self.run(str(BIN / "inv"), *args, **kwargs)
+
+    def cli(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        return self.run(str(BIN / "chora-backup"), *args, **kwargs)
+
+    def spawn(self, *argv: str, env: dict | None = None) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            list(argv), cwd=self.path, env=self.environ(env),
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        )
+        self.children.append(proc)
+        return proc
+
+    def litestream(self, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+        """The raw litestream binary, with the workaround and credentials a user would set."""
+        child = {k: v for k, v in self.env.items() if k != "AWS_CA_BUNDLE"}
+        child.update(
+            LITESTREAM_ACCESS_KEY_ID=ACCESS_KEY_ID, LITESTREAM_SECRET_ACCESS_KEY=SECRET_ACCESS_KEY,
+            AWS_EC2_METADATA_DISABLED="true", **(env or {}),
+        )
+        return subprocess.run(
+            [str(BIN / "litestream"), *args], cwd=self.path, env=child,
+            capture_output=True, text=True, timeout=120,
+        )
+
+    def restore(self, out: Path) -> list[tuple]:
+        """Restore the configured database with raw litestream and return its rows."""
+        proc = self.litestream("restore", "-config", str(self.config), "-no-expand-env",
+                               "-o", str(out), str(self.db))
+        assert proc.returncode == 0, proc.stderr
+        return rows(out)
+
+    def socket(self) -> Path:
+        import yaml
+
+        return Path(yaml.safe_load(self.config.read_text())["socket"]["path"])
+
+    def synced(self) -> bool:
+        """Has the running litestream synced every database at least once?"""
+        proc = self.litestream("list", "-json", "-socket", str(self.socket()))
+        if proc.returncode != 0:
+            return False
+        dbs = json.loads(proc.stdout).get("databases") or []
+        return bool(dbs) and all(db.get("last_sync_at") for db in dbs)
+
+    def finish(self, proc: subprocess.Popen, sig: int = signal.SIGINT, timeout: float = 60) -> tuple[int, str]:
+        """Signal a spawned command, wait for it, and return (exit code, output)."""
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=timeout)
+        text = out.decode("utf-8", errors="replace")
+        self.outputs.append(text)
+        return proc.returncode, text
+
+    def daemon_pid(self) -> int | None:
+        try:
+            return json.loads(self.pidfile.read_text())["pid"]
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def assert_no_secrets(self) -> None:
+        """No secret in anything printed, nor in any file written under the test root."""
+        for text in self.outputs:
+            for secret in SECRETS:
+                assert secret not in text
+        for path in self.root.rglob("*"):
+            if path.is_file() and not path.name.startswith(".env"):
+                data = path.read_bytes()
+                for secret in SECRETS:
+                    assert secret.encode() not in data, f"{secret!r} found in {path}"
+
+    def cleanup(self) -> None:
+        for proc in self.children:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            if proc.stdout:
+                proc.stdout.close()
+        pid = self.daemon_pid()
+        if pid:
+            kill_litestream(pid)
+
+
+def kill_litestream(pid: int) -> None:
+    """Kill ``pid`` only if it is a litestream (a test's own daemon)."""
+    try:
+        proc = psutil.Process(pid)
+        if "litestream" in " ".join(proc.cmdline()):
+            proc.kill()
+            proc.wait(10)
+    except psutil.Error:
+        pass
+
+
+@pytest.fixture
+def ws(tmp_path) -> Iterator[Workspace]:
+    workspace = Workspace(tmp_path)
+    try:
+        yield workspace
+    finally:
+        workspace.cleanup()
+
+
+@pytest.fixture
+def r2ws(ws, s3_endpoint, bucket) -> Workspace:
+    """A workspace whose R2 settings point at the local S3 server."""
+    ws.write_env(
+        R2_ENDPOINT=s3_endpoint, R2_BUCKET=bucket,
+        R2_ACCESS_KEY_ID=ACCESS_KEY_ID, R2_SECRET_ACCESS_KEY=SECRET_ACCESS_KEY,
+    )
+    ws.bucket = bucket
+    return ws
+
+
+def make_db(path: Path, n: int = 3, table: str = "items") -> None:
+    """A WAL-mode database with ``n`` rows in ``table``."""
+    con = sqlite3.connect(path)
+    try:
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute(f"CREATE TABLE IF NOT EXISTS {table} (id INTEGER PRIMARY KEY, body TEXT)")
+        con.executemany(f"INSERT INTO {table} (body) VALUES (?)", [(f"row {i}",) for i in range(n)])
+        con.commit()
+    finally:
+        con.close()
+
+
+def insert(path: Path, *bodies: str, table: str = "items") -> None:
+    con = sqlite3.connect(path)
+    try:
+        con.executemany(f"INSERT INTO {table} (body) VALUES (?)", [(b,) for b in bodies])
+        con.commit()
+    finally:
+        con.close()
+
+
+def rows(path: Path, table: str = "items") -> list[tuple]:
+    con = sqlite3.connect(path)
+    try:
+        return con.execute(f"SELECT id, body FROM {table} ORDER BY id").fetchall()
+    finally:
+        con.close()
