@@ -36,24 +36,27 @@ def read_since(path: Path, offset: int) -> str:
         return ""
 
 
-def tail(path: Path, lines: int, offset: int = 0) -> list[str]:
-    """The last ``lines`` lines after byte ``offset``, without line ends."""
+def tail(path: Path, lines: int, offset: int = 0, end: int | None = None) -> list[str]:
+    """The last ``lines`` lines between byte ``offset`` and ``end``, without line ends."""
     if lines <= 0:
         return []
     try:
         with path.open("rb") as fh:
             fh.seek(offset)
-            return [
-                raw.decode("utf-8", errors="replace").rstrip("\r\n")
-                for raw in deque(fh, maxlen=lines)
-            ]
+            data = fh.read() if end is None else fh.read(max(0, end - offset))
     except FileNotFoundError:
         return []
+    return [
+        raw.decode("utf-8", errors="replace").rstrip("\r")
+        for raw in deque(data.splitlines(), maxlen=lines)
+    ]
 
 
-def follow(path: Path, stop: Callable[[], bool], poll: float = 0.25) -> Iterator[str]:
-    """Lines appended to ``path`` from its current end, until ``stop()``."""
-    offset = size(path)
+def follow(
+    path: Path, stop: Callable[[], bool], offset: int | None = None, poll: float = 0.25
+) -> Iterator[str]:
+    """Lines appended to ``path`` after byte ``offset`` (default: its end), until ``stop()``."""
+    offset = size(path) if offset is None else offset
     pending = b""
     while not stop():
         current = size(path)

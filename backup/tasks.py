@@ -191,11 +191,12 @@ def logs(c, n=50, follow=False):
     if not path.exists() and not follow:
         print(f"no log yet at {path}: start the daemon with 'inv backup.start-bg'")
         return
-    for line in logfile.tail(path, int(n)):
+    end = logfile.size(path)  # one offset, so no line falls between tail and follow
+    for line in logfile.tail(path, int(n), end=end):
         print(settings.mask(line))
     if follow:
         try:
-            for line in logfile.follow(path, stop=lambda: False):
+            for line in logfile.follow(path, stop=lambda: False, offset=end):
                 print(settings.mask(line), flush=True)
         except KeyboardInterrupt:
             pass
