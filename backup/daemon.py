@@ -27,7 +27,7 @@ import psutil
 
 from . import logfile
 from .config import Settings, require_r2
-from .errors import BackupError, translate
+from .errors import BackupError, LitestreamError, translate
 from .litestream import Litestream
 from .render import LitestreamConfig, read_config
 
@@ -74,6 +74,9 @@ class Windows:
 
     def lock(self, fh: IO[bytes]) -> None:
         m = self._locking()
+        # locking() works from the file position, which "a+b" puts at the end:
+        # lock byte 0, the one unlock() releases.
+        fh.seek(0)
         try:
             m.locking(fh.fileno(), m.LK_NBLCK, 1)
         except OSError as exc:
@@ -134,11 +137,22 @@ def _read_pidfile(path: Path) -> PidRecord | None | str:
     """The record, None when there is no pidfile, or a reason it is unreadable."""
     try:
         data = json.loads(path.read_text("utf-8"))
-        return PidRecord(**data)
+        record = PidRecord(**data)
     except FileNotFoundError:
         return None
     except (OSError, ValueError, TypeError) as exc:
         return f"unreadable pidfile ({type(exc).__name__})"
+    # Types are checked here so a damaged file is stale, never a traceback
+    # (psutil raises ValueError on a pid below 1, TypeError on a string).
+    well_formed = (
+        type(record.pid) is int
+        and record.pid > 0
+        and isinstance(record.create_time, (int, float))
+        and isinstance(record.cmdline, list)
+        and all(isinstance(arg, str) for arg in record.cmdline)
+        and isinstance(record.config, str)
+    )
+    return record if well_formed else "unreadable pidfile (malformed record)"
 
 
 def _write_pidfile(path: Path, record: PidRecord) -> None:
@@ -161,6 +175,13 @@ def _alive(proc: psutil.Process) -> bool:
         return False
 
 
+def _is_replicate(cmdline: list[str], config: str) -> bool:
+    """Is ``cmdline`` a ``litestream replicate`` of ``config``, as ``Litestream.argv`` builds it?"""
+    return cmdline[1:2] == ["replicate"] and any(
+        flag == "-config" and value == config for flag, value in zip(cmdline, cmdline[1:])
+    )
+
+
 def check(settings: Settings) -> DaemonState:
     """What the pidfile says, proven against the process table. Signals nothing."""
     record = _read_pidfile(settings.pidfile)
@@ -170,8 +191,11 @@ def check(settings: Settings) -> DaemonState:
         return DaemonState("stale", None, record)
     try:
         proc = psutil.Process(record.pid)
+        # A record that does not describe a replicate of its own config was not
+        # written by a start; whatever process it names is not ours to signal.
         same = (
-            abs(proc.create_time() - record.create_time) < CREATE_TIME_SLACK
+            _is_replicate(record.cmdline, record.config)
+            and abs(proc.create_time() - record.create_time) < CREATE_TIME_SLACK
             and proc.cmdline() == record.cmdline
         )
     except psutil.NoSuchProcess:
@@ -214,6 +238,23 @@ def _refuse_other_workspace(settings: Settings, state: DaemonState) -> None:
             f"{state.record.config} (pid {state.record.pid}): give each workspace its own "
             "BACKUP_STATE_DIR"
         )
+
+
+def _refuse_unrecorded(settings: Settings) -> None:
+    """Refuse a second litestream for this config when one runs that no pidfile names.
+
+    Two replicating processes can corrupt the replica; the pidfile alone cannot
+    see one started with another BACKUP_STATE_DIR, or by hand.
+    """
+    config = str(settings.config_path)
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"]  # None where access is denied
+        if cmdline and _is_replicate(cmdline, config) and _alive(proc):
+            raise BackupError(
+                f"litestream (pid {proc.pid}) already replicates {config} but "
+                f"{settings.pidfile} does not name it (started by hand, or with another "
+                f"BACKUP_STATE_DIR): stop that process, then retry"
+            )
 
 
 def _prepare(settings: Settings, config: LitestreamConfig | None) -> LitestreamConfig:
@@ -264,6 +305,7 @@ def start_background(
         _refuse_other_workspace(settings, state)
         if state.running and state.record:
             return StartResult(state.record.pid, settings.logfile, already_running=True)
+        _refuse_unrecorded(settings)
         config = _prepare(settings, None)
         argv = litestream.argv("replicate")
         logfile.rotate(settings.logfile)
@@ -289,20 +331,25 @@ def start_background(
 
 def _synced(litestream: Litestream, socket: Path) -> set[Path] | None:
     """Databases the daemon has synced at least once, per its control socket."""
-    proc = litestream.run("list", "-json", "-socket", str(socket), timeout=5, check=False)
-    if proc.returncode != 0:
-        return None  # not listening yet
     try:
-        listing = json.loads(proc.stdout)
-    except ValueError:
-        return None
-    return {Path(db["path"]) for db in listing.get("databases") or [] if db.get("last_sync_at")}
+        listing = litestream.listing(socket)
+    except LitestreamError:
+        return None  # no answer within the timeout: ask again
+    if listing is None:
+        return None  # not listening yet
+    return {Path(db["path"]) for db in listing if db.get("path") and db.get("last_sync_at")}
 
 
-def _startup_error(settings: Settings, offset: int) -> str | None:
+# How an error looks in litestream's log: text and JSON log lines, and the
+# "Error: ..." line it prints when it exits (a config it cannot use).
+_ERROR_MARKS = ("level=ERROR", '"level":"ERROR"')
+
+
+def _startup_error(settings: Settings, offset: int, fallback: str) -> str | None:
+    """The first error litestream logged since ``offset``, translated, or None."""
     for line in logfile.read_since(settings.logfile, offset).splitlines():
-        if "level=ERROR" in line:
-            return translate(line, "litestream reported an error")
+        if line.startswith("Error:") or any(mark in line for mark in _ERROR_MARKS):
+            return translate(line, fallback)
     return None
 
 
@@ -325,9 +372,9 @@ def _wait_healthy(
     while True:
         code = proc.poll()
         if code is not None:
-            error = _startup_error(settings, offset)
-            raise failure(error or f"litestream exited with code {code} while starting")
-        error = _startup_error(settings, offset)
+            exited = f"litestream exited with code {code} while starting"
+            raise failure(_startup_error(settings, offset, exited) or exited)
+        error = _startup_error(settings, offset, "litestream reported an error")
         if error:
             raise failure(f"litestream failed to start: {error}")
         waiting = tuple(db.path for db in config.databases if not db.path.exists())
@@ -379,6 +426,7 @@ def run_foreground(
                 f"litestream already replicates this workspace (pid {state.record.pid}, started "
                 f"{how}): stop it first with 'inv backup.stop'"
             )
+        _refuse_unrecorded(settings)
         config = _prepare(settings, config)
         argv = litestream.argv("replicate")
         proc = litestream.spawn("replicate", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -450,3 +498,10 @@ def stop(
             _wait_gone(proc, 10)
         _remove_pidfile(settings.pidfile, state.record)
         return StopResult(True, pid=state.record.pid, forced=forced)
+
+
+@contextlib.contextmanager
+def exclusive(settings: Settings, platform: Posix | Windows | None = None) -> Iterator[None]:
+    """Hold the workspace lock: no daemon starts or stops meanwhile."""
+    with _locked(settings, platform or current_platform()):
+        yield

@@ -202,6 +202,137 @@ def logs(c, n=50, follow=False):
             pass
 
 
+def _point_in_time(timestamp: str | None, txid: str | None) -> tuple[Any, int | None]:
+    from .timeparse import parse, parse_txid
+
+    if timestamp and txid:
+        raise BackupError("give --timestamp or --txid, not both", code=2)
+    return (parse(timestamp) if timestamp else None), (parse_txid(txid) if txid else None)
+
+
+def _show_progress(written: int, elapsed: float) -> None:
+    print(f"  restoring… {written / 1e6:.1f} MB written, {elapsed:.1f}s", file=sys.stderr)
+
+
+@task(
+    help={
+        "output": "restore to this path instead of the database's own; its folder must "
+        "exist; default: the configured database",
+        "timestamp": "point in time: RFC 3339 (2026-11-25T14:00:00Z), a local date-time "
+        "(\"2026-11-25 14:00\") or an age (15m, 2h, 1d); default: the latest state",
+        "txid": "restore up to this litestream txid (16 hex digits); default: the latest",
+        "force": "replace an existing file; it is moved aside to "
+        "<name>.pre-restore-<UTC time>, never deleted; default off",
+        "dry-run": "print the plan (files, txid range, bytes to download) and change "
+        "nothing; default off",
+        "json": "print the result as JSON; default off",
+    }
+)
+@actionable
+def restore(c, output=None, timestamp=None, txid=None, force=False, dry_run=False, json=False):
+    """Restore the database from its replica, checked by SQLite before it replaces anything."""
+    import json as jsonlib
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from .litestream import Litestream
+    from .restore import RestorePlan
+    from .restore import restore as do_restore
+
+    when, upto = _point_in_time(timestamp, txid)
+    settings = cfg.load()
+    result = do_restore(
+        settings,
+        Litestream(settings),
+        output=Path(output).expanduser() if output else None,
+        timestamp=when,
+        txid=upto,
+        force=force,
+        dry_run=dry_run,
+        progress=None if json else _show_progress,
+    )
+    if json:
+        print(jsonlib.dumps(asdict(result), indent=2))
+    elif isinstance(result, RestorePlan):
+        print(f"plan: restore {result.source} to {result.target}")
+        print(f"  txids  {result.min_txid} to {result.max_txid}")
+        print(f"  files  {len(result.files)}, {result.bytes} bytes to download")
+        for f in result.files:
+            print(f"    L{f.get('level')} {f.get('name')}  {f.get('size')} B  {f.get('timestamp')}")
+        if result.replaces_existing:
+            print("  the existing file would be moved aside (--force)")
+    else:
+        if result.moved_aside:
+            print(f"moved the old database aside to {result.moved_aside}")
+        for path in result.stale_sidecars_moved:
+            print(f"moved a stale {path.rsplit('-', 1)[-1]} file aside to {path}")
+        print(f"restored {result.path} (txid {result.txid}, {result.bytes} bytes) in "
+              f"{result.duration_seconds:.1f}s; integrity check: {result.integrity}")
+
+
+@task(help={"json": "print JSON (snapshots and window) instead of a table; default off"})
+@actionable
+def snapshots(c, json=False):
+    """List the replica's snapshots and the restorable window (earliest to latest)."""
+    import json as jsonlib
+
+    from .litestream import Litestream
+    from .restore import snapshots as list_snapshots
+
+    settings = cfg.load()
+    result = list_snapshots(settings, Litestream(settings))
+    if json:
+        print(jsonlib.dumps(result.as_dict(), indent=2))
+        return
+    if not result.snapshots:
+        print("no snapshots yet")
+    else:
+        print(f"{'time':<22} {'txids':<35} {'size':>10}")
+        for s in result.snapshots:
+            d = s.as_dict()
+            print(f"{d['timestamp']:<22} {d['min_txid']}-{d['max_txid']} {s.size:>10}")
+    if result.window:
+        print(f"restorable: {result.window.describe()}")
+    else:
+        print("restorable: nothing yet (start replication with 'inv backup.start-bg')")
+
+
+@task(
+    help={
+        "max-age": "fail when the replica has missed local changes for longer than this "
+        "(a duration: 90s, 10m); default ten sync intervals, at least a minute",
+        "strict": "fail (exit 1) when no backup is configured in this workspace; default off",
+    }
+)
+@actionable
+def verify(c, max_age=None, strict=False):
+    """Restore the latest backup to a temp dir and prove it matches the live database."""
+    from .config import parse_duration
+    from .litestream import Litestream
+    from .verify import verify as run_verify
+
+    limit = None
+    if max_age is not None:
+        try:
+            limit = parse_duration(max_age)
+        except ValueError:
+            raise BackupError(f"--max-age {max_age!r} is not a duration (e.g. 90s, 10m)", code=2) from None
+    settings = cfg.load()
+    result = run_verify(settings, Litestream(settings), max_age=limit)
+    if not result.configured:
+        message = "no backup configured in this workspace (no litestream.yml): nothing to verify"
+        if strict:
+            raise Exit(f"error: {message}", code=1)
+        print(message)
+        return
+    for check in result.checks:
+        print(f"  {'ok  ' if check.ok else 'FAIL'}  {check.name:<9} {check.detail}")
+    failed = result.failed
+    if failed:
+        raise Exit(f"error: verify failed at {failed.name}: {failed.detail}", code=1)
+    print("verify: ok")
+
+
 ns = Collection("backup")
-for _task in (setup, local, start, start_bg, stop, status, logs):
+for _task in (setup, local, start, start_bg, stop, status, logs, restore, snapshots, verify):
     ns.add_task(_task)

@@ -1,0 +1,380 @@
+"""Restore without ever destroying what it replaces; snapshots and the window.
+
+A restore goes into a temp file beside the target, passes SQLite's
+``PRAGMA integrity_check``, and only then is renamed into place. An existing
+target (and its -wal/-shm, and litestream's local state) is moved aside to
+``<name>.pre-restore-<UTC timestamp>`` first, never deleted.
+"""
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from . import daemon
+from .config import Settings, require_r2
+from .errors import BackupError, ConfigError
+from .litestream import Litestream
+from .render import Database, LitestreamConfig, read_config
+from .timeparse import rfc3339
+
+SIDECARS = ("-wal", "-shm")
+NOTHING_YET = "nothing to restore yet: the replica holds no backup of {db} (start replication with 'inv backup.start-bg')"
+
+Progress = Callable[[int, float], None]  # (bytes written so far, seconds elapsed)
+
+
+def _time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+@dataclass(frozen=True)
+class LtxFile:
+    level: int
+    min_txid: int
+    max_txid: int
+    size: int
+    timestamp: datetime
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "level": self.level,
+            "min_txid": f"{self.min_txid:016x}",
+            "max_txid": f"{self.max_txid:016x}",
+            "size": self.size,
+            "timestamp": self.timestamp.isoformat().replace("+00:00", "Z"),
+        }
+
+
+@dataclass(frozen=True)
+class Window:
+    """The earliest and latest point a restore can reach, across all levels."""
+
+    earliest: datetime
+    latest: datetime
+    min_txid: int
+    max_txid: int
+
+    def describe(self) -> str:
+        return (
+            f"{self.earliest.isoformat().replace('+00:00', 'Z')} to "
+            f"{self.latest.isoformat().replace('+00:00', 'Z')} "
+            f"(txid {self.min_txid:016x} to {self.max_txid:016x})"
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "earliest": self.earliest.isoformat().replace("+00:00", "Z"),
+            "latest": self.latest.isoformat().replace("+00:00", "Z"),
+            "min_txid": f"{self.min_txid:016x}",
+            "max_txid": f"{self.max_txid:016x}",
+        }
+
+
+def replica_files(litestream: Litestream, db: Path) -> list[LtxFile]:
+    """Every LTX file in the replica, all levels (one listing per level)."""
+    raw = litestream.json("ltx", "-level", "all", str(db), timeout=120) or []
+    return [
+        LtxFile(
+            level=int(f["level"]),
+            min_txid=int(f["min_txid"], 16),
+            max_txid=int(f["max_txid"], 16),
+            size=int(f["size"]),
+            timestamp=_time(f["timestamp"]),
+        )
+        for f in raw
+    ]
+
+
+def window(files: list[LtxFile]) -> Window | None:
+    """Restorable window: from the first file that starts the chain to the newest."""
+    starts = [f for f in files if f.min_txid == 1]
+    if not starts:
+        return None
+    first = min(starts, key=lambda f: (f.timestamp, f.max_txid))
+    return Window(
+        earliest=first.timestamp,
+        latest=max(f.timestamp for f in files),
+        min_txid=first.max_txid,
+        max_txid=max(f.max_txid for f in files),
+    )
+
+
+@dataclass
+class Snapshots:
+    snapshots: list[LtxFile]
+    window: Window | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "snapshots": [
+                {k: v for k, v in s.as_dict().items() if k != "level"} for s in self.snapshots
+            ],
+            "window": self.window.as_dict() if self.window else None,
+        }
+
+
+def configured_database(settings: Settings) -> tuple[LitestreamConfig, Database]:
+    config = read_config(settings.config_path)
+    if config.uses_s3:
+        require_r2(settings)
+    entry = config.database(settings.db) or config.databases[0]
+    return config, entry
+
+
+def snapshots(settings: Settings, litestream: Litestream) -> Snapshots:
+    _, entry = configured_database(settings)
+    files = replica_files(litestream, entry.path)
+    return Snapshots(
+        snapshots=sorted((f for f in files if f.level == 9), key=lambda f: f.timestamp),
+        window=window(files),
+    )
+
+
+@dataclass
+class RestoreResult:
+    path: str
+    txid: str | None
+    timestamp: str | None
+    integrity: str
+    moved_aside: str | None
+    source: str
+    duration_seconds: float = 0.0
+    bytes: int = 0
+    check_seconds: float = 0.0
+    stale_sidecars_moved: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RestorePlan:
+    source: str
+    target: str
+    min_txid: str
+    max_txid: str
+    files: list[dict[str, Any]]
+    bytes: int
+    replaces_existing: bool
+
+
+def integrity_check(path: Path) -> str:
+    """SQLite's own verdict: 'ok', or the first problems it names."""
+    try:
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = con.execute("PRAGMA integrity_check").fetchall()
+        finally:
+            con.close()
+    except sqlite3.DatabaseError as exc:
+        return f"not a database ({exc})"
+    verdict = "; ".join(str(r[0]) for r in rows[:5])
+    return verdict
+
+
+def holders(path: Path) -> list[int]:
+    """Pids of other processes that have ``path`` (or its -wal/-shm) open, where visible."""
+    wanted = {str(path), *(str(path) + s for s in SIDECARS)}
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid == os.getpid():
+            continue
+        try:
+            if any(f.path in wanted for f in proc.open_files()):
+                found.append(proc.pid)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def _stamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def _aside(path: Path, stamp: str) -> Path:
+    return path.with_name(f"{path.name}.pre-restore-{stamp}")
+
+
+def _meta_dir(db: Path) -> Path:
+    return db.parent / f".{db.name}-litestream"
+
+
+def _check_target(
+    settings: Settings, target: Path, force: bool, is_live: bool, dry_run: bool = False
+) -> None:
+    if not target.parent.is_dir():
+        raise ConfigError(
+            f"--output {target}: folder {target.parent} does not exist; create it first"
+        )
+    if target.is_dir():
+        raise ConfigError(f"--output {target} is a folder: name the database file to write")
+    if target.exists() and not force and not dry_run:
+        raise BackupError(
+            f"{target} exists: pass --force to replace it (the old file is moved aside to "
+            f"{target.name}.pre-restore-<time>, never deleted), or restore elsewhere with --output"
+        )
+    if dry_run:
+        return
+    if is_live:
+        state = daemon.check(settings)
+        if state.running:
+            raise BackupError(
+                f"litestream is replicating {target} (pid {state.pid}): stop it first with "
+                "'inv backup.stop', then restore"
+            )
+    if target.exists():
+        pids = holders(target)
+        if pids:
+            raise BackupError(
+                f"{target} is open in process {', '.join(map(str, pids))}: close it, then restore"
+            )
+
+
+def _point_args(files: list[LtxFile], db: Path, timestamp: datetime | None, txid: int | None) -> list[str]:
+    span = window(files)
+    if span is None:
+        raise BackupError(NOTHING_YET.format(db=db))
+    if txid is not None:
+        if not span.min_txid <= txid <= span.max_txid:
+            raise BackupError(
+                f"--txid {txid:016x} is outside what the replica can reach: {span.describe()}"
+            )
+        return ["-txid", f"{txid:016x}"]
+    if timestamp is not None:
+        if timestamp < span.earliest:
+            raise BackupError(
+                f"--timestamp {rfc3339(timestamp)} is before the earliest backup: the replica "
+                f"can restore {span.describe()}"
+            )
+        return ["-timestamp", rfc3339(timestamp)]
+    return []
+
+
+def _written(paths: list[Path]) -> int:
+    total = 0
+    for p in paths:
+        try:
+            total += p.stat().st_size
+        except OSError:
+            pass
+    return total
+
+
+def _watch(paths: list[Path], progress: Progress, done: threading.Event, started: float) -> None:
+    """Report bytes written every half second while litestream restores."""
+    while not done.wait(0.5):
+        progress(_written(paths), time.monotonic() - started)
+
+
+def restore(
+    settings: Settings,
+    litestream: Litestream,
+    output: Path | None = None,
+    timestamp: datetime | None = None,
+    txid: int | None = None,
+    force: bool = False,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+) -> RestoreResult | RestorePlan:
+    """Restore the configured database to ``output`` (default: its own path)."""
+    config, entry = configured_database(settings)
+    target = (output if output is not None else entry.path).absolute()
+    is_live = any(db.path == target for db in config.databases)
+    _check_target(settings, target, force, is_live, dry_run)
+    files = replica_files(litestream, entry.path)
+    point = _point_args(files, entry.path, timestamp, txid)
+
+    temp = target.with_name(f".{target.name}.restoring-{os.getpid()}")
+    if dry_run:
+        plan = litestream.json(
+            "restore", "-dry-run", "-o", str(temp), *point, str(entry.path), timeout=120
+        )
+        return RestorePlan(
+            source=entry.replica,
+            target=str(target),
+            min_txid=plan.get("min_txid", ""),
+            max_txid=plan.get("max_txid", ""),
+            files=plan.get("files") or [],
+            bytes=sum(int(f.get("size", 0)) for f in plan.get("files") or []),
+            replaces_existing=target.exists(),
+        )
+
+    started = time.monotonic()
+    done = threading.Event()
+    watcher = None
+    if progress:
+        watcher = threading.Thread(
+            target=_watch, args=([temp, temp.with_name(temp.name + ".tmp")], progress, done, started),
+            daemon=True,
+        )
+        watcher.start()
+    try:
+        try:
+            summary = litestream.json(
+                "restore", "-o", str(temp), *point, str(entry.path), timeout=None
+            )
+        finally:
+            done.set()
+            if watcher:
+                watcher.join()
+        duration = time.monotonic() - started
+        if progress:
+            progress(_written([temp]), duration)
+        checked = time.monotonic()
+        verdict = integrity_check(temp)
+        check_seconds = time.monotonic() - checked
+        if verdict != "ok":
+            raise BackupError(
+                f"the restored copy failed SQLite's integrity check ({verdict}); nothing was "
+                "replaced — the replica may be damaged, try an earlier --timestamp"
+            )
+        size = temp.stat().st_size
+        stamp = _stamp()
+        moved_aside, stale = _make_room(target, stamp)
+        os.replace(temp, target)
+    finally:
+        for leftover in (temp, *(Path(str(temp) + s) for s in (*SIDECARS, ".tmp"))):
+            leftover.unlink(missing_ok=True)
+    restored_txid = summary.get("txid") if isinstance(summary, dict) else None
+    when = timestamp or max((f.timestamp for f in files), default=None)
+    return RestoreResult(
+        path=str(target),
+        txid=restored_txid,
+        timestamp=when.isoformat().replace("+00:00", "Z") if when else None,
+        integrity="ok",
+        moved_aside=str(moved_aside) if moved_aside else None,
+        source=entry.replica,
+        duration_seconds=round(duration, 3),
+        bytes=size,
+        check_seconds=round(check_seconds, 3),
+        stale_sidecars_moved=[str(p) for p in stale],
+    )
+
+
+def _make_room(target: Path, stamp: str) -> tuple[Path | None, list[Path]]:
+    """Move the old database, its sidecars and litestream's state for it aside."""
+    moved_aside = None
+    stale: list[Path] = []
+    if target.exists():
+        moved_aside = _aside(target, stamp)
+        os.replace(target, moved_aside)
+    for suffix in SIDECARS:
+        sidecar = Path(str(target) + suffix)
+        if sidecar.exists():
+            # With the database gone these would be replayed into the restored
+            # file by SQLite: keep them with the old database instead.
+            dest = Path(str(moved_aside or _aside(target, stamp)) + suffix)
+            os.replace(sidecar, dest)
+            if moved_aside is None:
+                stale.append(dest)
+    meta = _meta_dir(target)
+    if meta.exists():
+        os.replace(meta, meta.with_name(f"{meta.name}.pre-restore-{stamp}"))
+    return moved_aside, stale
+

@@ -1,0 +1,71 @@
+"""Points in time a person types: RFC 3339, a local date-time, or an age."""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta, timezone
+
+from .errors import ConfigError
+
+_AGE_PART = re.compile(r"(\d+)([smhdw])")
+_AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_LOCAL_FORMATS = ("%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M", "%Y-%m-%d")
+HINT = (
+    "use RFC 3339 (2026-11-25T14:00:00Z), a local date-time (\"2026-11-25 14:00\") "
+    "or an age (15m, 2h, 1d)"
+)
+
+
+def parse_age(text: str) -> timedelta | None:
+    """``15m``, ``2h``, ``1d``, ``1h30m``; None when ``text`` is not an age."""
+    pos, seconds = 0, 0
+    for match in _AGE_PART.finditer(text):
+        if match.start() != pos:
+            return None
+        seconds += int(match.group(1)) * _AGE_UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(text) or pos == 0:
+        return None
+    return timedelta(seconds=seconds)
+
+
+def parse(text: str, now: datetime | None = None) -> datetime:
+    """An aware UTC datetime for ``text``; ConfigError naming the accepted forms."""
+    now = now or datetime.now(timezone.utc)
+    raw = text.strip()
+    age = parse_age(raw)
+    if age is not None:
+        return now - age
+    when = None
+    try:
+        when = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        for fmt in _LOCAL_FORMATS:
+            try:
+                when = datetime.strptime(raw, fmt)
+                break
+            except ValueError:
+                continue
+    if when is None:
+        raise ConfigError(f"--timestamp {text!r} is not a point in time: {HINT}")
+    if when.tzinfo is None:
+        when = when.astimezone()  # a naive time is in the local zone
+    when = when.astimezone(timezone.utc)
+    if when > now + timedelta(seconds=1):
+        raise ConfigError(f"--timestamp {text!r} is in the future: {HINT}")
+    return when
+
+
+def rfc3339(when: datetime) -> str:
+    """The UTC form litestream accepts, e.g. 2026-11-25T14:00:00.250000Z."""
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_txid(text: str) -> int:
+    """Litestream's 16-hex txid (shorter hex is accepted); ConfigError otherwise."""
+    raw = text.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{1,16}", raw) or int(raw, 16) == 0:
+        raise ConfigError(
+            f"--txid {text!r} is not a txid: give litestream's 16 hex digits, "
+            "e.g. 0000000000000003 (see 'inv backup.snapshots')"
+        )
+    return int(raw, 16)
