@@ -34,6 +34,17 @@ def actionable(body: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _number(value: Any, flag: str, minimum: float = 0) -> float:
+    """A flag's numeric value; invoke would cast at parse time with a traceback."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise BackupError(f"{flag} {value!r} is not a number", code=2) from None
+    if number < minimum:
+        raise BackupError(f"{flag} must be at least {minimum:g}", code=2)
+    return number
+
+
 def _print_rows(rows: list[tuple[str, str]]) -> None:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
@@ -142,18 +153,19 @@ def start_bg(c):
     }
 )
 @actionable
-def stop(c, timeout=30.0):
+def stop(c, timeout="30"):
     """Stop the background daemon gracefully (final sync first)."""
     from .daemon import stop as stop_daemon
 
+    seconds = _number(timeout, "--timeout")
     settings = cfg.load()
-    result = stop_daemon(settings, timeout=float(timeout))
+    result = stop_daemon(settings, timeout=seconds)
     if result.stale:
         print(f"removed a stale pidfile ({result.stale.reason})")
     if not result.was_running:
         print("not running")
     elif result.forced:
-        print(f"killed (pid {result.pid}) after {float(timeout):g}s without a clean stop")
+        print(f"killed (pid {result.pid}) after {seconds:g}s without a clean stop")
     else:
         print(f"stopped (pid {result.pid})")
 
@@ -182,17 +194,18 @@ def status(c, json=False):
     }
 )
 @actionable
-def logs(c, n=50, follow=False):
+def logs(c, n="50", follow=False):
     """Show the background daemon's log (secrets masked)."""
     from . import logfile
 
+    count = int(_number(n, "-n"))
     settings = cfg.load()
     path = settings.logfile
     if not path.exists() and not follow:
         print(f"no log yet at {path}: start the daemon with 'inv backup.start-bg'")
         return
     end = logfile.size(path)  # one offset, so no line falls between tail and follow
-    for line in logfile.tail(path, int(n), end=end):
+    for line in logfile.tail(path, count, end=end):
         print(settings.mask(line))
     if follow:
         try:
@@ -205,9 +218,12 @@ def logs(c, n=50, follow=False):
 def _point_in_time(timestamp: str | None, txid: str | None) -> tuple[Any, int | None]:
     from .timeparse import parse, parse_txid
 
-    if timestamp and txid:
+    if timestamp is not None and txid is not None:
         raise BackupError("give --timestamp or --txid, not both", code=2)
-    return (parse(timestamp) if timestamp else None), (parse_txid(txid) if txid else None)
+    return (
+        parse(timestamp) if timestamp is not None else None,
+        parse_txid(txid) if txid is not None else None,
+    )
 
 
 def _show_progress(written: int, elapsed: float) -> None:
@@ -240,11 +256,13 @@ def restore(c, output=None, timestamp=None, txid=None, force=False, dry_run=Fals
     from .restore import restore as do_restore
 
     when, upto = _point_in_time(timestamp, txid)
+    if output is not None and not output.strip():
+        raise BackupError("--output is empty: name the file to restore to", code=2)
     settings = cfg.load()
     result = do_restore(
         settings,
         Litestream(settings),
-        output=Path(output).expanduser() if output else None,
+        output=Path(output).expanduser() if output is not None else None,
         timestamp=when,
         txid=upto,
         force=force,

@@ -121,3 +121,24 @@ def test_setup_summary_masks_secrets(r2ws):
     result = r2ws.inv("backup.setup")
     assert "R2_SECRET_ACCESS_KEY ****" in result.stdout
     r2ws.assert_no_secrets()
+
+
+BAD_FLAGS = [
+    (["backup.logs", "-n", "abc"], "-n 'abc' is not a number"),
+    (["backup.stop", "--timeout", "soon"], "--timeout 'soon' is not a number"),
+    (["backup.stop", "--timeout", "-1"], "--timeout must be at least 0"),
+    (["backup.restore", "--output", ""], "--output is empty"),
+    (["backup.restore", "--timestamp", ""], "is not a point in time"),
+    (["backup.restore", "--txid", ""], "is not a txid"),
+    (["backup.verify", "--max-age", "old"], "--max-age 'old' is not a duration"),
+]
+
+
+@pytest.mark.parametrize("argv, expected", BAD_FLAGS, ids=[e for _, e in BAD_FLAGS])
+def test_bad_flag_values_are_one_clean_line(ws: Workspace, argv, expected):
+    before = snapshot(ws)
+    result = ws.inv(*argv)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.stderr
+    assert snapshot(ws) == before
