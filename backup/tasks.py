@@ -351,6 +351,30 @@ def verify(c, max_age=None, strict=False):
     print("verify: ok")
 
 
+@task(help={"json": "print the checks as JSON; default off"})
+@actionable
+def doctor(c, json=False):
+    """Check everything backups depend on; one line each with its fix; exit 1 on any failure."""
+    import json as jsonlib
+
+    from .doctor import FAIL, run_checks
+    from .litestream import Litestream
+
+    settings = cfg.load()
+    checks = run_checks(settings, Litestream(settings))
+    failed = [c for c in checks if c.state == FAIL]
+    if json:
+        print(jsonlib.dumps({"ok": not failed, "checks": [c.as_dict() for c in checks]}, indent=2))
+    else:
+        for check in checks:
+            fix = f" — {check.fix}" if check.fix else ""
+            print(f"  {check.state:<4}  {check.name:<20} {check.detail}{fix}")
+    if failed:
+        raise Exit(f"error: {len(failed)} check(s) failed: {', '.join(c.name for c in failed)}", code=1)
+
+
 ns = Collection("backup")
-for _task in (setup, local, start, start_bg, stop, status, logs, restore, snapshots, verify):
+for _task in (
+    setup, local, start, start_bg, stop, status, logs, restore, snapshots, verify, doctor,
+):
     ns.add_task(_task)

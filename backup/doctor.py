@@ -1,0 +1,150 @@
+"""backup.doctor: every check a person would make, each with its fix."""
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from . import daemon
+from .config import LOCAL, R2, Settings
+from .errors import BackupError
+from .litestream import Litestream
+from .render import LitestreamConfig, read_config, render
+from .status import gather, is_wal, max_age
+
+OK, WARN, FAIL = "ok", "warn", "fail"
+LOW_DISK = 1 << 30  # warn below 1 GiB free
+NO_DISK = 100 << 20  # fail below 100 MiB free
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    state: str
+    detail: str
+    fix: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _binary(litestream: Litestream) -> Check:
+    try:
+        binary = litestream.binary
+    except BackupError as exc:
+        return Check("litestream", FAIL, exc.message)
+    version = litestream.run("version", timeout=30).stdout.strip()
+    return Check("litestream", OK, f"{version} at {binary}")
+
+
+def _env(settings: Settings, config: LitestreamConfig | None) -> Check:
+    if config is not None and not config.uses_s3:
+        return Check(".env", OK, "local mode: no R2 settings needed")
+    missing = settings.missing_r2()
+    if missing:
+        return Check(
+            ".env", FAIL, f"missing {', '.join(missing)} in {settings.env_location()}",
+            "fill them in from .env.example, or run 'inv backup.local'",
+        )
+    where = str(settings.env_file) if settings.env_file else "the environment"
+    return Check(".env", OK, f"R2 settings complete (from {where})")
+
+
+def _config(settings: Settings) -> tuple[Check, LitestreamConfig | None]:
+    try:
+        config = read_config(settings.config_path)
+    except BackupError as exc:
+        return Check("config", FAIL, exc.message, "run 'inv backup.setup' (or 'inv backup.local')"), None
+    if not config.generated:
+        return Check("config", WARN, f"{config.path} was written by hand", "'inv backup.setup --force' regenerates it"), config
+    mode = R2 if config.uses_s3 else LOCAL
+    try:
+        expected = render(settings, mode)
+    except BackupError as exc:
+        return Check("config", FAIL, f"cannot regenerate it: {exc.message}"), config
+    if config.path.read_text("utf-8") != expected:
+        command = "inv backup.setup" if mode == R2 else "inv backup.local --no-start"
+        return Check(
+            "config", FAIL, f"{config.path} is stale: it no longer matches .env",
+            f"re-run '{command}'",
+        ), config
+    return Check("config", OK, f"{config.path} matches .env ({'R2' if mode == R2 else 'local'} mode)"), config
+
+
+def _database(db: Path) -> Check:
+    if not db.exists():
+        return Check("database", WARN, f"{db} does not exist yet", "litestream replicates it once it does")
+    wal = is_wal(db)
+    if wal is None:
+        return Check("database", FAIL, f"{db} is not an SQLite database", "check BACKUP_DB")
+    try:
+        con = sqlite3.connect(db, timeout=0.5)
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            con.rollback()
+        finally:
+            con.close()
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc):
+            return Check("database", FAIL, f"{db} is locked by another writer", "stop the process holding a long write lock")
+        return Check("database", FAIL, f"{db}: {exc}")
+    if not wal:
+        return Check("database", WARN, f"{db} is not in WAL mode", "litestream switches it to WAL when it starts")
+    return Check("database", OK, f"{db} exists, WAL mode, not locked")
+
+
+def _replica(litestream: Litestream, config: LitestreamConfig) -> Check:
+    entry = config.databases[0]
+    try:
+        files = litestream.json("ltx", str(entry.path), timeout=60) or []
+    except BackupError as exc:
+        return Check("replica", FAIL, exc.message)
+    what = "the bucket answers to these credentials" if entry.replica_type == "s3" else "the replica folder is readable"
+    return Check("replica", OK, f"{what} ({len(files)} L0 file(s) at {entry.replica})")
+
+
+def _daemon(settings: Settings, litestream: Litestream) -> Check:
+    state = daemon.check(settings)
+    if state.state == "stale":
+        return Check("daemon", WARN, f"stale pidfile ({state.reason})", "'inv backup.start-bg' replaces it")
+    if not state.running:
+        return Check("daemon", WARN, "not running", "start it with 'inv backup.start-bg'")
+    status = gather(settings, litestream)
+    for db in status.databases:
+        if db.error:
+            return Check("daemon", FAIL, f"pid {state.pid} running, but {db.error}")
+        if db.exists and (db.lag_seconds is None or db.lag_seconds > max_age(db.sync_interval)):
+            return Check(
+                "daemon", FAIL, f"pid {state.pid} running, but the replica has not moved with the database",
+                "see 'inv backup.logs'",
+            )
+    return Check("daemon", OK, f"pid {state.pid} running; the replica keeps up")
+
+
+def _disk(settings: Settings, config: LitestreamConfig | None) -> list[Check]:
+    places = {"state dir": settings.state_dir}
+    if config is not None and not config.uses_s3:
+        places["local backups"] = settings.local_dir
+    checks = []
+    for label, path in places.items():
+        existing = next((p for p in (path, *path.parents) if p.exists()), Path("/"))
+        free = shutil.disk_usage(existing).free
+        state = FAIL if free < NO_DISK else WARN if free < LOW_DISK else OK
+        checks.append(Check(f"disk ({label})", state, f"{free / 2**30:.1f} GiB free at {path}",
+                            "" if state == OK else "free some space"))
+    return checks
+
+
+def run_checks(settings: Settings, litestream: Litestream) -> list[Check]:
+    binary = _binary(litestream)
+    config_check, config = _config(settings)
+    checks = [binary, _env(settings, config), config_check]
+    if config is not None:
+        checks.append(_database(config.databases[0].path))
+        if binary.state == OK and checks[1].state == OK:
+            checks.append(_replica(litestream, config))
+            checks.append(_daemon(settings, litestream))
+    checks += _disk(settings, config)
+    return checks

@@ -1,0 +1,55 @@
+"""backup.doctor: a line per check, the fix beside each failure, exit 1 on any failure."""
+from __future__ import annotations
+
+import json
+
+from conftest import Workspace, make_db
+
+
+def checks(ws: Workspace) -> tuple[int, dict[str, dict]]:
+    result = ws.inv("backup.doctor", "--json")
+    data = json.loads(result.stdout)
+    return result.returncode, {c["name"]: c for c in data["checks"]}
+
+
+def test_a_healthy_local_workspace(ws: Workspace):
+    make_db(ws.db)
+    assert ws.inv("backup.local", "--background").returncode == 0
+    code, found = checks(ws)
+    assert code == 0
+    for name in ("litestream", ".env", "config", "database", "replica", "daemon", "disk (state dir)"):
+        assert found[name]["state"] == "ok", found[name]
+    human = ws.inv("backup.doctor")
+    assert human.returncode == 0 and "ok    litestream" in human.stdout
+
+
+def test_a_stale_config_fails_and_says_to_rerun_setup(r2ws: Workspace):
+    make_db(r2ws.db)
+    assert r2ws.inv("backup.setup").returncode == 0
+    with (r2ws.path / ".env").open("a") as fh:
+        fh.write("BACKUP_SYNC_INTERVAL=30s\n")
+    code, found = checks(r2ws)
+    assert code == 1
+    assert found["config"]["state"] == "fail"
+    assert "re-run 'inv backup.setup'" in found["config"]["fix"]
+    human = r2ws.inv("backup.doctor")
+    assert human.stderr.strip() == "error: 1 check(s) failed: config"
+    r2ws.assert_no_secrets()
+
+
+def test_a_missing_bucket_fails_the_replica_check(r2ws: Workspace):
+    make_db(r2ws.db)
+    text = (r2ws.path / ".env").read_text().replace(f"R2_BUCKET={r2ws.bucket}", "R2_BUCKET=not-there-at-all")
+    (r2ws.path / ".env").write_text(text)
+    assert r2ws.inv("backup.setup").returncode == 0
+    code, found = checks(r2ws)
+    assert code == 1
+    assert found["replica"]["state"] == "fail"
+    assert "bucket does not exist" in found["replica"]["detail"]
+
+
+def test_no_config_at_all(ws: Workspace):
+    code, found = checks(ws)
+    assert code == 1
+    assert found["config"]["state"] == "fail"
+    assert "inv backup.setup" in found["config"]["fix"]
