@@ -4,6 +4,7 @@ Every process a fixture or test starts is stopped by its own pid.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -62,18 +63,17 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
             proc.wait(timeout)
 
 
-@pytest.fixture(scope="session")
-def s3_endpoint(tmp_path_factory) -> Iterator[str]:
+@contextlib.contextmanager
+def moto_server(folder: Path, **env: str) -> Iterator[str]:
     """moto's S3 server on 127.0.0.1 and a free port, stopped by its pid."""
     port = free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    env = {**os.environ, "AWS_EC2_METADATA_DISABLED": "true"}
+    log = folder / f"moto-{port}.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-            stdout=fh, stderr=subprocess.STDOUT, env=env,
+            stdout=fh, stderr=subprocess.STDOUT,
+            env={**os.environ, "AWS_EC2_METADATA_DISABLED": "true", **env},
         )
-    endpoint = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
         try:
@@ -85,9 +85,22 @@ def s3_endpoint(tmp_path_factory) -> Iterator[str]:
 
     try:
         wait_for(up, 30, what="moto server")
-        yield endpoint
+        yield f"http://127.0.0.1:{port}"
     finally:
         stop_process(proc)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory) -> Iterator[str]:
+    with moto_server(tmp_path_factory.mktemp("moto")) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture(scope="session")
+def strict_s3_endpoint(tmp_path_factory) -> Iterator[str]:
+    """An S3 server that checks credentials: unknown access keys are refused."""
+    with moto_server(tmp_path_factory.mktemp("moto-auth"), INITIAL_NO_AUTH_ACTION_COUNT="0") as endpoint:
+        yield endpoint
 
 
 def s3_client(endpoint: str):

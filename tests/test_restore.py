@@ -327,3 +327,17 @@ def test_pre_commit_hook_entry_runs_verify(ws: Workspace):
     result = ws.run(*argv)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "verify: ok" in result.stdout
+
+
+def test_refused_credentials_are_named(ws: Workspace, strict_s3_endpoint):
+    ws.write_env(
+        R2_ENDPOINT=strict_s3_endpoint, R2_BUCKET="chora-backup",
+        R2_ACCESS_KEY_ID="AKIANOTKNOWNHERE", R2_SECRET_ACCESS_KEY="wrong-secret",
+    )
+    assert ws.inv("backup.setup").returncode == 0
+    result = ws.inv("backup.restore", "--output", str(ws.root / "x.db"))
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        "error: access denied: the access key id was refused; check R2_ACCESS_KEY_ID in .env"
+    )
+    assert "AKIANOTKNOWNHERE" not in result.stderr + result.stdout
