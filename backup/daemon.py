@@ -3,10 +3,10 @@
 Exactly one litestream per workspace config: every start and stop holds an
 exclusive lock on ``<state dir>/litestream.lock`` while it looks at and
 changes the pidfile, so concurrent starts serialise and the losers find the
-winner's daemon. The pidfile names a process by pid *and* create time *and*
-command line; one whose process is gone, or whose pid now belongs to another
-program, is stale and never used to signal anything. Only this module touches
-the pidfile.
+winner's daemon. The pidfile names a process by pid *and* its exact command
+line, which must be a ``litestream replicate`` of the workspace config; one
+whose process is gone, or whose pid now belongs to another program, is stale
+and never used to signal anything. Only this module touches the pidfile.
 """
 from __future__ import annotations
 
@@ -34,7 +34,6 @@ from .render import LitestreamConfig, read_config
 LOCK_TIMEOUT = 120.0  # a start holds the lock until its first sync at most
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0  # litestream's own shutdown-sync-timeout
-CREATE_TIME_SLACK = 1.0  # seconds; psutil rounds differently across platforms
 POLL = 0.1
 
 
@@ -109,6 +108,8 @@ def current_platform() -> Posix | Windows:
 @dataclass(frozen=True)
 class PidRecord:
     pid: int
+    # For people reading the file; not part of the identity, because psutil
+    # derives it from the wall clock, which NTP or a manual change can step.
     create_time: float
     cmdline: list[str]
     config: str
@@ -193,11 +194,9 @@ def check(settings: Settings) -> DaemonState:
         proc = psutil.Process(record.pid)
         # A record that does not describe a replicate of its own config was not
         # written by a start; whatever process it names is not ours to signal.
-        same = (
-            _is_replicate(record.cmdline, record.config)
-            and abs(proc.create_time() - record.create_time) < CREATE_TIME_SLACK
-            and proc.cmdline() == record.cmdline
-        )
+        # A process running that very command line replicates this config, so
+        # it is the daemon to report and to stop even if its pid was reused.
+        same = _is_replicate(record.cmdline, record.config) and proc.cmdline() == record.cmdline
     except psutil.NoSuchProcess:
         return DaemonState("stale", record, f"process {record.pid} is gone")
     except psutil.AccessDenied:

@@ -131,7 +131,7 @@ def _start_background(settings: cfg.Settings) -> None:
     if result.already_running:
         print(f"already running (pid {result.pid})")
         return
-    if result.stale and result.stale.record:
+    if result.stale:
         print(f"replaced a stale pidfile ({result.stale.reason})")
     for path in result.waiting:
         print(f"waiting for {path}: it does not exist yet; litestream replicates it once it does")

@@ -226,9 +226,10 @@ class Workspace:
 
     def daemon_pid(self) -> int | None:
         try:
-            return json.loads(self.pidfile.read_text())["pid"]
-        except (FileNotFoundError, ValueError):
+            pid = json.loads(self.pidfile.read_text())["pid"]
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
             return None
+        return pid if type(pid) is int and pid > 0 else None
 
     def assert_no_secrets(self) -> None:
         """No secret in anything printed, nor in any file written under the test root."""

@@ -1,0 +1,549 @@
+"""Background replication on the real litestream: start-bg, stop, pidfile, races, recovery.
+
+Every daemon here is started through the CLI and stopped through the CLI or by
+its own pid: the conftest ws fixture kills whatever the pidfile still names, and
+this module's ws fixture any other litestream of the test's (unique) config.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from backup import config, daemon, logfile
+from backup.errors import BackupError
+
+from conftest import BIN, Workspace, insert, make_db, rows, wait_for
+
+STARTED = re.compile(r"^started \(pid (\d+)\)$", re.M)
+ALREADY = re.compile(r"^already running \(pid (\d+)\)$", re.M)
+STOPPED = re.compile(r"^stopped \(pid (\d+)\)$", re.M)
+
+
+# -- helpers -----------------------------------------------------------------------
+
+
+def litestreams(ws: Workspace) -> list[psutil.Process]:
+    """Live (non-zombie) processes whose command line names this workspace's config."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        if proc.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        if str(ws.config) in (proc.info["cmdline"] or []):
+            found.append(proc)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def start_bg(ws: Workspace, *args: str) -> int:
+    """``inv backup.start-bg`` (or ``args``) must start a daemon; its pid, proven live."""
+    result = ws.inv(*(args or ("backup.start-bg",)))
+    assert result.returncode == 0, result.stdout + result.stderr
+    match = STARTED.search(result.stdout)
+    assert match, result.stdout
+    pid = int(match.group(1))
+    assert ws.daemon_pid() == pid
+    cmdline = psutil.Process(pid).cmdline()
+    assert Path(cmdline[0]).name == "litestream" and "replicate" in cmdline
+    assert str(ws.config) in cmdline
+    assert [p.pid for p in litestreams(ws)] == [pid]
+    return pid
+
+
+def stop(ws: Workspace, pid: int) -> None:
+    result = ws.inv("backup.stop")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"stopped (pid {pid})" in result.stdout
+    assert not alive(pid)
+    assert not ws.pidfile.exists()
+    assert litestreams(ws) == []
+
+
+class Restores:
+    """Restores into fresh files, so one can be repeated while polling."""
+
+    def __init__(self, ws: Workspace):
+        self.ws = ws
+        self.n = 0
+
+    def __call__(self) -> list[tuple] | None:
+        """The restored rows, or None while litestream cannot restore yet."""
+        self.n += 1
+        out = self.ws.root / "restores" / f"r{self.n}.db"
+        proc = self.ws.litestream("restore", "-config", str(self.ws.config), "-no-expand-env",
+                                  "-o", str(out), str(self.ws.db))
+        return rows(out) if proc.returncode == 0 else None
+
+
+def plausible_record(
+    ws: Workspace, pid: int, create_time: float, cmdline: list[str] | None = None
+) -> None:
+    """A pidfile as start-bg writes it, naming ``pid``."""
+    binary = str((BIN / "litestream").resolve())
+    argv = [binary, "replicate", "-config", str(ws.config), "-no-expand-env"]
+    ws.state.mkdir(parents=True, exist_ok=True)
+    ws.pidfile.write_text(json.dumps({
+        "pid": pid,
+        "create_time": create_time,
+        "cmdline": cmdline or argv,
+        "config": str(ws.config),
+        "started_at": "2024-01-01T00:00:00+00:00",
+        "log": str(ws.state / "litestream.log"),
+        "foreground": False,
+    }))
+
+
+@pytest.fixture
+def ws(ws: Workspace):
+    """The conftest workspace, plus: no litestream of its config outlives the test.
+
+    The conftest teardown stops the daemon the pidfile names; a bug that starts
+    a second one would leak it. The config path is unique to this test.
+    """
+    yield ws
+    for proc in litestreams(ws):
+        proc.kill()
+        proc.wait(10)
+
+
+@pytest.fixture
+def sleeper():
+    """An unrelated live process, stopped by its own pid."""
+    proc = subprocess.Popen(["sleep", "60"], stdin=subprocess.DEVNULL)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+# -- 1. start-bg, write, stop, restore ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "commands",
+    [
+        pytest.param(
+            (("backup.local", "--no-start"), ("backup.start-bg",)), id="local-then-start-bg"
+        ),
+        pytest.param((("backup.local", "--background"),), id="local-background"),
+    ],
+)
+def test_local_daemon_keeps_every_row_through_stop(ws, commands):
+    # A long interval: only stop's final sync can carry the last rows.
+    ws.write_env(BACKUP_SYNC_INTERVAL="1m")
+    make_db(ws.db, 3)
+    for command in commands[:-1]:
+        assert ws.inv(*command).returncode == 0
+    pid = start_bg(ws, *commands[-1])
+    insert(ws.db, "while running 1", "while running 2")
+    insert(ws.db, "just before stop")
+    stop(ws, pid)
+    restored = ws.restore(ws.root / "restored.db")
+    assert restored == rows(ws.db)
+    assert restored[-1][1] == "just before stop" and len(restored) == 6
+
+
+def test_s3_daemon_keeps_every_row_through_stop(r2ws):
+    assert r2ws.inv("backup.setup").returncode == 0
+    make_db(r2ws.db, 3)
+    pid = start_bg(r2ws)
+    insert(r2ws.db, "while running")
+    insert(r2ws.db, "just before stop")
+    stop(r2ws, pid)
+    restored = r2ws.restore(r2ws.root / "restored.db")
+    assert restored == rows(r2ws.db)
+    assert restored[-1][1] == "just before stop" and len(restored) == 5
+    r2ws.assert_no_secrets()
+
+
+# -- 2. stale pidfiles are never signalled --------------------------------------
+
+
+def dead_pid() -> tuple[int, float]:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    create_time = psutil.Process(proc.pid).create_time()
+    proc.wait(10)
+    assert not psutil.pid_exists(proc.pid)
+    return proc.pid, create_time
+
+
+def test_stop_removes_a_pidfile_naming_a_dead_pid(ws):
+    assert ws.inv("backup.local", "--no-start").returncode == 0
+    pid, created = dead_pid()
+    plausible_record(ws, pid, created)
+    result = ws.inv("backup.stop")
+    assert result.returncode == 0, result.stderr
+    assert f"removed a stale pidfile (process {pid} is gone)" in result.stdout
+    assert "not running" in result.stdout
+    assert not ws.pidfile.exists()
+
+
+def test_start_bg_replaces_a_pidfile_naming_a_dead_pid(ws):
+    assert ws.inv("backup.local", "--no-start").returncode == 0
+    make_db(ws.db, 1)
+    pid, created = dead_pid()
+    plausible_record(ws, pid, created)
+    result = ws.inv("backup.start-bg")
+    assert result.returncode == 0, result.stderr
+    assert f"replaced a stale pidfile (process {pid} is gone)" in result.stdout
+    new = int(STARTED.search(result.stdout).group(1))
+    assert new != pid and ws.daemon_pid() == new and alive(new)
+    stop(ws, new)
+
+
+@pytest.mark.parametrize("forged_cmdline", [False, True], ids=["litestream-argv", "sleep-argv"])
+def test_a_pidfile_naming_an_unrelated_live_process_is_never_signalled(ws, sleeper, forged_cmdline):
+    """The pid is a live ``sleep``; the record claims a litestream, or even the sleep's own argv."""
+    assert ws.inv("backup.local", "--no-start").returncode == 0
+    make_db(ws.db, 1)
+    me = psutil.Process(sleeper.pid)
+    # Even the create time matches: only the command line tells them apart.
+    cmdline = me.cmdline() if forged_cmdline else None
+    plausible_record(ws, sleeper.pid, me.create_time(), cmdline)
+
+    result = ws.inv("backup.stop")
+    assert result.returncode == 0, result.stderr
+    assert f"removed a stale pidfile (pid {sleeper.pid} " in result.stdout
+    assert "not running" in result.stdout
+    assert not ws.pidfile.exists()
+    assert sleeper.poll() is None
+
+    plausible_record(ws, sleeper.pid, me.create_time(), cmdline)
+    result = ws.inv("backup.start-bg")
+    assert result.returncode == 0, result.stderr
+    assert f"replaced a stale pidfile (pid {sleeper.pid} " in result.stdout
+    new = int(STARTED.search(result.stdout).group(1))
+    assert ws.daemon_pid() == new != sleeper.pid
+    stop(ws, new)
+    assert sleeper.poll() is None and me.status() != psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param("{not json", id="not-json"),
+        pytest.param('{"pid": 1}', id="missing-fields"),
+        pytest.param("RECORD:-1", id="negative-pid"),
+        pytest.param('RECORD:"1"', id="pid-as-string"),
+    ],
+)
+def test_a_damaged_pidfile_is_stale_not_a_traceback(ws, text):
+    assert ws.inv("backup.local", "--no-start").returncode == 0
+    make_db(ws.db, 1)
+    if text.startswith("RECORD:"):
+        plausible_record(ws, 0, 0.0)
+        text = ws.pidfile.read_text().replace('"pid": 0', f'"pid": {text[len("RECORD:"):]}')
+    ws.state.mkdir(parents=True, exist_ok=True)
+    ws.pidfile.write_text(text)
+    try:
+        result = ws.inv("backup.stop")
+        assert result.returncode == 0, result.stderr
+        assert "removed a stale pidfile (unreadable pidfile" in result.stdout
+        assert "not running" in result.stdout
+        assert not ws.pidfile.exists()
+
+        ws.pidfile.write_text(text)
+        pid = start_bg(ws)
+    finally:
+        if ws.pidfile.exists() and ws.pidfile.read_text() == text:
+            ws.pidfile.unlink()  # the teardown must not read it as a pid
+    stop(ws, pid)
+
+
+def test_the_daemon_is_still_found_after_the_clock_steps(ws):
+    """psutil's create time follows the wall clock: an NTP step must not orphan the daemon."""
+    assert ws.inv("backup.local", "--no-start").returncode == 0
+    make_db(ws.db, 1)
+    pid = start_bg(ws)
+    record = json.loads(ws.pidfile.read_text())
+    record["create_time"] -= 3600  # what the record looks like after the clock stepped an hour
+    ws.pidfile.write_text(json.dumps(record))
+    result = ws.inv("backup.start-bg")
+    assert result.returncode == 0, result.stderr
+    assert f"already running (pid {pid})" in result.stdout
+    assert [p.pid for p in litestreams(ws)] == [pid]
+    stop(ws, pid)
+
+
+def test_a_daemon_no_pidfile_names_still_blocks_a_second_one(ws, tmp_path):
+    """Another BACKUP_STATE_DIR means another pidfile, but the same config: refuse."""
+    assert ws.inv("backup.local", "--no-start").returncode == 0
+    make_db(ws.db, 1)
+    pid = start_bg(ws)
+    elsewhere = {"BACKUP_STATE_DIR": str(tmp_path / "other-state")}
+    for command in ("backup.start-bg", "backup.start"):
+        result = ws.inv(command, env=elsewhere, timeout=60)
+        assert result.returncode != 0, result.stdout
+        assert f"litestream (pid {pid}) already replicates {ws.config}" in result.stderr
+        assert [p.pid for p in litestreams(ws)] == [pid]
+    assert not (tmp_path / "other-state" / "litestream.pid").exists()
+    stop(ws, pid)
+
+
+# -- 3. the 20-way race ---------------------------------------------------------
+
+
+def run_all(ws: Workspace, n: int, *args: str) -> list[tuple[int, str]]:
+    procs = [ws.spawn(str(BIN / "inv"), *args) for _ in range(n)]
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=120)
+        text = out.decode("utf-8", errors="replace")
+        ws.outputs.append(text)
+        results.append((proc.returncode, text))
+    return results
+
+
+def test_twenty_concurrent_starts_leave_one_daemon_and_twenty_stops_leave_none(ws):
+    assert ws.inv("backup.local", "--no-start").returncode == 0
+    make_db(ws.db, 2)
+
+    results = run_all(ws, 20, "backup.start-bg")
+    assert [code for code, _ in results] == [0] * 20, results
+    started = [int(m.group(1)) for _, out in results for m in STARTED.finditer(out)]
+    already = [int(m.group(1)) for _, out in results for m in ALREADY.finditer(out)]
+    assert len(started) == 1, results
+    assert len(already) == 19, results
+    pid = started[0]
+    assert set(already) == {pid}
+    assert [p.pid for p in litestreams(ws)] == [pid]
+    assert ws.daemon_pid() == pid
+
+    results = run_all(ws, 20, "backup.stop")
+    assert [code for code, _ in results] == [0] * 20, results
+    stopped = [int(m.group(1)) for _, out in results for m in STOPPED.finditer(out)]
+    assert stopped == [pid], results
+    assert sum("not running" in out for _, out in results) == 19, results
+    assert litestreams(ws) == []
+    assert not alive(pid)
+    assert not ws.pidfile.exists()
+
+
+# -- 4. recovery after kill -9 ---------------------------------------------------
+
+
+def test_start_bg_recovers_after_kill_9_and_loses_nothing(ws):
+    assert ws.inv("backup.local", "--no-start").returncode == 0
+    make_db(ws.db, 3)
+    first = start_bg(ws)
+    restore = Restores(ws)
+    insert(ws.db, "before the kill")
+    wait_for(lambda: restore() == rows(ws.db), 30, what="the row before the kill to be replicated")
+
+    psutil.Process(ws.daemon_pid()).kill()
+    wait_for(lambda: not alive(first), 10, what="the killed daemon to die")
+    insert(ws.db, "while down 1", "while down 2")
+
+    result = ws.inv("backup.start-bg")
+    assert result.returncode == 0, result.stderr
+    assert f"replaced a stale pidfile (process {first} " in result.stdout
+    second = int(STARTED.search(result.stdout).group(1))
+    assert second != first and ws.daemon_pid() == second
+    assert [p.pid for p in litestreams(ws)] == [second]
+
+    insert(ws.db, "after the restart")
+    expected = rows(ws.db)
+    assert len(expected) == 7
+    wait_for(lambda: restore() == expected, 30, what="the replica to catch up after the restart")
+    stop(ws, second)
+    assert restore() == rows(ws.db) == expected
+
+
+# -- 5. start-up failures fail fast and leave nothing behind ------------------------
+
+
+def test_start_bg_with_a_config_litestream_cannot_parse_fails_fast(ws):
+    ws.config.write_text("dbs:\n  - path: x\n    replica:\n      type: nosuchtype\n")
+    began = time.monotonic()
+    result = ws.inv("backup.start-bg")
+    took = time.monotonic() - began
+    assert result.returncode != 0
+    assert took < daemon.START_TIMEOUT
+    assert 'unknown replica type in config: "nosuchtype"' in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert "nosuchtype" in result.stderr.strip().splitlines()[-1]
+    assert not ws.pidfile.exists()
+    assert litestreams(ws) == []
+
+
+def test_start_bg_against_a_missing_bucket_fails_naming_the_bucket(r2ws):
+    env = (r2ws.path / ".env").read_text()
+    r2ws.write_env(env.replace(f"R2_BUCKET={r2ws.bucket}", "R2_BUCKET=no-such-bucket-here"))
+    assert r2ws.inv("backup.setup").returncode == 0
+    assert "no-such-bucket-here" in r2ws.config.read_text()
+    make_db(r2ws.db, 1)
+    began = time.monotonic()
+    result = r2ws.inv("backup.start-bg")
+    took = time.monotonic() - began
+    assert result.returncode != 0
+    assert took < daemon.START_TIMEOUT
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "bucket does not exist" in last, result.stderr
+    assert "bucket=no-such-bucket-here" in result.stderr  # the log's tail names it
+    assert not r2ws.pidfile.exists()
+    assert litestreams(r2ws) == []
+    r2ws.assert_no_secrets()
+
+
+# -- 6. foreground start refuses while a daemon runs ---------------------------------
+
+
+def test_foreground_start_refuses_while_start_bg_daemon_runs(ws):
+    assert ws.inv("backup.local", "--no-start").returncode == 0
+    make_db(ws.db, 1)
+    pid = start_bg(ws)
+    result = ws.inv("backup.start")
+    assert result.returncode != 0
+    assert f"(pid {pid}, started by 'inv backup.start-bg')" in result.stderr
+    assert "stop it first" in result.stderr
+    assert ws.daemon_pid() == pid
+    assert [p.pid for p in litestreams(ws)] == [pid]
+    stop(ws, pid)
+
+
+# -- 7. the Windows branches, with the platform calls faked ----------------------------
+
+
+class FakeProc:
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.terminated = 0
+
+    def terminate(self) -> None:
+        self.terminated += 1
+
+
+class FakeMsvcrt:
+    """msvcrt.locking with Windows' constants; ``held`` makes a lock attempt fail."""
+
+    LK_UNLCK, LK_LOCK, LK_NBLCK, LK_RLCK, LK_NBRLCK = 0, 1, 2, 3, 4
+
+    def __init__(self):
+        self.calls: list[tuple[int, int, int, int | None]] = []  # fd, mode, bytes, position
+        self.handles: dict[int, object] = {}
+        self.held = False
+
+    def locking(self, fd: int, mode: int, nbytes: int) -> None:
+        position = self.handles[fd].tell() if fd in self.handles else None
+        self.calls.append((fd, mode, nbytes, position))
+        if mode == self.LK_NBLCK and self.held:
+            raise OSError(errno.EACCES, "Permission denied")
+
+
+def test_windows_interrupt_sends_ctrl_break_to_the_pid(monkeypatch):
+    monkeypatch.delattr(signal, "CTRL_BREAK_EVENT", raising=False)  # as on POSIX
+    sent = []
+    proc = FakeProc(4242)
+    platform = daemon.Windows(kill=lambda pid, sig: sent.append((pid, sig)), msvcrt=FakeMsvcrt())
+    platform.interrupt(proc)
+    assert sent == [(4242, 1)]  # CTRL_BREAK_EVENT's value on Windows
+    assert proc.terminated == 0
+
+
+def test_windows_interrupt_uses_signal_ctrl_break_event_when_present(monkeypatch):
+    monkeypatch.setattr(signal, "CTRL_BREAK_EVENT", 77, raising=False)
+    sent = []
+    daemon.Windows(kill=lambda pid, sig: sent.append((pid, sig))).interrupt(FakeProc(5))
+    assert sent == [(5, 77)]
+
+
+def test_windows_interrupt_falls_back_to_terminate():
+    def refuse(pid: int, sig: int) -> None:
+        raise OSError(errno.EINVAL, "no console")
+
+    proc = FakeProc(4242)
+    daemon.Windows(kill=refuse).interrupt(proc)
+    assert proc.terminated == 1
+
+
+def test_windows_lock_and_unlock_lock_the_first_byte(tmp_path):
+    fake = FakeMsvcrt()
+    platform = daemon.Windows(kill=lambda pid, sig: None, msvcrt=fake)
+    path = tmp_path / "litestream.lock"
+    path.write_bytes(b"left by someone")
+    with open(path, "a+b") as fh:
+        fake.handles[fh.fileno()] = fh
+        platform.lock(fh)
+        platform.unlock(fh)
+        assert fake.calls == [
+            (fh.fileno(), fake.LK_NBLCK, 1, 0),
+            (fh.fileno(), fake.LK_UNLCK, 1, 0),
+        ]
+
+
+def test_windows_lock_turns_oserror_into_blocking_io_error(tmp_path):
+    fake = FakeMsvcrt()
+    fake.held = True
+    platform = daemon.Windows(kill=lambda pid, sig: None, msvcrt=fake)
+    with open(tmp_path / "litestream.lock", "a+b") as fh:
+        fake.handles[fh.fileno()] = fh
+        with pytest.raises(BlockingIOError):
+            platform.lock(fh)
+
+
+def test_a_held_windows_lock_times_out_with_an_actionable_error(tmp_path):
+    fake = FakeMsvcrt()
+    fake.held = True
+    settings = config.load(cwd=tmp_path, environ={"BACKUP_STATE_DIR": str(tmp_path / "state")})
+    platform = daemon.Windows(kill=lambda pid, sig: None, msvcrt=fake)
+    began = time.monotonic()
+    with pytest.raises(BackupError, match="another chora-backup command has held .*lock"):
+        with daemon._locked(settings, platform, timeout=0.3):
+            pytest.fail("the lock was taken while held")
+    assert time.monotonic() - began < 5
+    assert len(fake.calls) > 1  # it retried before giving up
+    assert {mode for _, mode, _, _ in fake.calls} == {fake.LK_NBLCK}  # never unlocked
+
+
+# -- 8. the log cap ---------------------------------------------------------------------
+
+
+def test_rotate_moves_an_oversize_log_to_dot_1(tmp_path):
+    log = tmp_path / "litestream.log"
+    old = tmp_path / "litestream.log.1"
+    old.write_text("older generation\n")
+    log.write_bytes(b"x" * 101)
+    logfile.rotate(log, max_bytes=100)
+    assert not log.exists()
+    assert old.read_bytes() == b"x" * 101
+
+
+def test_rotate_keeps_a_log_within_the_cap(tmp_path):
+    log = tmp_path / "litestream.log"
+    log.write_bytes(b"x" * 100)
+    logfile.rotate(log, max_bytes=100)
+    assert log.read_bytes() == b"x" * 100
+    assert not (tmp_path / "litestream.log.1").exists()
+    logfile.rotate(tmp_path / "absent.log", max_bytes=100)  # nothing to do, no error
+
+
+def test_start_bg_rotates_a_huge_log(ws):
+    assert ws.inv("backup.local", "--no-start").returncode == 0
+    make_db(ws.db, 1)
+    ws.state.mkdir(parents=True, exist_ok=True)
+    log = ws.state / "litestream.log"
+    with open(log, "wb") as fh:
+        fh.write(b"old run\n")
+        fh.truncate(logfile.MAX_BYTES + 1)  # sparse: big on paper, cheap on disk
+    pid = start_bg(ws)
+    rotated = ws.state / "litestream.log.1"
+    assert rotated.stat().st_size == logfile.MAX_BYTES + 1
+    assert rotated.read_bytes()[:8] == b"old run\n"
+    assert log.stat().st_size < 64 * 1024
+    assert "replicating to" in log.read_text()
+    stop(ws, pid)
