@@ -10,7 +10,7 @@ from typing import Any
 from . import daemon
 from .config import LOCAL, R2, Settings
 from .errors import BackupError
-from .litestream import Litestream
+from .litestream import Litestream, check_endpoint
 from .render import LitestreamConfig, read_config, render
 from .status import gather, is_wal, max_age
 
@@ -98,6 +98,7 @@ def _database(db: Path) -> Check:
 def _replica(litestream: Litestream, config: LitestreamConfig) -> Check:
     entry = config.databases[0]
     try:
+        check_endpoint(entry.endpoint)
         files = litestream.json("ltx", str(entry.path), timeout=60) or []
     except BackupError as exc:
         return Check("replica", FAIL, exc.message)

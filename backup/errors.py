@@ -73,6 +73,10 @@ _TRANSLATIONS: tuple[tuple[str, str], ...] = (
         "the storage endpoint refused the connection: check R2_ENDPOINT and your network",
     ),
     (
+        "server gave HTTP response to HTTPS client",
+        "the endpoint speaks plain HTTP: use an http:// R2_ENDPOINT",
+    ),
+    (
         "x509:",
         "the endpoint's TLS certificate was not trusted: check R2_ENDPOINT, or set "
         "SSL_CERT_FILE to your CA bundle",

@@ -12,11 +12,13 @@ import logging
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 from .config import Settings
 from .errors import BackupError, ConfigError, LitestreamError, translate
@@ -84,6 +86,36 @@ def child_environment(settings: Settings, base: Mapping[str, str]) -> dict[str, 
     if bundle and not env.get("SSL_CERT_FILE"):
         env["SSL_CERT_FILE"] = bundle
     return env
+
+
+def check_endpoint(endpoint: str | None, timeout: float = 5.0) -> None:
+    """Fail fast, with the fix, when an S3 endpoint cannot be reached at all.
+
+    litestream retries an unreachable endpoint ten times with back-off (about
+    two minutes) before it says so; a plain TCP connect answers at once.
+    """
+    if not endpoint:
+        return
+    parts = urlsplit(endpoint if "://" in endpoint else f"https://{endpoint}")
+    host = parts.hostname or ""
+    port = parts.port or (80 if parts.scheme == "http" else 443)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return
+    except socket.gaierror:
+        raise LitestreamError(
+            f"cannot resolve the storage endpoint {host}: check R2_ACCOUNT_ID or R2_ENDPOINT"
+        ) from None
+    except ConnectionRefusedError:
+        raise LitestreamError(
+            f"the storage endpoint {host}:{port} refused the connection: check R2_ENDPOINT "
+            "and your network"
+        ) from None
+    except OSError as exc:
+        raise LitestreamError(
+            f"cannot reach the storage endpoint {host}:{port} ({exc.strerror or 'timed out'}): "
+            "check R2_ENDPOINT and your network"
+        ) from None
 
 
 def parse_version(text: str) -> tuple[int, ...] | None:

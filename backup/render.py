@@ -160,6 +160,7 @@ class Database:
     replica_type: str  # "s3" or "file" (or whatever litestream calls it)
     replica: str  # for people: s3://bucket/path at endpoint, or a folder
     sync_interval: str
+    endpoint: str | None = None  # an S3 replica's endpoint URL
 
 
 @dataclass(frozen=True)
@@ -221,6 +222,7 @@ def read_config(path: Path) -> LitestreamConfig:
                 replica_type=str(replica.get("type") or ("s3" if "bucket" in replica else "file")),
                 replica=describe_replica(replica),
                 sync_interval=str(replica.get("sync-interval", "1s")),
+                endpoint=str(replica["endpoint"]) if replica.get("endpoint") else None,
             )
         )
     socket = data.get("socket") if isinstance(data.get("socket"), dict) else {}

@@ -22,7 +22,7 @@ import psutil
 from . import daemon
 from .config import Settings, require_r2
 from .errors import BackupError, ConfigError
-from .litestream import Litestream
+from .litestream import Litestream, check_endpoint
 from .render import Database, LitestreamConfig, read_config
 from .timeparse import rfc3339
 
@@ -127,6 +127,7 @@ def configured_database(settings: Settings) -> tuple[LitestreamConfig, Database]
     if config.uses_s3:
         require_r2(settings)
     entry = config.database(settings.db) or config.databases[0]
+    check_endpoint(entry.endpoint)
     return config, entry
 
 

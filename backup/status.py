@@ -14,7 +14,7 @@ from typing import Any
 from . import daemon
 from .config import Settings, parse_duration
 from .errors import EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_OK, BackupError
-from .litestream import Litestream
+from .litestream import Litestream, check_endpoint
 from .render import Database, read_config
 
 MIN_MAX_AGE = 60.0  # seconds; see max_age()
@@ -158,6 +158,7 @@ def _database_status(
         local_txid = int(raw, 16)
     status.local_txid = _hex(local_txid)
     try:
+        check_endpoint(entry.endpoint)
         files = litestream.json("ltx", "-level", "all", str(db), timeout=60) or []
     except BackupError as exc:
         status.error = exc.message
