@@ -7,6 +7,8 @@ message and exit code, never a traceback.
 from __future__ import annotations
 
 import functools
+import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -19,11 +21,20 @@ from .errors import BackupError
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+DEBUG_VARIABLE = "CHORA_BACKUP_DEBUG"
+
+
 def actionable(body: F) -> F:
-    """Turn the project's errors into Exit(message, code), details first."""
+    """Turn the project's errors into Exit(message, code), details first.
+
+    With CHORA_BACKUP_DEBUG=1 the debug log (every litestream command, its
+    exit code and its original stderr, secrets masked) goes to stderr.
+    """
 
     @functools.wraps(body)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
+            logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="debug: %(message)s")
         try:
             return body(*args, **kwargs)
         except BackupError as exc:

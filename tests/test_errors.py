@@ -1,0 +1,86 @@
+"""litestream's failures become one actionable line; the original stays in the debug log."""
+from __future__ import annotations
+
+import pytest
+
+from backup.errors import translate
+
+from conftest import SECRETS, Workspace, free_port, make_db
+
+CASES = [
+    ("Error: cannot open store: s3: cannot load aws config: unable to add custom RootCAs "
+     "HTTPClient, has no WithTransportOptions, *http.Client", "AWS_CA_BUNDLE"),
+    ("Error: ... StatusCode: 404 ... NoSuchBucket: The specified bucket does not exist",
+     "the bucket does not exist: create it, or fix R2_BUCKET"),
+    ("api error InvalidAccessKeyId: The AWS Access Key Id you provided does not exist",
+     "check R2_ACCESS_KEY_ID"),
+    ("api error SignatureDoesNotMatch: The request signature we calculated does not match",
+     "check R2_SECRET_ACCESS_KEY"),
+    ("api error AccessDenied: Access Denied", "Object Read & Write permission on the bucket"),
+    ('dial tcp: lookup x.r2.cloudflarestorage.com: no such host', "cannot resolve the storage endpoint"),
+    ("dial tcp 127.0.0.1:1: connect: connection refused", "refused the connection"),
+    ("tls: failed to verify certificate: x509: certificate signed by unknown authority",
+     "TLS certificate was not trusted"),
+    ("http: server gave HTTP response to HTTPS client", "use an http:// R2_ENDPOINT"),
+    ("Error: database is locked", "database locked"),
+    ("Error: no matching backup files available", "nothing to restore yet"),
+    ("Error: no replicas configured", "run 'inv backup.setup'"),
+]
+
+
+@pytest.mark.parametrize("stderr, expected", CASES, ids=[e for _, e in CASES])
+def test_translate(stderr, expected):
+    message = translate(stderr, "fallback")
+    assert expected in message
+    assert "\n" not in message
+
+
+def test_unknown_errors_keep_litestream_s_own_words():
+    assert translate("noise\nError: something new\n", "litestream ltx failed") == (
+        "litestream ltx failed: something new"
+    )
+
+
+def test_refused_endpoint_fails_fast_with_the_fix(ws: Workspace):
+    make_db(ws.db)
+    ws.write_env(
+        R2_ENDPOINT=f"http://127.0.0.1:{free_port()}", R2_BUCKET="chora-backup",
+        R2_ACCESS_KEY_ID=SECRETS[0], R2_SECRET_ACCESS_KEY=SECRETS[1],
+    )
+    assert ws.inv("backup.setup").returncode == 0
+    result = ws.inv("backup.restore", "--output", str(ws.root / "x.db"), timeout=30)
+    assert result.returncode == 1
+    assert "refused the connection: check R2_ENDPOINT" in result.stderr
+    ws.assert_no_secrets()
+
+
+def test_the_ca_bundle_failure_never_surfaces(r2ws: Workspace):
+    """AWS_CA_BUNDLE set, SSL_CERT_FILE unset: every S3-touching command still works."""
+    make_db(r2ws.db)
+    env = {"AWS_CA_BUNDLE": "/etc/ssl/certs/ca-certificates.crt", "SSL_CERT_FILE": None}
+    assert r2ws.inv("backup.setup", env=env).returncode == 0
+    for argv in (["backup.start-bg"], ["backup.status"], ["backup.snapshots"], ["backup.verify"],
+                 ["backup.doctor"], ["backup.stop"]):
+        result = r2ws.inv(*argv, env=env)
+        assert "WithTransportOptions" not in result.stdout + result.stderr
+        assert "AWS_CA_BUNDLE" not in result.stderr
+        assert result.returncode == 0, (argv, result.stdout, result.stderr)
+
+
+def test_debug_log_has_the_original_text_without_secrets(r2ws: Workspace):
+    r2ws.write_env(
+        R2_ENDPOINT=_endpoint(r2ws), R2_BUCKET="no-such-bucket-0",
+        R2_ACCESS_KEY_ID=SECRETS[0], R2_SECRET_ACCESS_KEY=SECRETS[1],
+    )
+    assert r2ws.inv("backup.setup").returncode == 0
+    result = r2ws.inv("backup.snapshots", env={"CHORA_BACKUP_DEBUG": "1"})
+    assert result.returncode == 1
+    assert "debug: running" in result.stderr
+    assert "NoSuchBucket" in result.stderr  # the original text, for the curious
+    assert result.stderr.strip().splitlines()[-1].startswith("error: the bucket does not exist")
+    r2ws.assert_no_secrets()
+
+
+def _endpoint(ws: Workspace) -> str:
+    text = (ws.path / ".env").read_text()
+    return next(l.split("=", 1)[1] for l in text.splitlines() if l.startswith("R2_ENDPOINT="))
