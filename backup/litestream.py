@@ -156,7 +156,23 @@ class Litestream:
             return found
         raise BackupError(f"litestream not found: {INSTALL_HINT}")
 
+    def _version_cache(self) -> Path:
+        return self.settings.state_dir / "litestream-version.json"
+
     def _check_version(self, binary: str) -> None:
+        """Refuse a litestream older than MIN_VERSION; remember a binary that passed.
+
+        The answer is kept in the state dir, keyed by the binary's path, size and
+        mtime, so read-only commands such as status do not pay for a second
+        process every time.
+        """
+        stat = Path(binary).stat()
+        key = {"binary": binary, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        try:
+            if json.loads(self._version_cache().read_text("utf-8")) == key:
+                return
+        except (OSError, ValueError):
+            pass
         try:
             out = subprocess.run(
                 [binary, "version"], capture_output=True, text=True, timeout=30
@@ -171,6 +187,13 @@ class Litestream:
                 f"litestream {out.strip()} is too old (need {wanted} or newer, older ones "
                 f"fail on R2): {INSTALL_HINT}"
             )
+        if self.settings.state_dir.is_dir():
+            tmp = self._version_cache().with_suffix(f".{os.getpid()}.tmp")
+            try:
+                tmp.write_text(json.dumps(key), "utf-8")
+                os.replace(tmp, self._version_cache())
+            except OSError:
+                tmp.unlink(missing_ok=True)  # a cache we cannot write only costs time
 
     def environment(self) -> dict[str, str]:
         return child_environment(self.settings, self._environ)

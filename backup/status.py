@@ -135,9 +135,18 @@ def unsynced_since(db: Path, replica_txid: int) -> float | None:
     return min(times) if times else None
 
 
+def _replica_files(entry: Database, litestream: Litestream) -> list[dict[str, Any]] | BackupError:
+    """The replica's LTX files across all levels, or the error reading them."""
+    try:
+        check_endpoint(entry.endpoint)
+        return litestream.json("ltx", "-level", "all", str(entry.path), timeout=60) or []
+    except BackupError as exc:
+        return exc
+
+
 def _database_status(
     entry: Database,
-    litestream: Litestream,
+    replica: list[dict[str, Any]] | BackupError | None,
     local: dict[str, Any],
     synced: dict[str, str],
     now: float,
@@ -157,12 +166,10 @@ def _database_status(
     if raw and raw != "-":
         local_txid = int(raw, 16)
     status.local_txid = _hex(local_txid)
-    try:
-        check_endpoint(entry.endpoint)
-        files = litestream.json("ltx", "-level", "all", str(db), timeout=60) or []
-    except BackupError as exc:
-        status.error = exc.message
+    if isinstance(replica, BackupError):
+        status.error = replica.message
         return status
+    files = replica or []
     replica_txid = max((int(f["max_txid"], 16) for f in files), default=None)
     status.replica_txid = _hex(replica_txid)
     if files:
@@ -212,22 +219,35 @@ def _daemon_info(state: daemon.DaemonState, settings: Settings, now: float) -> d
 
 def gather(settings: Settings, litestream: Litestream | None = None) -> Status:
     """Read every fact status reports. Starts nothing, writes nothing."""
+    from concurrent.futures import ThreadPoolExecutor
+
     litestream = litestream or Litestream(settings)
     state = daemon.check(settings)
     now = time.time()
     config = read_config(settings.config_path)
-    local = {row["database"]: row for row in litestream.json("status", timeout=30) or []}
-    synced: dict[str, str] = {}
-    if state.running and config.socket:
-        listing = litestream.listing(config.socket) or []
-        synced = {db["path"]: db["last_sync_at"] for db in listing if db.get("last_sync_at")}
+    litestream.binary  # found and version-checked once, before the threads share it
+    # The litestream calls are independent: run them side by side.
+    with ThreadPoolExecutor(max_workers=2 + len(config.databases)) as pool:
+        local_call = pool.submit(litestream.json, "status", timeout=30)
+        listing_call = (
+            pool.submit(litestream.listing, config.socket) if state.running and config.socket else None
+        )
+        replica_calls = {
+            e.path: pool.submit(_replica_files, e, litestream)
+            for e in config.databases
+            if e.path.is_file()
+        }
+        local = {row["database"]: row for row in local_call.result() or []}
+        listing = (listing_call.result() if listing_call else None) or []
+        replicas = {path: call.result() for path, call in replica_calls.items()}
+    synced = {db["path"]: db["last_sync_at"] for db in listing if db.get("last_sync_at")}
     return Status(
         running=state.running,
         pid=state.pid,
         config=str(config.path),
         daemon=_daemon_info(state, settings, now),
         databases=[
-            _database_status(e, litestream, local, synced, now, state.running)
+            _database_status(e, replicas.get(e.path), local, synced, now, state.running)
             for e in config.databases
         ],
     )

@@ -136,3 +136,15 @@ def test_the_real_binary_runs_with_the_prepared_environment(tmp_path):
     )
     out = Litestream(settings, environ={**os.environ, "AWS_CA_BUNDLE": "/etc/ssl/certs/ca-certificates.crt"}).json("status")
     assert out[0]["database"] == str(tmp_path / "x.db")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="shell script stand-in")
+def test_version_check_is_remembered_until_the_binary_changes(tmp_path):
+    binary = fake_binary(tmp_path, "v0.5.8")
+    (tmp_path / "state").mkdir()
+    settings = settings_for(tmp_path, LITESTREAM_BIN=str(binary))
+    assert Litestream(settings).binary == str(binary)
+    assert (tmp_path / "state" / "litestream-version.json").is_file()
+    binary.write_text("#!/bin/sh\necho v0.5.6 older\n")  # replaced: size and mtime change
+    with pytest.raises(BackupError, match="too old"):
+        Litestream(settings).binary
