@@ -42,8 +42,16 @@ def yaml_scalar(value: object) -> str:
     return "".join(out)
 
 
+TEMPLATE = "litestream.yml.j2"
+
+
 def _template_text() -> str:
-    return resources.files("backup.templates").joinpath("litestream.yml.j2").read_text("utf-8")
+    try:
+        return resources.files("backup.templates").joinpath(TEMPLATE).read_text("utf-8")
+    except ModuleNotFoundError:
+        # Imported from a source checkout (inv in the repo root puts it first on
+        # sys.path), where the template has not been packaged: read its source.
+        return (Path(__file__).resolve().parent.parent / "templates" / TEMPLATE).read_text("utf-8")
 
 
 def render(settings: Settings, mode: str) -> str:

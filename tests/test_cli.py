@@ -142,3 +142,10 @@ def test_bad_flag_values_are_one_clean_line(ws: Workspace, argv, expected):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], result.stderr
     assert snapshot(ws) == before
+
+
+def test_inv_in_a_source_checkout_finds_the_template(ws: Workspace):
+    """`inv` in the repo root imports backup/ from the checkout, not the wheel."""
+    result = ws.inv("backup.local", "--dry-run", cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert "type: file" in result.stdout
