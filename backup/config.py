@@ -59,6 +59,8 @@ _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _ACCOUNT_ID = re.compile(r"^[0-9a-fA-F]{32}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# litestream 0.5 builds a SQLite URI from the database path without escaping it.
+_URI_SPECIAL = re.compile(r"[#?]|%[0-9A-Fa-f]{2}")
 
 
 def parse_duration(text: str) -> float:
@@ -263,6 +265,11 @@ def load(
 
     db = Path(values["BACKUP_DB"] or DEFAULT_DB).expanduser()
     db = db if db.is_absolute() else workspace / db
+    if _URI_SPECIAL.search(str(db)):
+        problems.append(
+            f"BACKUP_DB {db} contains '#', '?' or '%XX': litestream 0.5 opens the database "
+            "path as a URI and would open another file; rename the database or its folder"
+        )
     if db.is_dir():
         problems.append(f"BACKUP_DB {db} is a directory: name the database file")
 
@@ -328,7 +335,8 @@ def load(
         secret_access_key=values["R2_SECRET_ACCESS_KEY"],
     )
     if mode == R2:
-        missing = settings.missing_r2()
+        named = {p.split(" ", 1)[0] for p in problems}
+        missing = [m for m in settings.missing_r2() if m not in named]
         if missing:
             problems.insert(
                 0,

@@ -137,6 +137,9 @@ def test_every_problem_is_reported_at_once(tmp_path):
         ({"R2_SECRET_ACCESS_KEY": ""}, "R2_SECRET_ACCESS_KEY is empty"),
         ({"BACKUP_DB": '"a\\nb.db"'}, "BACKUP_DB contains a control character"),
         ({"BACKUP_REPLICA_PATH": "/abs"}, "BACKUP_REPLICA_PATH must be a key prefix"),
+        ({"BACKUP_DB": "'notes#1.db'"}, "contains '#', '?' or '%XX'"),
+        ({"BACKUP_DB": "what?.db"}, "contains '#', '?' or '%XX'"),
+        ({"BACKUP_DB": "100%41.db"}, "contains '#', '?' or '%XX'"),
     ],
     ids=lambda v: str(v)[:40],
 )
@@ -198,3 +201,10 @@ def test_settings_repr_hides_secrets(tmp_path):
     settings = config.load(cwd=tmp_path, environ={}, mode=config.R2)
     assert "hunter2-secret" not in repr(settings)
     assert settings.mask("x hunter2-secret y key-id") == "x **** y ****"
+
+
+def test_an_invalid_value_is_not_also_called_missing(tmp_path):
+    write_env(tmp_path, {**GOOD, "R2_BUCKET": ""})
+    with pytest.raises(ConfigError) as err:
+        config.load(cwd=tmp_path, environ={}, mode=config.R2)
+    assert err.value.message == "R2_BUCKET is empty (set a value or remove the line)"

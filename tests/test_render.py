@@ -53,11 +53,14 @@ def settings_for(tmp_path: Path, **values: str) -> config.Settings:
 @pytest.mark.parametrize("value", [v for v in TRICKY if v.strip() == v and "\u2028" not in v])
 def test_paths_round_trip_through_the_rendered_config(tmp_path, value):
     name = value.replace("\\", "_").replace("/", "_") + ".db"
-    settings = settings_for(tmp_path, BACKUP_DB=name, BACKUP_REPLICA_PATH=f"p/{name}")
+    # litestream reads the database path as a URI: '#' is refused there (see
+    # test_config), so it is exercised in the replica path and folder only.
+    db_name = name.replace("#", "_")
+    settings = settings_for(tmp_path, BACKUP_DB=db_name, BACKUP_REPLICA_PATH=f"p/{name}")
     for mode in (config.R2, config.LOCAL):
         data = yaml.safe_load(render(settings, mode))
         (db,) = data["dbs"]
-        assert db["path"] == str(tmp_path.resolve() / name)
+        assert db["path"] == str(tmp_path.resolve() / db_name)
         if mode == config.R2:
             assert db["replica"]["path"] == f"p/{name}"
         else:
@@ -161,11 +164,11 @@ def test_read_config_missing_says_what_to_run(tmp_path):
 
 def test_litestream_reads_tricky_paths_exactly(ws: Workspace):
     """Go's YAML parser (litestream's) agrees with ours, and -no-expand-env keeps '$'."""
-    name = "dir with $HOME #hash: 'q' {x} é"
+    name = "dir with $HOME: 'q' {x} é"
     folder = ws.path / name
     folder.mkdir()
     # Quoted, as a user must: unquoted, dotenv reads " #" as a comment.
-    ws.write_env(BACKUP_DB=f'"{name}/my $db.db"', BACKUP_LOCAL_DIR=str(ws.root / "b $x"))
+    ws.write_env(BACKUP_DB=f'"{name}/my $db.db"', BACKUP_LOCAL_DIR=f'"{ws.root / "b $x #y"}"')
     result = ws.inv("backup.local", "--no-start")
     assert result.returncode == 0, result.stderr
     status = ws.litestream("status", "-config", str(ws.config), "-no-expand-env", "-json")
