@@ -384,8 +384,46 @@ def doctor(c, json=False):
         raise Exit(f"error: {len(failed)} check(s) failed: {', '.join(c.name for c in failed)}", code=1)
 
 
+@task(
+    help={
+        "writes-per-month": "model this many writes a month instead of the rate observed "
+        "in the replica; default: observed",
+        "json": "print JSON (total_usd and the parts) instead of the estimate; default off",
+    }
+)
+@actionable
+def cost(c, writes_per_month=None, json=False):
+    """Project this workspace's monthly Cloudflare R2 bill from its replica and config."""
+    import json as jsonlib
+
+    from .cost import project
+    from .litestream import Litestream
+
+    writes = None
+    if writes_per_month is not None:
+        writes = _number(writes_per_month, "--writes-per-month")
+    settings = cfg.load()
+    result = project(settings, Litestream(settings), writes)
+    if result.estimate is None:
+        if json:
+            print(jsonlib.dumps({"total_usd": 0.0, "replica": "local"}, indent=2))
+        else:
+            print("local replica: no cloud cost (run 'inv backup.setup' to replicate to R2)")
+        return
+    if json:
+        data = result.estimate.as_dict()
+        data["writes_observed"] = result.observed
+        print(jsonlib.dumps(data, indent=2))
+        return
+    print(f"Estimated monthly cost of {result.config}")
+    print("\n".join(result.estimate.as_lines()))
+    if result.observed:
+        print("(write rate observed from the replica's recent files; model another with "
+              "--writes-per-month)")
+
+
 ns = Collection("backup")
 for _task in (
-    setup, local, start, start_bg, stop, status, logs, restore, snapshots, verify, doctor,
+    setup, local, start, start_bg, stop, status, logs, restore, snapshots, verify, doctor, cost,
 ):
     ns.add_task(_task)

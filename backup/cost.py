@@ -1,0 +1,217 @@
+"""What replication to Cloudflare R2 costs a month: prices, and a model of the requests.
+
+Prices live here and nowhere else (bench/requests.py imports them).
+
+The request model counts what litestream 0.5.17 does on its timers, with
+coefficients measured by bench/requests.py against a local S3 server:
+
+- every sync that carries a change uploads one L0 file (a PUT);
+- every tick of a compaction level that has something new to merge LISTs
+  three times, GETs once, PUTs the merged file and deletes what it replaced
+  (one DeleteObjects, counted as Class A because R2's price list does not
+  name the bulk call); a tick with nothing new costs nothing;
+- every tick of the L0 retention check LISTs twice;
+- the daily snapshot is one more compaction level.
+
+Writes are taken as evenly spread (the seed's "a write every 26 s"), so a
+level is busy on a tick when at least one file reached the level below it
+during that tick.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import parse_duration
+
+PRICES_CHECKED = "2026-11-26"  # developers.cloudflare.com/r2/pricing, Standard storage
+PRICE_CLASS_A = 4.50 / 1e6  # PUT, LIST, multipart, CopyObject (and, to be safe, DeleteObjects)
+PRICE_CLASS_B = 0.36 / 1e6  # GET, HEAD
+PRICE_STORAGE_GB_MONTH = 0.015
+FREE_CLASS_A = 1_000_000  # each month
+FREE_CLASS_B = 10_000_000
+FREE_STORAGE_GB = 10.0
+HOURS_PER_MONTH = 730
+
+# litestream 0.5.17's defaults for the timers the model reads.
+DEFAULT_TIMERS = {
+    "l0-retention-check-interval": "15s",
+    "levels": ["30s", "5m", "1h"],
+    "snapshot": "24h",
+}
+LIST_PER_BUSY_TICK = 3
+LIST_PER_RETENTION_TICK = 2
+
+
+@dataclass(frozen=True)
+class Timers:
+    sync_interval: float  # seconds
+    retention_check: float
+    levels: tuple[float, ...]  # L1, L2, … then the snapshot level
+
+    @classmethod
+    def from_config(cls, data: dict[str, Any], sync_interval: str) -> Timers:
+        levels = data.get("levels") or [{"interval": i} for i in DEFAULT_TIMERS["levels"]]
+        snapshot = (data.get("snapshot") or {}).get("interval", DEFAULT_TIMERS["snapshot"])
+        return cls(
+            sync_interval=parse_duration(sync_interval),
+            retention_check=parse_duration(
+                str(data.get("l0-retention-check-interval", DEFAULT_TIMERS["l0-retention-check-interval"]))
+            ),
+            levels=tuple(parse_duration(str(l["interval"])) for l in levels) + (parse_duration(str(snapshot)),),
+        )
+
+    @classmethod
+    def from_file(cls, path: Path, sync_interval: str) -> Timers:
+        import yaml
+
+        return cls.from_config(yaml.safe_load(path.read_text("utf-8")) or {}, sync_interval)
+
+
+@dataclass(frozen=True)
+class Requests:
+    """Requests an hour, by R2 class and by operation."""
+
+    put: float
+    list: float
+    delete: float
+    get: float
+
+    @property
+    def class_a(self) -> float:
+        return self.put + self.list + self.delete
+
+    @property
+    def class_b(self) -> float:
+        return self.get
+
+
+def requests_per_hour(timers: Timers, writes_per_hour: float) -> Requests:
+    uploads = min(writes_per_hour, 3600 / timers.sync_interval)  # syncs that carry a change
+    put, lists, delete, get = uploads, 0.0, 0.0, 0.0
+    arriving = uploads  # files an hour reaching the level below
+    for interval in timers.levels:
+        ticks = 3600 / interval
+        busy = ticks * min(1.0, arriving * interval / 3600)
+        put += busy
+        lists += busy * LIST_PER_BUSY_TICK
+        get += busy
+        delete += busy
+        arriving = busy
+    lists += 3600 / timers.retention_check * LIST_PER_RETENTION_TICK
+    return Requests(put=put, list=lists, delete=delete, get=get)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    writes_per_hour: float
+    requests: Requests
+    stored_bytes: int
+
+    @property
+    def class_a_month(self) -> float:
+        return self.requests.class_a * HOURS_PER_MONTH
+
+    @property
+    def class_b_month(self) -> float:
+        return self.requests.class_b * HOURS_PER_MONTH
+
+    @property
+    def storage_gb(self) -> float:
+        return self.stored_bytes / 1e9
+
+    def usd(self, free_tier: bool) -> dict[str, float]:
+        a, b, gb = self.class_a_month, self.class_b_month, self.storage_gb
+        if free_tier:
+            a, b, gb = max(0.0, a - FREE_CLASS_A), max(0.0, b - FREE_CLASS_B), max(0.0, gb - FREE_STORAGE_GB)
+        parts = {"storage": gb * PRICE_STORAGE_GB_MONTH, "class_a": a * PRICE_CLASS_A, "class_b": b * PRICE_CLASS_B}
+        parts["total"] = sum(parts.values())
+        return parts
+
+    def as_dict(self) -> dict[str, Any]:
+        billed, listed = self.usd(free_tier=True), self.usd(free_tier=False)
+        return {
+            "total_usd": round(billed["total"], 4),
+            "total_before_free_tier_usd": round(listed["total"], 4),
+            "storage_gb": round(self.storage_gb, 6),
+            "storage_usd": round(listed["storage"], 4),
+            "class_a_per_hour": round(self.requests.class_a, 1),
+            "class_a_per_month": round(self.class_a_month),
+            "class_a_usd": round(listed["class_a"], 4),
+            "class_b_per_hour": round(self.requests.class_b, 1),
+            "class_b_per_month": round(self.class_b_month),
+            "class_b_usd": round(listed["class_b"], 4),
+            "writes_per_month": round(self.writes_per_hour * HOURS_PER_MONTH),
+            "prices_checked": PRICES_CHECKED,
+        }
+
+    def as_lines(self) -> list[str]:
+        listed, billed = self.usd(free_tier=False), self.usd(free_tier=True)
+        return [
+            f"Cloudflare R2 pricing (checked {PRICES_CHECKED}):",
+            f"- Storage: {self.storage_gb:.4f} GB x ${PRICE_STORAGE_GB_MONTH}/GB-month = ${listed['storage']:.4f}",
+            f"- Class A ops (write, list): {self.requests.class_a:.0f}/hour = {self.class_a_month:,.0f}/month "
+            f"x $4.50/million = ${listed['class_a']:.2f}",
+            f"- Class B ops (read): {self.requests.class_b:.0f}/hour = {self.class_b_month:,.0f}/month "
+            f"x $0.36/million = ${listed['class_b']:.4f}",
+            "- Egress: FREE",
+            f"Workload: {self.writes_per_hour * HOURS_PER_MONTH:,.0f} writes/month",
+            f"Total: ${listed['total']:.2f}/month at list price; ${billed['total']:.2f}/month after the "
+            f"free tier (10 GB-month, 1M Class A, 10M Class B each month)",
+        ]
+
+
+def estimate(timers: Timers, writes_per_month: float, stored_bytes: int) -> Estimate:
+    per_hour = writes_per_month / HOURS_PER_MONTH
+    return Estimate(per_hour, requests_per_hour(timers, per_hour), stored_bytes)
+
+
+def observed_writes_per_month(files: list[dict[str, Any]], l0_retention: float, now: float) -> float:
+    """Syncs that carried a change, from the replica's L0 files of the retention window.
+
+    Each such sync leaves one L0 file, kept for ``l0_retention``: their count
+    over that window is the rate that drives the bill.
+    """
+    from datetime import datetime
+
+    recent = 0
+    for f in files:
+        if int(f.get("level", -1)) != 0:
+            continue
+        stamp = datetime.fromisoformat(str(f["timestamp"]).replace("Z", "+00:00")).timestamp()
+        if stamp > now - l0_retention:
+            recent += 1
+    return recent * 3600 / l0_retention * HOURS_PER_MONTH
+
+
+@dataclass(frozen=True)
+class Projection:
+    estimate: Estimate | None  # None: a local replica, which costs nothing
+    observed: bool  # the write rate came from the replica, not --writes-per-month
+    config: Path
+
+
+def project(settings: Any, litestream: Any, writes_per_month: float | None = None) -> Projection:
+    """This workspace's monthly bill from its config, its replica and its write rate."""
+    import time
+
+    import yaml
+
+    from .litestream import check_endpoint
+    from .render import read_config
+
+    config = read_config(settings.config_path)
+    if not config.uses_s3:
+        return Projection(None, False, config.path)
+    data = yaml.safe_load(config.path.read_text("utf-8")) or {}
+    entry = config.database(settings.db) or config.databases[0]
+    check_endpoint(entry.endpoint)
+    files = litestream.json("ltx", "-level", "all", str(entry.path), timeout=120) or []
+    stored = sum(int(f.get("size", 0)) for f in files)
+    observed = writes_per_month is None
+    if observed:
+        retention = parse_duration(str(data.get("l0-retention", "5m")))
+        writes_per_month = observed_writes_per_month(files, retention, time.time())
+    timers = Timers.from_config(data, entry.sync_interval)
+    return Projection(estimate(timers, writes_per_month, stored), observed, config.path)
