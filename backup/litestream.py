@@ -88,6 +88,11 @@ def child_environment(settings: Settings, base: Mapping[str, str]) -> dict[str, 
     return env
 
 
+def local_state_dir(db: Path) -> Path:
+    """Where litestream keeps its local state (LTX files) for database ``db``."""
+    return db.parent / f".{db.name}-litestream"
+
+
 def check_endpoint(endpoint: str | None, timeout: float = 5.0) -> None:
     """Fail fast, with the fix, when an S3 endpoint cannot be reached at all.
 
@@ -241,6 +246,10 @@ class Litestream:
             return json.loads(proc.stdout or "null")
         except ValueError:
             raise LitestreamError(f"litestream {command} printed something that is not JSON") from None
+
+    def replica_files(self, db: Path) -> list[dict[str, Any]]:
+        """Every LTX file in ``db``'s replica, all levels (``ltx -level all -json``)."""
+        return list(self.json("ltx", "-level", "all", str(db), timeout=120) or [])
 
     def listing(self, socket: Path) -> list[dict[str, Any]] | None:
         """The running daemon's databases (``list -json``), or None if it does not answer."""

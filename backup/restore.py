@@ -7,6 +7,7 @@ target (and its -wal/-shm, and litestream's local state) is moved aside to
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -22,18 +23,14 @@ import psutil
 from . import daemon
 from .config import Settings, require_r2
 from .errors import BackupError, ConfigError
-from .litestream import Litestream, check_endpoint
+from .litestream import Litestream, check_endpoint, local_state_dir
 from .render import Database, LitestreamConfig, read_config
-from .timeparse import rfc3339
+from .timeparse import from_litestream, iso_z, rfc3339
 
 SIDECARS = ("-wal", "-shm")
 NOTHING_YET = "nothing to restore yet: the replica holds no backup of {db} (start replication with 'inv backup.start-bg')"
 
 Progress = Callable[[int, float], None]  # (bytes written so far, seconds elapsed)
-
-
-def _time(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 @dataclass(frozen=True)
@@ -50,7 +47,7 @@ class LtxFile:
             "min_txid": f"{self.min_txid:016x}",
             "max_txid": f"{self.max_txid:016x}",
             "size": self.size,
-            "timestamp": self.timestamp.isoformat().replace("+00:00", "Z"),
+            "timestamp": iso_z(self.timestamp),
         }
 
 
@@ -65,15 +62,14 @@ class Window:
 
     def describe(self) -> str:
         return (
-            f"{self.earliest.isoformat().replace('+00:00', 'Z')} to "
-            f"{self.latest.isoformat().replace('+00:00', 'Z')} "
+            f"{iso_z(self.earliest)} to {iso_z(self.latest)} "
             f"(txid {self.min_txid:016x} to {self.max_txid:016x})"
         )
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "earliest": self.earliest.isoformat().replace("+00:00", "Z"),
-            "latest": self.latest.isoformat().replace("+00:00", "Z"),
+            "earliest": iso_z(self.earliest),
+            "latest": iso_z(self.latest),
             "min_txid": f"{self.min_txid:016x}",
             "max_txid": f"{self.max_txid:016x}",
         }
@@ -81,14 +77,14 @@ class Window:
 
 def replica_files(litestream: Litestream, db: Path) -> list[LtxFile]:
     """Every LTX file in the replica, all levels (one listing per level)."""
-    raw = litestream.json("ltx", "-level", "all", str(db), timeout=120) or []
+    raw = litestream.replica_files(db)
     return [
         LtxFile(
             level=int(f["level"]),
             min_txid=int(f["min_txid"], 16),
             max_txid=int(f["max_txid"], 16),
             size=int(f["size"]),
-            timestamp=_time(f["timestamp"]),
+            timestamp=from_litestream(f["timestamp"]),
         )
         for f in raw
     ]
@@ -126,7 +122,7 @@ def configured_database(settings: Settings) -> tuple[LitestreamConfig, Database]
     config = read_config(settings.config_path)
     if config.uses_s3:
         require_r2(settings)
-    entry = config.database(settings.db) or config.databases[0]
+    entry = config.primary(settings.db)
     check_endpoint(entry.endpoint)
     return config, entry
 
@@ -165,10 +161,15 @@ class RestorePlan:
     replaces_existing: bool
 
 
+def connect_readonly(path: Path) -> sqlite3.Connection:
+    """Open ``path`` read-only; the URI is escaped so '#', '?' or '%' name no other file."""
+    return sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+
+
 def integrity_check(path: Path) -> str:
     """SQLite's own verdict: 'ok', or the first problems it names."""
     try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        con = connect_readonly(path)
         try:
             rows = con.execute("PRAGMA integrity_check").fetchall()
         finally:
@@ -194,16 +195,21 @@ def holders(path: Path) -> list[int]:
     return found
 
 
-def _stamp() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+def _aside_stamp(target: Path) -> str:
+    """A UTC timestamp no earlier move-aside of ``target`` (or its sidecars, or state) used."""
+    base = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    meta = local_state_dir(target)
+    for n in range(1, 10_000):
+        stamp = base if n == 1 else f"{base}-{n}"
+        taken = [Path(f"{target}.pre-restore-{stamp}{s}") for s in ("", *SIDECARS)]
+        taken.append(meta.with_name(f"{meta.name}.pre-restore-{stamp}"))
+        if not any(p.exists() or p.is_symlink() for p in taken):
+            return stamp
+    raise BackupError(f"too many {target.name}.pre-restore-* files: move some away first")
 
 
 def _aside(path: Path, stamp: str) -> Path:
     return path.with_name(f"{path.name}.pre-restore-{stamp}")
-
-
-def _meta_dir(db: Path) -> Path:
-    return db.parent / f".{db.name}-litestream"
 
 
 def _check_target(
@@ -287,6 +293,33 @@ def restore(
     config, entry = configured_database(settings)
     target = (output if output is not None else entry.path).absolute()
     is_live = any(db.path == target for db in config.databases)
+    # Replacing a replicated database: no daemon may start until it is in place.
+    with daemon.exclusive(settings) if is_live and not dry_run else contextlib.nullcontext():
+        return _restore(settings, litestream, entry, target, is_live, timestamp, txid, force,
+                        dry_run, progress)
+
+
+def _restored_time(files: list[LtxFile], timestamp: datetime | None, txid: int | None) -> datetime | None:
+    """The moment the restored state belongs to (never later than the newest backup)."""
+    reached = [f.timestamp for f in files if txid is None or f.max_txid <= txid]
+    latest = max(reached, default=None)
+    if timestamp is not None and latest is not None:
+        return min(timestamp, latest)
+    return latest
+
+
+def _restore(
+    settings: Settings,
+    litestream: Litestream,
+    entry: Database,
+    target: Path,
+    is_live: bool,
+    timestamp: datetime | None,
+    txid: int | None,
+    force: bool,
+    dry_run: bool,
+    progress: Progress | None,
+) -> RestoreResult | RestorePlan:
     _check_target(settings, target, force, is_live, dry_run)
     files = replica_files(litestream, entry.path)
     point = _point_args(files, entry.path, timestamp, txid)
@@ -336,18 +369,17 @@ def restore(
                 "replaced — the replica may be damaged, try an earlier --timestamp"
             )
         size = temp.stat().st_size
-        stamp = _stamp()
-        moved_aside, stale = _make_room(target, stamp)
+        moved_aside, stale = _make_room(target, _aside_stamp(target))
         os.replace(temp, target)
     finally:
         for leftover in (temp, *(Path(str(temp) + s) for s in (*SIDECARS, ".tmp"))):
             leftover.unlink(missing_ok=True)
     restored_txid = summary.get("txid") if isinstance(summary, dict) else None
-    when = timestamp or max((f.timestamp for f in files), default=None)
+    when = _restored_time(files, timestamp, txid)
     return RestoreResult(
         path=str(target),
         txid=restored_txid,
-        timestamp=when.isoformat().replace("+00:00", "Z") if when else None,
+        timestamp=iso_z(when) if when else None,
         integrity="ok",
         moved_aside=str(moved_aside) if moved_aside else None,
         source=entry.replica,
@@ -374,7 +406,7 @@ def _make_room(target: Path, stamp: str) -> tuple[Path | None, list[Path]]:
             os.replace(sidecar, dest)
             if moved_aside is None:
                 stale.append(dest)
-    meta = _meta_dir(target)
+    meta = local_state_dir(target)
     if meta.exists():
         os.replace(meta, meta.with_name(f"{meta.name}.pre-restore-{stamp}"))
     return moved_aside, stale

@@ -32,9 +32,12 @@ def parse(text: str, now: datetime | None = None) -> datetime:
     """An aware UTC datetime for ``text``; ConfigError naming the accepted forms."""
     now = now or datetime.now(timezone.utc)
     raw = text.strip()
-    age = parse_age(raw)
-    if age is not None:
-        return now - age
+    try:
+        age = parse_age(raw)
+        if age is not None:
+            return now - age
+    except OverflowError:
+        raise ConfigError(f"--timestamp {text!r} is further back than any backup can be: {HINT}") from None
     when = None
     try:
         when = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
@@ -47,12 +50,33 @@ def parse(text: str, now: datetime | None = None) -> datetime:
                 continue
     if when is None:
         raise ConfigError(f"--timestamp {text!r} is not a point in time: {HINT}")
-    if when.tzinfo is None:
-        when = when.astimezone()  # a naive time is in the local zone
-    when = when.astimezone(timezone.utc)
+    try:
+        if when.tzinfo is None:
+            when = when.astimezone()  # a naive time is in the local zone
+        when = when.astimezone(timezone.utc)
+    except (OverflowError, ValueError, OSError):
+        raise ConfigError(f"--timestamp {text!r} is out of range: {HINT}") from None
     if when > now + timedelta(seconds=1):
         raise ConfigError(f"--timestamp {text!r} is in the future: {HINT}")
     return when
+
+
+_FRACTION = re.compile(r"\.(\d+)")
+
+
+def from_litestream(text: str) -> datetime:
+    """A timestamp litestream printed (RFC 3339, 'Z', 0-9 fractional digits) as an aware datetime.
+
+    Python 3.10's fromisoformat takes no 'Z' and only 3 or 6 fractional digits.
+    """
+    text = text.strip().replace("Z", "+00:00")
+    text = _FRACTION.sub(lambda m: "." + m.group(1)[:6].ljust(6, "0"), text)
+    return datetime.fromisoformat(text)
+
+
+def iso_z(when: datetime) -> str:
+    """RFC 3339 in UTC with a 'Z', as litestream prints it."""
+    return when.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 def rfc3339(when: datetime) -> str:

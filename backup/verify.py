@@ -7,7 +7,6 @@ and Ctrl-C alike.
 from __future__ import annotations
 
 import shutil
-import sqlite3
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from . import daemon
 from .config import Settings
 from .errors import BackupError
 from .litestream import Litestream
-from .restore import configured_database, integrity_check
+from .restore import configured_database, connect_readonly, integrity_check
 from .status import max_age as default_max_age
 from .status import unsynced_since
 
@@ -47,7 +46,7 @@ class VerifyResult:
 
 
 def _schema_and_counts(path: Path) -> tuple[dict[str, str], dict[str, int]]:
-    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    con = connect_readonly(path)
     try:
         rows = con.execute(
             "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' "

@@ -341,3 +341,46 @@ def test_refused_credentials_are_named(ws: Workspace, strict_s3_endpoint):
         "error: access denied: the access key id was refused; check R2_ACCESS_KEY_ID in .env"
     )
     assert "AKIANOTKNOWNHERE" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["2026-11-26T03:07:57.145869099Z", "2026-11-26T03:07:57Z", "2026-11-26T03:07:57.1+00:00"],
+)
+def test_litestream_timestamps_parse_on_every_supported_python(text):
+    parsed = timeparse.from_litestream(text)
+    assert parsed.tzinfo is not None
+    assert parsed.replace(microsecond=0) == datetime(2026, 11, 26, 3, 7, 57, tzinfo=timezone.utc)
+
+
+def test_two_forced_restores_in_one_second_keep_both_old_files(ws: Workspace):
+    replicated(ws, 2)
+    insert(ws.db, "only in the live file")
+    original = ws.db.read_bytes()
+    first = json.loads(ws.inv("backup.restore", "--force", "--json").stdout)
+    second = json.loads(ws.inv("backup.restore", "--force", "--json").stdout)
+    assert first["moved_aside"] != second["moved_aside"]
+    assert Path(first["moved_aside"]).read_bytes() == original
+    assert Path(second["moved_aside"]).exists()
+
+
+@pytest.mark.parametrize("folder", ["o#x", "q?y", "p%41"])
+def test_restore_into_a_folder_with_uri_characters_checks_the_right_file(ws: Workspace, folder):
+    replicated(ws, 3)
+    target_dir = ws.root / folder
+    target_dir.mkdir()
+    out = target_dir / "r.db"
+    result = ws.inv("backup.restore", "--output", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    assert rows(out) == rows(ws.db)
+    assert sorted(p.name for p in ws.root.iterdir()) == sorted(
+        {"ws", "home", "state", folder} | {p.name for p in ws.root.iterdir() if p.name == "tmp"}
+    )
+
+
+def test_a_timestamp_after_the_newest_backup_reports_the_state_restored(ws: Workspace):
+    replicated(ws, 2)
+    data = json.loads(ws.inv("backup.restore", "--output", str(ws.root / "t.db"),
+                             "--timestamp", "0s", "--json").stdout)
+    window = json.loads(ws.inv("backup.snapshots", "--json").stdout)["window"]
+    assert data["timestamp"] == window["latest"]
