@@ -215,8 +215,19 @@ def _default_state_dir(workspace: Path) -> Path:
     return Path(DEFAULT_STATE_ROOT).expanduser() / f"{workspace.name or 'root'}-{digest}"
 
 
+def _can_be_folder(path: Path) -> bool:
+    """Is ``path`` a folder, or could it be made one (its nearest existing parent is)?"""
+    for existing in (path, *path.parents):
+        if existing.exists():
+            return existing.is_dir()
+    return True
+
+
 def _check_endpoint(value: str) -> str | None:
-    parts = urlsplit(value)
+    try:
+        parts = urlsplit(value)
+    except ValueError:
+        return "R2_ENDPOINT must be an http(s) URL such as https://host:9000"
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return "R2_ENDPOINT must be an http(s) URL such as https://host:9000"
     try:
@@ -274,9 +285,14 @@ def load(
         problems.append(f"BACKUP_DB {db} is a directory: name the database file")
 
     replica_path = values["BACKUP_REPLICA_PATH"] or db.name
-    if replica_path.strip("/") != replica_path or "//" in replica_path:
+    if (
+        replica_path.strip("/") != replica_path
+        or "//" in replica_path
+        or any(part in (".", "..") for part in replica_path.split("/"))
+    ):
         problems.append(
-            "BACKUP_REPLICA_PATH must be a key prefix without leading, trailing or double '/'"
+            "BACKUP_REPLICA_PATH must be a key prefix without leading, trailing or double '/' "
+            "and without '.' or '..' parts"
         )
 
     interval = values["BACKUP_SYNC_INTERVAL"]
@@ -308,16 +324,16 @@ def load(
 
     local_dir = Path(values["BACKUP_LOCAL_DIR"] or DEFAULT_LOCAL_DIR).expanduser()
     local_dir = local_dir if local_dir.is_absolute() else workspace / local_dir
-    if local_dir.exists() and not local_dir.is_dir():
-        problems.append(f"BACKUP_LOCAL_DIR {local_dir} is a file, not a folder")
+    if not _can_be_folder(local_dir):
+        problems.append(f"BACKUP_LOCAL_DIR {local_dir} is, or is inside, a file: name a folder")
     state_dir = (
         Path(values["BACKUP_STATE_DIR"]).expanduser()
         if values["BACKUP_STATE_DIR"]
         else _default_state_dir(workspace)
     )
     state_dir = state_dir if state_dir.is_absolute() else workspace / state_dir
-    if state_dir.exists() and not state_dir.is_dir():
-        problems.append(f"BACKUP_STATE_DIR {state_dir} is a file, not a folder")
+    if not _can_be_folder(state_dir):
+        problems.append(f"BACKUP_STATE_DIR {state_dir} is, or is inside, a file: name a folder")
 
     settings = Settings(
         workspace=workspace,

@@ -21,9 +21,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import parse_duration
+
+if TYPE_CHECKING:
+    from .config import Settings
+    from .litestream import Litestream
 
 PRICES_CHECKED = "2026-11-26"  # developers.cloudflare.com/r2/pricing, Standard storage
 PRICE_CLASS_A = 4.50 / 1e6  # PUT, LIST, multipart, CopyObject (and, to be safe, DeleteObjects)
@@ -62,11 +66,6 @@ class Timers:
             levels=tuple(parse_duration(str(l["interval"])) for l in levels) + (parse_duration(str(snapshot)),),
         )
 
-    @classmethod
-    def from_file(cls, path: Path, sync_interval: str) -> Timers:
-        import yaml
-
-        return cls.from_config(yaml.safe_load(path.read_text("utf-8")) or {}, sync_interval)
 
 
 @dataclass(frozen=True)
@@ -173,13 +172,13 @@ def observed_writes_per_month(files: list[dict[str, Any]], l0_retention: float, 
     Each such sync leaves one L0 file, kept for ``l0_retention``: their count
     over that window is the rate that drives the bill.
     """
-    from datetime import datetime
+    from .timeparse import from_litestream
 
     recent = 0
     for f in files:
         if int(f.get("level", -1)) != 0:
             continue
-        stamp = datetime.fromisoformat(str(f["timestamp"]).replace("Z", "+00:00")).timestamp()
+        stamp = from_litestream(str(f["timestamp"])).timestamp()
         if stamp > now - l0_retention:
             recent += 1
     return recent * 3600 / l0_retention * HOURS_PER_MONTH
@@ -192,7 +191,7 @@ class Projection:
     config: Path
 
 
-def project(settings: Any, litestream: Any, writes_per_month: float | None = None) -> Projection:
+def project(settings: Settings, litestream: Litestream, writes_per_month: float | None = None) -> Projection:
     """This workspace's monthly bill from its config, its replica and its write rate."""
     import time
 
@@ -205,9 +204,9 @@ def project(settings: Any, litestream: Any, writes_per_month: float | None = Non
     if not config.uses_s3:
         return Projection(None, False, config.path)
     data = yaml.safe_load(config.path.read_text("utf-8")) or {}
-    entry = config.database(settings.db) or config.databases[0]
+    entry = config.primary(settings.db)
     check_endpoint(entry.endpoint)
-    files = litestream.json("ltx", "-level", "all", str(entry.path), timeout=120) or []
+    files = litestream.replica_files(entry.path)
     stored = sum(int(f.get("size", 0)) for f in files)
     observed = writes_per_month is None
     if observed:

@@ -28,7 +28,7 @@ import psutil
 from . import logfile
 from .config import Settings, require_r2
 from .errors import BackupError, LitestreamError, translate
-from .litestream import Litestream
+from .litestream import Litestream, check_endpoint
 from .render import LitestreamConfig, read_config
 
 LOCK_TIMEOUT = 120.0  # a start holds the lock until its first sync at most
@@ -260,6 +260,8 @@ def _prepare(settings: Settings, config: LitestreamConfig | None) -> LitestreamC
     config = config or read_config(settings.config_path)
     if config.uses_s3:
         require_r2(settings)
+    for db in config.databases:
+        check_endpoint(db.endpoint)  # at once, not after litestream's two minutes of retries
     return config
 
 
@@ -311,13 +313,15 @@ def start_background(
         offset = logfile.size(settings.logfile)
         with open(settings.logfile, "ab") as log:
             proc = litestream.spawn("replicate", stdout=log, stderr=subprocess.STDOUT, detached=True)
-        record = _record(proc, argv, settings, foreground=False)
-        _write_pidfile(settings.pidfile, record)
-        try:
+        record = None
+        try:  # from here on, a failure (or Ctrl-C) must leave no process behind
+            record = _record(proc, argv, settings, foreground=False)
+            _write_pidfile(settings.pidfile, record)
             waiting = _wait_healthy(settings, litestream, config, proc, offset, timeout)
         except BaseException:
-            _kill(proc, platform)
-            _remove_pidfile(settings.pidfile, record)
+            _kill(proc)
+            if record is not None:
+                _remove_pidfile(settings.pidfile, record)
             raise
         return StartResult(
             proc.pid,
@@ -392,7 +396,7 @@ def _wait_healthy(
         time.sleep(POLL)
 
 
-def _kill(proc: subprocess.Popen | psutil.Process, platform: Posix | Windows) -> None:
+def _kill(proc: subprocess.Popen | psutil.Process) -> None:
     with contextlib.suppress(psutil.Error, OSError):
         proc.kill()
     if isinstance(proc, subprocess.Popen):

@@ -96,10 +96,10 @@ def _database(db: Path) -> Check:
 
 
 def _replica(litestream: Litestream, config: LitestreamConfig) -> Check:
-    entry = config.databases[0]
+    entry = config.primary(litestream.settings.db)
     try:
         check_endpoint(entry.endpoint)
-        files = litestream.json("ltx", str(entry.path), timeout=60) or []
+        files = [f for f in litestream.replica_files(entry.path) if f.get("level") == 0]
     except BackupError as exc:
         return Check("replica", FAIL, exc.message)
     what = "the bucket answers to these credentials" if entry.replica_type == "s3" else "the replica folder is readable"
@@ -143,7 +143,7 @@ def run_checks(settings: Settings, litestream: Litestream) -> list[Check]:
     config_check, config = _config(settings)
     checks = [binary, _env(settings, config), config_check]
     if config is not None:
-        checks.append(_database(config.databases[0].path))
+        checks.append(_database(config.primary(settings.db).path))
         if binary.state == OK and checks[1].state == OK:
             checks.append(_replica(litestream, config))
             checks.append(_daemon(settings, litestream))

@@ -11,11 +11,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from . import daemon
 from .config import Settings, parse_duration
 from .errors import EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_OK, BackupError
-from .litestream import Litestream, check_endpoint
+from .litestream import Litestream, check_endpoint, local_state_dir
 from .render import Database, read_config
+from .timeparse import from_litestream
 
 MIN_MAX_AGE = 60.0  # seconds; see max_age()
 
@@ -84,7 +87,7 @@ def _iso(ts: float) -> str:
 
 
 def _parse_time(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+    return from_litestream(text).timestamp()
 
 
 def is_wal(path: Path) -> bool | None:
@@ -100,7 +103,7 @@ def is_wal(path: Path) -> bool | None:
 
 
 def _local_ltx_dir(db: Path) -> Path:
-    return db.parent / f".{db.name}-litestream" / "ltx" / "0"
+    return local_state_dir(db) / "ltx" / "0"
 
 
 def _mtime(path: Path) -> float:
@@ -139,7 +142,7 @@ def _replica_files(entry: Database, litestream: Litestream) -> list[dict[str, An
     """The replica's LTX files across all levels, or the error reading them."""
     try:
         check_endpoint(entry.endpoint)
-        return litestream.json("ltx", "-level", "all", str(entry.path), timeout=60) or []
+        return litestream.replica_files(entry.path)
     except BackupError as exc:
         return exc
 
@@ -168,6 +171,9 @@ def _database_status(
     status.local_txid = _hex(local_txid)
     if isinstance(replica, BackupError):
         status.error = replica.message
+        if status.last_sync_at:
+            # The replica cannot be asked; the daemon's last good sync bounds the lag.
+            status.lag_seconds = round(max(0.0, now - _parse_time(status.last_sync_at)), 1)
         return status
     files = replica or []
     replica_txid = max((int(f["max_txid"], 16) for f in files), default=None)
@@ -212,7 +218,7 @@ def _daemon_info(state: daemon.DaemonState, settings: Settings, now: float) -> d
         try:
             info["uptime_seconds"] = round(now - state.process.create_time())
             info["memory_bytes"] = state.process.memory_info().rss
-        except daemon.psutil.Error:
+        except psutil.Error:
             pass
     return info
 

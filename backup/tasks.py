@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -16,7 +17,7 @@ from typing import Any, TypeVar
 from invoke import Collection, Exit, task
 
 from . import config as cfg
-from .errors import BackupError
+from .errors import EXIT_CONFIG, EXIT_FAILED, BackupError, ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -50,9 +51,11 @@ def _number(value: Any, flag: str, minimum: float = 0) -> float:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise BackupError(f"{flag} {value!r} is not a number", code=2) from None
+        number = math.nan
+    if not math.isfinite(number):
+        raise BackupError(f"{flag} {value!r} is not a number", code=EXIT_CONFIG)
     if number < minimum:
-        raise BackupError(f"{flag} must be at least {minimum:g}", code=2)
+        raise BackupError(f"{flag} must be at least {minimum:g}", code=EXIT_CONFIG)
     return number
 
 
@@ -230,7 +233,7 @@ def _point_in_time(timestamp: str | None, txid: str | None) -> tuple[Any, int | 
     from .timeparse import parse, parse_txid
 
     if timestamp is not None and txid is not None:
-        raise BackupError("give --timestamp or --txid, not both", code=2)
+        raise BackupError("give --timestamp or --txid, not both", code=EXIT_CONFIG)
     return (
         parse(timestamp) if timestamp is not None else None,
         parse_txid(txid) if txid is not None else None,
@@ -268,7 +271,7 @@ def restore(c, output=None, timestamp=None, txid=None, force=False, dry_run=Fals
 
     when, upto = _point_in_time(timestamp, txid)
     if output is not None and not output.strip():
-        raise BackupError("--output is empty: name the file to restore to", code=2)
+        raise BackupError("--output is empty: name the file to restore to", code=EXIT_CONFIG)
     settings = cfg.load()
     result = do_restore(
         settings,
@@ -345,20 +348,20 @@ def verify(c, max_age=None, strict=False):
         try:
             limit = parse_duration(max_age)
         except ValueError:
-            raise BackupError(f"--max-age {max_age!r} is not a duration (e.g. 90s, 10m)", code=2) from None
+            raise BackupError(f"--max-age {max_age!r} is not a duration (e.g. 90s, 10m)", code=EXIT_CONFIG) from None
     settings = cfg.load()
     result = run_verify(settings, Litestream(settings), max_age=limit)
     if not result.configured:
         message = "no backup configured in this workspace (no litestream.yml): nothing to verify"
         if strict:
-            raise Exit(f"error: {message}", code=1)
+            raise Exit(f"error: {message}", code=EXIT_FAILED)
         print(message)
         return
     for check in result.checks:
         print(f"  {'ok  ' if check.ok else 'FAIL'}  {check.name:<9} {check.detail}")
     failed = result.failed
     if failed:
-        raise Exit(f"error: verify failed at {failed.name}: {failed.detail}", code=1)
+        raise Exit(f"error: verify failed at {failed.name}: {failed.detail}", code=EXIT_FAILED)
     print("verify: ok")
 
 
@@ -371,7 +374,12 @@ def doctor(c, json=False):
     from .doctor import FAIL, run_checks
     from .litestream import Litestream
 
-    settings = cfg.load()
+    try:
+        settings = cfg.load()
+    except ConfigError as exc:
+        # Nothing else can be checked without settings: report this one and stop.
+        print(f"  fail  {'.env':<20} {exc.message}")
+        raise Exit("error: 1 check(s) failed: .env", code=EXIT_FAILED) from None
     checks = run_checks(settings, Litestream(settings))
     failed = [c for c in checks if c.state == FAIL]
     if json:
@@ -381,7 +389,7 @@ def doctor(c, json=False):
             fix = f" — {check.fix}" if check.fix else ""
             print(f"  {check.state:<4}  {check.name:<20} {check.detail}{fix}")
     if failed:
-        raise Exit(f"error: {len(failed)} check(s) failed: {', '.join(c.name for c in failed)}", code=1)
+        raise Exit(f"error: {len(failed)} check(s) failed: {', '.join(c.name for c in failed)}", code=EXIT_FAILED)
 
 
 @task(

@@ -131,6 +131,11 @@ BAD_FLAGS = [
     (["backup.restore", "--timestamp", ""], "is not a point in time"),
     (["backup.restore", "--txid", ""], "is not a txid"),
     (["backup.verify", "--max-age", "old"], "--max-age 'old' is not a duration"),
+    (["backup.logs", "-n", "inf"], "-n 'inf' is not a number"),
+    (["backup.stop", "--timeout", "nan"], "--timeout 'nan' is not a number"),
+    (["backup.cost", "--writes-per-month", "inf"], "is not a number"),
+    (["backup.restore", "--timestamp", "999999999d"], "further back than any backup"),
+    (["backup.restore", "--timestamp", "9999-12-31T23:59:59-14:00"], "--timestamp"),
 ]
 
 

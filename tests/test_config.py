@@ -124,6 +124,8 @@ def test_every_problem_is_reported_at_once(tmp_path):
         ({"R2_ENDPOINT": "127.0.0.1:9000"}, "R2_ENDPOINT must be an http(s) URL"),
         ({"R2_ENDPOINT": "http://host:99999"}, "R2_ENDPOINT has an invalid port"),
         ({"R2_ENDPOINT": "http://host:abc"}, "R2_ENDPOINT has an invalid port"),
+        ({"R2_ENDPOINT": "http://[::1"}, "R2_ENDPOINT must be an http(s) URL"),
+        ({"BACKUP_REPLICA_PATH": "a/../b"}, "without '.' or '..' parts"),
         ({"R2_BUCKET": "ab"}, "R2_BUCKET must be 3-63"),
         ({"R2_BUCKET": "x" * 64}, "R2_BUCKET must be 3-63"),
         ({"R2_BUCKET": "UPPER"}, "R2_BUCKET must be 3-63"),
@@ -208,3 +210,9 @@ def test_an_invalid_value_is_not_also_called_missing(tmp_path):
     with pytest.raises(ConfigError) as err:
         config.load(cwd=tmp_path, environ={}, mode=config.R2)
     assert err.value.message == "R2_BUCKET is empty (set a value or remove the line)"
+
+
+def test_state_dir_inside_a_file_is_refused(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match="BACKUP_STATE_DIR .* is, or is inside, a file"):
+        config.load(cwd=tmp_path, environ={"BACKUP_STATE_DIR": str(tmp_path / "afile" / "sub")})

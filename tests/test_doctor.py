@@ -53,3 +53,11 @@ def test_no_config_at_all(ws: Workspace):
     assert code == 1
     assert found["config"]["state"] == "fail"
     assert "inv backup.setup" in found["config"]["fix"]
+
+
+def test_a_malformed_env_is_a_failed_check_not_a_crash(ws: Workspace):
+    (ws.path / ".env").write_text("this is not a setting\n")
+    result = ws.inv("backup.doctor")
+    assert result.returncode == 1
+    assert "fail  .env" in result.stdout and "cannot parse line 1" in result.stdout
+    assert "Traceback" not in result.stderr

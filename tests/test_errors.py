@@ -84,3 +84,27 @@ def test_debug_log_has_the_original_text_without_secrets(r2ws: Workspace):
 def _endpoint(ws: Workspace) -> str:
     text = (ws.path / ".env").read_text()
     return next(l.split("=", 1)[1] for l in text.splitlines() if l.startswith("R2_ENDPOINT="))
+
+
+def test_start_bg_with_a_refused_endpoint_fails_at_once(ws: Workspace):
+    make_db(ws.db)
+    ws.write_env(
+        R2_ENDPOINT=f"http://127.0.0.1:{free_port()}", R2_BUCKET="chora-backup",
+        R2_ACCESS_KEY_ID=SECRETS[0], R2_SECRET_ACCESS_KEY=SECRETS[1],
+    )
+    assert ws.inv("backup.setup").returncode == 0
+    result = ws.inv("backup.start-bg", timeout=20)
+    assert result.returncode == 1
+    assert "refused the connection" in result.stderr
+    assert not ws.pidfile.exists()
+
+
+def test_a_hand_written_config_with_a_bad_interval_is_named(ws: Workspace):
+    make_db(ws.db)
+    ws.config.write_text(
+        f"dbs:\n  - path: {ws.db}\n    replica:\n      type: file\n      path: {ws.root / 'r'}\n"
+        "      sync-interval: bogus\n"
+    )
+    result = ws.inv("backup.verify")
+    assert result.returncode == 2
+    assert "sync-interval 'bogus'" in result.stderr and "Traceback" not in result.stderr
