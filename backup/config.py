@@ -218,6 +218,8 @@ def _default_state_dir(workspace: Path) -> Path:
 def _can_be_folder(path: Path) -> bool:
     """Is ``path`` a folder, or could it be made one (its nearest existing parent is)?"""
     for existing in (path, *path.parents):
+        if existing.is_symlink() and not existing.exists():
+            return False  # a dangling link: mkdir would fail on it
         if existing.exists():
             return existing.is_dir()
     return True

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import parse_duration
+from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -58,14 +59,30 @@ class Timers:
     def from_config(cls, data: dict[str, Any], sync_interval: str) -> Timers:
         levels = data.get("levels") or [{"interval": i} for i in DEFAULT_TIMERS["levels"]]
         snapshot = (data.get("snapshot") or {}).get("interval", DEFAULT_TIMERS["snapshot"])
+        check = data.get("l0-retention-check-interval", DEFAULT_TIMERS["l0-retention-check-interval"])
+        try:
+            intervals = [l["interval"] for l in levels] + [snapshot]
+        except (KeyError, TypeError):
+            raise ConfigError("litestream.yml: every entry under levels needs an interval") from None
         return cls(
-            sync_interval=parse_duration(sync_interval),
-            retention_check=parse_duration(
-                str(data.get("l0-retention-check-interval", DEFAULT_TIMERS["l0-retention-check-interval"]))
-            ),
-            levels=tuple(parse_duration(str(l["interval"])) for l in levels) + (parse_duration(str(snapshot)),),
+            sync_interval=positive_duration("sync-interval", sync_interval),
+            retention_check=positive_duration("l0-retention-check-interval", check),
+            levels=tuple(positive_duration("levels/snapshot interval", i) for i in intervals),
         )
 
+
+def positive_duration(key: str, value: object) -> float:
+    """Seconds in ``value``; ConfigError naming ``key`` when it is not a positive duration."""
+    try:
+        seconds = parse_duration(str(value))
+    except ValueError:
+        seconds = 0.0
+    if seconds <= 0:
+        raise ConfigError(
+            f"litestream.yml: {key} {value!r} is not a positive duration: fix it, or "
+            "regenerate the file with 'inv backup.setup'"
+        )
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -210,7 +227,7 @@ def project(settings: Settings, litestream: Litestream, writes_per_month: float 
     stored = sum(int(f.get("size", 0)) for f in files)
     observed = writes_per_month is None
     if observed:
-        retention = parse_duration(str(data.get("l0-retention", "5m")))
+        retention = positive_duration("l0-retention", data.get("l0-retention", "5m"))
         writes_per_month = observed_writes_per_month(files, retention, time.time())
     timers = Timers.from_config(data, entry.sync_interval)
     return Projection(estimate(timers, writes_per_month, stored), observed, config.path)

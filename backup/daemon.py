@@ -433,8 +433,12 @@ def run_foreground(
         config = _prepare(settings, config)
         argv = litestream.argv("replicate")
         proc = litestream.spawn("replicate", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        record = _record(proc, argv, settings, foreground=True)
-        _write_pidfile(settings.pidfile, record)
+        try:  # a failure before the pidfile names it must leave no process behind
+            record = _record(proc, argv, settings, foreground=True)
+            _write_pidfile(settings.pidfile, record)
+        except BaseException:
+            _kill(proc)
+            raise
 
     def forward(signum: int, _frame: object) -> None:
         with contextlib.suppress(OSError):

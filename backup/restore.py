@@ -182,7 +182,8 @@ def integrity_check(path: Path) -> str:
 
 def holders(path: Path) -> list[int]:
     """Pids of other processes that have ``path`` (or its -wal/-shm) open, where visible."""
-    wanted = {str(path), *(str(path) + s for s in SIDECARS)}
+    real = os.path.realpath(path)
+    wanted = {real, *(real + s for s in SIDECARS)}
     found = []
     for proc in psutil.process_iter(["pid"]):
         if proc.pid == os.getpid():
@@ -291,10 +292,11 @@ def restore(
 ) -> RestoreResult | RestorePlan:
     """Restore the configured database to ``output`` (default: its own path)."""
     config, entry = configured_database(settings)
-    target = (output if output is not None else entry.path).absolute()
-    is_live = any(db.path == target for db in config.databases)
-    # Replacing a replicated database: no daemon may start until it is in place.
-    with daemon.exclusive(settings) if is_live and not dry_run else contextlib.nullcontext():
+    # Resolved, so another spelling of the live database (a/../app.db, a link) is seen as it.
+    target = Path(os.path.realpath(output if output is not None else entry.path))
+    is_live = any(Path(os.path.realpath(db.path)) == target for db in config.databases)
+    # No daemon may start, and no other restore may move files, until this one is in place.
+    with daemon.exclusive(settings) if not dry_run else contextlib.nullcontext():
         return _restore(settings, litestream, entry, target, is_live, timestamp, txid, force,
                         dry_run, progress)
 

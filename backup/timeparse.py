@@ -40,7 +40,7 @@ def parse(text: str, now: datetime | None = None) -> datetime:
         raise ConfigError(f"--timestamp {text!r} is further back than any backup can be: {HINT}") from None
     when = None
     try:
-        when = datetime.fromisoformat(raw.replace("Z", "+00:00").replace("z", "+00:00"))
+        when = datetime.fromisoformat(_normal_fraction(raw.replace("Z", "+00:00").replace("z", "+00:00")))
     except ValueError:
         for fmt in _LOCAL_FORMATS:
             try:
@@ -69,9 +69,12 @@ def from_litestream(text: str) -> datetime:
 
     Python 3.10's fromisoformat takes no 'Z' and only 3 or 6 fractional digits.
     """
-    text = text.strip().replace("Z", "+00:00")
-    text = _FRACTION.sub(lambda m: "." + m.group(1)[:6].ljust(6, "0"), text)
-    return datetime.fromisoformat(text)
+    return datetime.fromisoformat(_normal_fraction(text.strip().replace("Z", "+00:00")))
+
+
+def _normal_fraction(text: str) -> str:
+    """Seconds' fraction as exactly six digits, the only length Python 3.10 parses everywhere."""
+    return _FRACTION.sub(lambda m: "." + m.group(1)[:6].ljust(6, "0"), text)
 
 
 def iso_z(when: datetime) -> str:

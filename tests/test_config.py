@@ -216,3 +216,10 @@ def test_state_dir_inside_a_file_is_refused(tmp_path):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(ConfigError, match="BACKUP_STATE_DIR .* is, or is inside, a file"):
         config.load(cwd=tmp_path, environ={"BACKUP_STATE_DIR": str(tmp_path / "afile" / "sub")})
+
+
+def test_a_dangling_link_as_state_dir_is_refused(tmp_path):
+    link = tmp_path / "gone"
+    link.symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ConfigError, match="BACKUP_STATE_DIR"):
+        config.load(cwd=tmp_path, environ={"BACKUP_STATE_DIR": str(link)})

@@ -87,3 +87,13 @@ def test_cost_of_a_local_replica_is_zero(ws: Workspace):
     assert ws.inv("backup.local", "--no-start").returncode == 0
     result = ws.inv("backup.cost", "--json")
     assert json.loads(result.stdout)["total_usd"] == 0.0
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"l0-retention-check-interval": "0s"}, {"levels": [{"interval": "abc"}]}, {"levels": [{}]},
+     {"snapshot": {"interval": "-1h"}}],
+)
+def test_hand_written_timers_that_are_not_durations_are_named(data):
+    with pytest.raises(cost.ConfigError, match="litestream.yml: .*"):
+        cost.Timers.from_config(data, "10s")

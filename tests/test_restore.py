@@ -17,7 +17,7 @@ from backup.errors import ConfigError
 from backup.litestream import Litestream
 from backup.restore import restore as do_restore
 
-from conftest import REPO, Workspace, insert, make_db, rows, wait_for
+from conftest import BIN, REPO, Workspace, insert, make_db, rows, wait_for
 
 
 def caught_up(ws: Workspace, after: str | None = None) -> dict:
@@ -384,3 +384,32 @@ def test_a_timestamp_after_the_newest_backup_reports_the_state_restored(ws: Work
                              "--timestamp", "0s", "--json").stdout)
     window = json.loads(ws.inv("backup.snapshots", "--json").stdout)["window"]
     assert data["timestamp"] == window["latest"]
+
+
+def test_another_spelling_of_the_live_database_is_still_refused(ws: Workspace):
+    make_db(ws.db)
+    assert ws.inv("backup.local", "--background").returncode == 0
+    (ws.path / "sub").mkdir()
+    result = ws.inv("backup.restore", "--output", str(ws.path / "sub" / ".." / "chora.db"), "--force")
+    assert result.returncode == 1 and "stop it first" in result.stderr
+    assert not list(ws.path.glob("*.pre-restore-*"))
+
+
+def test_concurrent_forced_restores_to_one_output_keep_every_original(ws: Workspace):
+    replicated(ws, 2)
+    out = ws.root / "out.db"
+    out.write_bytes(b"precious")
+    procs = [ws.spawn(str(BIN / "inv"), "backup.restore", "--output", str(out), "--force")
+             for _ in range(3)]
+    codes = [p.wait(120) for p in procs]
+    assert codes == [0, 0, 0]
+    kept = sorted(ws.root.glob("out.db.pre-restore-*"))
+    assert len(kept) == 3
+    assert b"precious" in [k.read_bytes() for k in kept]
+
+
+def test_user_timestamps_with_any_fraction_length():
+    now = datetime(2026, 11, 26, 12, tzinfo=timezone.utc)
+    assert timeparse.parse("2026-11-26T04:41:46.1Z", now) == datetime(
+        2026, 11, 26, 4, 41, 46, 100000, tzinfo=timezone.utc
+    )
