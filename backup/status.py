@@ -138,6 +138,15 @@ def unsynced_since(db: Path, replica_txid: int) -> float | None:
     return min(times) if times else None
 
 
+def local_txids(litestream: Litestream) -> dict[str, int | None]:
+    """Each configured database's local txid (``status -json``); None before litestream saw it."""
+    txids: dict[str, int | None] = {}
+    for row in litestream.json("status", timeout=30) or []:
+        raw = row.get("local_txid")
+        txids[row["database"]] = int(raw, 16) if raw and raw != "-" else None
+    return txids
+
+
 def _replica_files(entry: Database, litestream: Litestream) -> list[dict[str, Any]] | BackupError:
     """The replica's LTX files across all levels, or the error reading them."""
     try:
@@ -150,7 +159,7 @@ def _replica_files(entry: Database, litestream: Litestream) -> list[dict[str, An
 def _database_status(
     entry: Database,
     replica: list[dict[str, Any]] | BackupError | None,
-    local: dict[str, Any],
+    local: dict[str, int | None],
     synced: dict[str, str],
     now: float,
     running: bool,
@@ -164,10 +173,7 @@ def _database_status(
         return status
     status.size_bytes = db.stat().st_size
     status.wal_mode = is_wal(db)
-    local_txid = None
-    raw = (local.get(str(db)) or {}).get("local_txid")
-    if raw and raw != "-":
-        local_txid = int(raw, 16)
+    local_txid = local.get(str(db))
     status.local_txid = _hex(local_txid)
     if isinstance(replica, BackupError):
         status.error = replica.message
@@ -234,7 +240,7 @@ def gather(settings: Settings, litestream: Litestream | None = None) -> Status:
     litestream.binary  # found and version-checked once, before the threads share it
     # The litestream calls are independent: run them side by side.
     with ThreadPoolExecutor(max_workers=2 + len(config.databases)) as pool:
-        local_call = pool.submit(litestream.json, "status", timeout=30)
+        local_call = pool.submit(local_txids, litestream)
         listing_call = (
             pool.submit(litestream.listing, config.socket) if state.running and config.socket else None
         )
@@ -243,7 +249,7 @@ def gather(settings: Settings, litestream: Litestream | None = None) -> Status:
             for e in config.databases
             if e.path.is_file()
         }
-        local = {row["database"]: row for row in local_call.result() or []}
+        local = local_call.result()
         listing = (listing_call.result() if listing_call else None) or []
         replicas = {path: call.result() for path, call in replica_calls.items()}
     synced = {db["path"]: db["last_sync_at"] for db in listing if db.get("last_sync_at")}

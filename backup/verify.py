@@ -17,8 +17,8 @@ from .config import Settings
 from .errors import BackupError
 from .litestream import Litestream
 from .restore import configured_database, connect_readonly, integrity_check
+from .status import local_txids, unsynced_since
 from .status import max_age as default_max_age
-from .status import unsynced_since
 
 
 @dataclass
@@ -61,13 +61,6 @@ def _schema_and_counts(path: Path) -> tuple[dict[str, str], dict[str, int]]:
     finally:
         con.close()
     return schema, counts
-
-
-def _local_txid(litestream: Litestream, db: Path) -> int | None:
-    for row in litestream.json("status", timeout=30) or []:
-        if row.get("database") == str(db) and row.get("local_txid") not in (None, "-"):
-            return int(row["local_txid"], 16)
-    return None
 
 
 def _sync(settings: Settings, litestream: Litestream, db: Path, socket: Path | None) -> str:
@@ -120,7 +113,7 @@ def verify(settings: Settings, litestream: Litestream, max_age: float | None = N
         if verdict != "ok":
             return result
 
-        local = _local_txid(litestream, db)
+        local = local_txids(litestream).get(str(db))
         result.local_txid = f"{local:016x}" if local is not None else None
         behind = local is not None and local > restored_txid
         if behind:
