@@ -289,6 +289,21 @@ def r2ws(ws, s3_endpoint, bucket) -> Workspace:
     return ws
 
 
+def r2_settings(tmp_path: Path, **values: str):
+    """Settings for R2 mode in ``tmp_path``, with test credentials; ``values`` override."""
+    from backup import config
+
+    base = {
+        "R2_ENDPOINT": "http://127.0.0.1:9000",
+        "R2_BUCKET": "chora-backup",
+        "R2_ACCESS_KEY_ID": ACCESS_KEY_ID,
+        "R2_SECRET_ACCESS_KEY": SECRET_ACCESS_KEY,
+        "BACKUP_STATE_DIR": str(tmp_path / "state"),
+        "BACKUP_LOCAL_DIR": str(tmp_path / "backups"),
+    }
+    return config.load(cwd=tmp_path, environ={**base, **values}, mode=config.R2)
+
+
 def make_db(path: Path, n: int = 3, table: str = "items") -> None:
     """A WAL-mode database with ``n`` rows in ``table``."""
     con = sqlite3.connect(path)

@@ -10,7 +10,7 @@ import yaml
 from backup import config, cost
 from backup.render import render
 
-from conftest import Workspace, insert, make_db, wait_for
+from conftest import Workspace, insert, make_db, r2_settings, wait_for
 
 DEFAULTS = cost.Timers.from_config({}, "10s")
 
@@ -24,10 +24,7 @@ MEASURED = [
 
 
 def project_timers(tmp_path) -> cost.Timers:
-    settings = config.load(cwd=tmp_path, environ={
-        "R2_ENDPOINT": "http://127.0.0.1:9", "R2_BUCKET": "chora-backup",
-        "R2_ACCESS_KEY_ID": "a", "R2_SECRET_ACCESS_KEY": "b", "BACKUP_STATE_DIR": str(tmp_path / "s"),
-    }, mode=config.R2)
+    settings = r2_settings(tmp_path)
     return cost.Timers.from_config(yaml.safe_load(render(settings, config.R2)), "10s")
 
 

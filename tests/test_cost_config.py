@@ -18,7 +18,7 @@ from backup import config
 from backup.config import parse_duration
 from backup.render import render
 
-from conftest import SECRETS, Workspace, insert, make_db, rows, wait_for
+from conftest import Workspace, insert, make_db, r2_settings, rows, wait_for
 
 COST_SETTINGS = {
     "l0-retention": "1h",
@@ -33,18 +33,6 @@ LITESTREAM_DEFAULTS = {
 }
 
 
-def settings_for(tmp_path: Path, **values: str) -> config.Settings:
-    base = {
-        "R2_ENDPOINT": "http://127.0.0.1:9000",
-        "R2_BUCKET": "chora-backup",
-        "R2_ACCESS_KEY_ID": SECRETS[0],
-        "R2_SECRET_ACCESS_KEY": SECRETS[1],
-        "BACKUP_STATE_DIR": str(tmp_path / "state"),
-        "BACKUP_LOCAL_DIR": str(tmp_path / "backups"),
-    }
-    return config.load(cwd=tmp_path, environ={**base, **values}, mode=config.R2)
-
-
 def idle_lists_per_hour(settings: dict) -> float:
     """The most LISTs an idle database costs an hour: two per L0 retention check and
     one per level tick (a level whose last file holds one txid skips even that)."""
@@ -54,7 +42,7 @@ def idle_lists_per_hour(settings: dict) -> float:
 
 @pytest.mark.parametrize("mode", [config.R2, config.LOCAL])
 def test_the_config_carries_the_cost_settings(tmp_path, mode):
-    data = yaml.safe_load(render(settings_for(tmp_path), mode))
+    data = yaml.safe_load(render(r2_settings(tmp_path), mode))
     assert {k: data[k] for k in COST_SETTINGS} == COST_SETTINGS
 
 
@@ -62,7 +50,7 @@ def test_the_config_carries_the_cost_settings(tmp_path, mode):
 @pytest.mark.parametrize("interval", [None, "1s", "10s", "2m"])
 def test_the_sync_interval_is_untouched(tmp_path, mode, interval):
     values = {"BACKUP_SYNC_INTERVAL": interval} if interval else {}
-    settings = settings_for(tmp_path, **values)
+    settings = r2_settings(tmp_path, **values)
     data = yaml.safe_load(render(settings, mode))
     expected = interval or {config.R2: "10s", config.LOCAL: "1s"}[mode]
     assert data["dbs"][0]["replica"]["sync-interval"] == expected
@@ -70,7 +58,7 @@ def test_the_sync_interval_is_untouched(tmp_path, mode, interval):
 
 
 def test_every_cost_setting_is_explained_beside_it(tmp_path):
-    lines = render(settings_for(tmp_path), config.R2).splitlines()
+    lines = render(r2_settings(tmp_path), config.R2).splitlines()
     for key in COST_SETTINGS:
         (at,) = [i for i, line in enumerate(lines) if line.startswith(f"{key}:")]
         assert lines[at - 1].startswith("# "), f"{key} has no comment above it"

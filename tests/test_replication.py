@@ -1,10 +1,8 @@
 """End to end: setup / local, then foreground replication on real litestream, then a restore."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import pytest
 
 from conftest import BIN, Workspace, insert, make_db, rows, wait_for
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import shlex
-import sqlite3
 import sys
 import time
 from datetime import datetime, timedelta, timezone
