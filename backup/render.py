@@ -169,6 +169,9 @@ class Database:
     replica: str  # for people: s3://bucket/path at endpoint, or a folder
     sync_interval: str
     endpoint: str | None = None  # an S3 replica's endpoint URL
+    bucket: str | None = None  # an S3 replica's bucket
+    location: str = ""  # the S3 key prefix, or the file replica's folder
+    region: str | None = None
 
 
 @dataclass(frozen=True)
@@ -247,6 +250,9 @@ def read_config(path: Path) -> LitestreamConfig:
                 replica=describe_replica(replica),
                 sync_interval=_duration(path, entry["path"], replica.get("sync-interval", "1s")),
                 endpoint=str(replica["endpoint"]) if replica.get("endpoint") else None,
+                bucket=str(replica["bucket"]) if replica.get("bucket") else None,
+                location=str(replica.get("path") or ""),
+                region=str(replica["region"]) if replica.get("region") else None,
             )
         )
     socket = data.get("socket") if isinstance(data.get("socket"), dict) else {}

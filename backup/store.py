@@ -1,0 +1,207 @@
+"""The replica's storage, for the few objects chora-backup itself reads or writes.
+
+litestream writes and reads the LTX files; chora-backup only keeps its owner
+record beside them (litestream ignores other objects under the prefix) and,
+to repair a hole, removes L0 files a fresh snapshot covers. Both a folder
+(local mode) and an S3 bucket offer the same small interface, with keys
+relative to the replica's root (``chora-backup-owner.json``,
+``ltx/0/<min>-<max>.ltx``).
+
+boto3 is imported only here and only when an S3 replica is opened, so the
+commands that never touch the bucket themselves (status) do not pay for it.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol
+
+from .config import Settings, require_r2
+from .errors import BackupError, translate
+from .render import Database
+
+
+class Store(Protocol):
+    where: str  # for people: the replica's root
+
+    def read(self, key: str) -> bytes | None: ...
+
+    def create(self, key: str, data: bytes) -> bool:
+        """Write ``data`` only if ``key`` does not exist; False when it did."""
+
+    def write(self, key: str, data: bytes) -> None: ...
+
+    def delete(self, keys: Iterable[str]) -> None: ...
+
+    def has_any(self, prefix: str) -> bool:
+        """Is there at least one object under ``prefix``?"""
+
+
+class FileStore:
+    """A local folder (litestream's ``type: file`` replica)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.where = str(root)
+
+    def _path(self, key: str) -> Path:
+        return self.root.joinpath(*key.split("/"))
+
+    def read(self, key: str) -> bytes | None:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise BackupError(f"cannot read {self._path(key)}: {exc.strerror}") from None
+
+    def _temp(self, key: str, data: bytes) -> Path:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        temp = Path(name)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        return temp
+
+    def create(self, key: str, data: bytes) -> bool:
+        # A hard link never replaces an existing name: the record appears whole, once.
+        try:
+            temp = self._temp(key, data)
+            try:
+                os.link(temp, self._path(key))
+                return True
+            except FileExistsError:
+                return False
+            finally:
+                temp.unlink(missing_ok=True)
+        except OSError as exc:
+            raise BackupError(f"cannot write in {self.root}: {exc.strerror}") from None
+
+    def write(self, key: str, data: bytes) -> None:
+        try:
+            os.replace(self._temp(key, data), self._path(key))
+        except OSError as exc:
+            raise BackupError(f"cannot write in {self.root}: {exc.strerror}") from None
+
+    def delete(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            try:
+                self._path(key).unlink(missing_ok=True)
+            except OSError as exc:
+                raise BackupError(f"cannot delete {self._path(key)}: {exc.strerror}") from None
+
+    def has_any(self, prefix: str) -> bool:
+        folder = self._path(prefix)
+        return folder.is_dir() and any(p.is_file() for p in folder.rglob("*"))
+
+
+class S3Store:
+    """An S3 bucket and key prefix (Cloudflare R2, or any S3-compatible store)."""
+
+    def __init__(self, entry: Database, settings: Settings, client: Any = None):
+        self.bucket = entry.bucket or ""
+        self.prefix = entry.location.strip("/")
+        self.where = f"s3://{self.bucket}/{self.prefix}"
+        self._settings = settings
+        self._client = client or _client(entry, settings)
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _call(self, method: str, **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return getattr(self._client, method)(Bucket=self.bucket, **kwargs)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in ("NoSuchKey", "404") and method == "get_object":
+                return None
+            if code in ("PreconditionFailed", "412") and method == "put_object":
+                return False
+            if code == "NoSuchBucket":
+                raise BackupError(
+                    f"bucket '{self.bucket}' does not exist: create it, or fix R2_BUCKET"
+                ) from None
+            message = translate(code, f"the storage endpoint refused {method} ({code})")
+            raise BackupError(self._settings.mask(message)) from None
+        except BotoCoreError as exc:
+            raise BackupError(self._settings.mask(
+                f"cannot reach the storage endpoint ({type(exc).__name__}): check R2_ENDPOINT "
+                "and your network"
+            )) from None
+
+    def read(self, key: str) -> bytes | None:
+        answer = self._call("get_object", Key=self._key(key))
+        if answer is None:
+            return None
+        with contextlib.closing(answer["Body"]) as body:
+            return body.read()
+
+    def create(self, key: str, data: bytes) -> bool:
+        answer = self._call("put_object", Key=self._key(key), Body=data, IfNoneMatch="*")
+        return answer is not False
+
+    def write(self, key: str, data: bytes) -> None:
+        self._call("put_object", Key=self._key(key), Body=data)
+
+    def delete(self, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        for start in range(0, len(keys), 1000):  # the most one DeleteObjects takes
+            batch = [{"Key": self._key(k)} for k in keys[start:start + 1000]]
+            self._call("delete_objects", Delete={"Objects": batch, "Quiet": True})
+
+    def has_any(self, prefix: str) -> bool:
+        answer = self._call("list_objects_v2", Prefix=self._key(prefix.rstrip("/") + "/"), MaxKeys=1)
+        return bool(answer.get("KeyCount") or answer.get("Contents"))
+
+
+def _client(entry: Database, settings: Settings) -> Any:
+    """A boto3 S3 client that uses exactly our credentials, and nothing from the machine."""
+    import boto3
+    from botocore.config import Config
+
+    require_r2(settings)
+    session = boto3.session.Session(
+        aws_access_key_id=settings.access_key_id,
+        aws_secret_access_key=settings.secret_access_key,
+        region_name=entry.region or "auto",
+        botocore_session=_bare_session(),
+    )
+    return session.client(
+        "s3",
+        endpoint_url=entry.endpoint,
+        config=Config(
+            connect_timeout=5,
+            read_timeout=60,
+            retries={"max_attempts": 3, "mode": "standard"},
+            s3={"addressing_style": "path"},
+            # S3-compatible stores differ in the newer default checksums; send them only
+            # where the API requires them (DeleteObjects).
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        ),
+    )
+
+
+def _bare_session() -> Any:
+    """A botocore session blind to AWS_PROFILE: our credentials are explicit."""
+    import botocore.session
+
+    # (config file key, environment variable, default, converter): no variable to read.
+    return botocore.session.Session(session_vars={"profile": (None, None, None, None)})
+
+
+def open_store(entry: Database, settings: Settings) -> Store:
+    """The store behind one database's replica, as litestream.yml names it."""
+    if entry.replica_type == "s3":
+        return S3Store(entry, settings)
+    if entry.replica_type == "file":
+        return FileStore(Path(entry.location).expanduser())
+    raise BackupError(f"replica type {entry.replica_type!r} is not supported by chora-backup")
