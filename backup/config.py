@@ -106,6 +106,11 @@ class Settings:
         return self.state_dir / "litestream.lock"
 
     @property
+    def running_config(self) -> Path:
+        """A copy of the litestream.yml the running daemon was started with."""
+        return self.state_dir / "litestream.running.yml"
+
+    @property
     def logfile(self) -> Path:
         return self.state_dir / "litestream.log"
 

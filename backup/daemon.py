@@ -11,6 +11,8 @@ and never used to signal anything. Only this module touches the pidfile.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import json
 import os
 import signal
@@ -26,10 +28,12 @@ from typing import IO, Any
 import psutil
 
 from . import logfile
-from .config import Settings, require_r2
-from .errors import BackupError, LitestreamError, translate
+from .config import LOCAL, R2, Settings, require_r2
+from .errors import BackupError, ConfigError, LitestreamError, translate
 from .litestream import Litestream, check_endpoint
-from .render import LitestreamConfig, read_config
+from .owner import Claim, Ownership
+from .store import STORE_TYPES
+from .render import NO_CONFIG, LitestreamConfig, WriteResult, read_config, write_config
 
 LOCK_TIMEOUT = 120.0  # a start holds the lock until its first sync at most
 START_TIMEOUT = 30.0
@@ -116,6 +120,8 @@ class PidRecord:
     started_at: str  # RFC 3339, UTC
     log: str | None
     foreground: bool = False
+    # The config the daemon was started with (a copy is kept as Settings.running_config).
+    config_sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -152,6 +158,7 @@ def _read_pidfile(path: Path) -> PidRecord | None | str:
         and isinstance(record.cmdline, list)
         and all(isinstance(arg, str) for arg in record.cmdline)
         and isinstance(record.config, str)
+        and (record.config_sha256 is None or isinstance(record.config_sha256, str))
     )
     return record if well_formed else "unreadable pidfile (malformed record)"
 
@@ -256,16 +263,98 @@ def _refuse_unrecorded(settings: Settings) -> None:
             )
 
 
-def _prepare(settings: Settings, config: LitestreamConfig | None) -> LitestreamConfig:
-    config = config or read_config(settings.config_path)
+@dataclass(frozen=True)
+class Prepared:
+    """What a replicating start checked, read once: the config and each replica's claim."""
+
+    config: LitestreamConfig
+    text: bytes
+    claims: tuple[Claim, ...]
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text).hexdigest()
+
+
+def _prepare(settings: Settings, litestream: Litestream) -> Prepared:
+    """Read litestream.yml once, check credentials and endpoints, claim every replica."""
+    path = settings.config_path
+    try:
+        text = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(NO_CONFIG) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    config = read_config(path, text)
+    litestream.binary  # a missing or outdated binary fails before any claim is written
     if config.uses_s3:
         require_r2(settings)
     for db in config.databases:
         check_endpoint(db.endpoint)  # at once, not after litestream's two minutes of retries
-    return config
+    # Only the replicas chora-backup writes (S3, a folder) carry an owner record; a
+    # hand-written config's other kinds are litestream's to check.
+    claims = tuple(
+        Ownership(settings, db, replica_txid=functools.partial(newest_txid, litestream, db.path)).claim()
+        for db in config.databases
+        if db.replica_type in STORE_TYPES
+    )
+    return Prepared(config, text, claims)
 
 
-def _record(proc: subprocess.Popen, argv: list[str], settings: Settings, foreground: bool) -> PidRecord:
+def newest_txid(litestream: Litestream, db: Path) -> int | None:
+    """The newest txid in ``db``'s replica, across all levels (one listing)."""
+    files = litestream.replica_files(db)
+    return max((int(f["max_txid"], 16) for f in files), default=None)
+
+
+def _keep_running_copy(settings: Settings, prepared: Prepared) -> None:
+    """Keep the config the daemon starts with, so every command can describe what runs."""
+    path = settings.running_config
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(prepared.text)
+    os.replace(tmp, path)
+
+
+@dataclass(frozen=True)
+class Active:
+    """The config that describes replication now, and whether the file has moved on."""
+
+    config: LitestreamConfig
+    state: DaemonState
+    changed: bool = False  # litestream.yml differs from what the running daemon was started with
+
+
+def active_config(
+    settings: Settings, state: DaemonState | None = None, litestream: Litestream | None = None
+) -> Active:
+    """What the running daemon runs (its copy of litestream.yml), else litestream.yml itself.
+
+    ``litestream``, when given, is pointed at that same file for the rest of the command.
+    """
+    state = state or check(settings)
+    path = settings.config_path
+    record = state.record if state.running else None
+    if record and record.config_sha256:
+        try:
+            copy = settings.running_config.read_bytes()
+        except OSError:
+            copy = None
+        if copy is not None and hashlib.sha256(copy).hexdigest() == record.config_sha256:
+            try:
+                current = hashlib.sha256(path.read_bytes()).hexdigest()
+            except OSError:
+                current = None
+            if litestream is not None:
+                litestream.config_file = settings.running_config
+            return Active(read_config(path, copy), state, changed=current != record.config_sha256)
+    return Active(read_config(path), state)
+
+
+def _record(
+    proc: subprocess.Popen, argv: list[str], settings: Settings, foreground: bool, prepared: Prepared
+) -> PidRecord:
     try:
         create_time = psutil.Process(proc.pid).create_time()
     except psutil.NoSuchProcess:
@@ -278,6 +367,7 @@ def _record(proc: subprocess.Popen, argv: list[str], settings: Settings, foregro
         started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         log=None if foreground else str(settings.logfile),
         foreground=foreground,
+        config_sha256=prepared.sha256,
     )
 
 
@@ -291,6 +381,7 @@ class StartResult:
     already_running: bool
     stale: DaemonState | None = None
     waiting: tuple[Path, ...] = ()  # databases that do not exist yet
+    claims: tuple[Claim, ...] = ()
 
 
 def start_background(
@@ -307,7 +398,8 @@ def start_background(
         if state.running and state.record:
             return StartResult(state.record.pid, settings.logfile, already_running=True)
         _refuse_unrecorded(settings)
-        config = _prepare(settings, None)
+        prepared = _prepare(settings, litestream)
+        _keep_running_copy(settings, prepared)
         argv = litestream.argv("replicate")
         logfile.rotate(settings.logfile)
         offset = logfile.size(settings.logfile)
@@ -315,9 +407,9 @@ def start_background(
             proc = litestream.spawn("replicate", stdout=log, stderr=subprocess.STDOUT, detached=True)
         record = None
         try:  # from here on, a failure (or Ctrl-C) must leave no process behind
-            record = _record(proc, argv, settings, foreground=False)
+            record = _record(proc, argv, settings, False, prepared)
             _write_pidfile(settings.pidfile, record)
-            waiting = _wait_healthy(settings, litestream, config, proc, offset, timeout)
+            waiting = _wait_healthy(settings, litestream, prepared.config, proc, offset, timeout)
         except BaseException:
             _kill(proc)
             if record is not None:
@@ -329,6 +421,7 @@ def start_background(
             already_running=False,
             stale=state if state.state == "stale" else None,
             waiting=waiting,
+            claims=prepared.claims,
         )
 
 
@@ -411,7 +504,6 @@ def run_foreground(
     settings: Settings,
     litestream: Litestream,
     out: IO[str],
-    config: LitestreamConfig | None = None,
     platform: Posix | Windows | None = None,
 ) -> int:
     """Replicate in the foreground, streaming masked output; litestream's exit code.
@@ -430,11 +522,18 @@ def run_foreground(
                 f"{how}): stop it first with 'inv backup.stop'"
             )
         _refuse_unrecorded(settings)
-        config = _prepare(settings, config)
+        prepared = _prepare(settings, litestream)
+        for db in prepared.config.databases:
+            if not db.path.exists():
+                out.write(f"warning: {db.path} does not exist yet; litestream waits for it\n")
+        for claim in prepared.claims:
+            if claim.describe():
+                out.write(f"{claim.describe()}\n")
+        _keep_running_copy(settings, prepared)
         argv = litestream.argv("replicate")
         proc = litestream.spawn("replicate", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         try:  # a failure before the pidfile names it must leave no process behind
-            record = _record(proc, argv, settings, foreground=True)
+            record = _record(proc, argv, settings, True, prepared)
             _write_pidfile(settings.pidfile, record)
         except BaseException:
             _kill(proc)
@@ -505,6 +604,76 @@ def stop(
             _wait_gone(proc, 10)
         _remove_pidfile(settings.pidfile, state.record)
         return StopResult(True, pid=state.record.pid, forced=forced)
+
+
+def replicate_once(
+    settings: Settings, litestream: Litestream, *args: str, timeout: float = 300,
+    platform: Posix | Windows | None = None,
+) -> Prepared | None:
+    """``litestream replicate -once`` (plus ``args``), claimed like a start; None if a daemon runs.
+
+    Holds the workspace lock, so no daemon starts meanwhile.
+    """
+    with _locked(settings, platform or current_platform()):
+        if check(settings).running:
+            return None
+        _refuse_unrecorded(settings)
+        prepared = _prepare(settings, litestream)
+        litestream.run("replicate", "-once", *args, timeout=timeout)
+        return prepared
+
+
+def rewrite_config(settings: Settings, text: str, force: bool = False) -> WriteResult:
+    """Write litestream.yml, refusing a change while a daemon runs on the current one.
+
+    Refused rather than restarted: a new config may point at another replica,
+    and a restart that then fails to claim it would leave no backup running —
+    the person who changes where backups go should see each step.
+    """
+    with _locked(settings, current_platform()):
+        state = check(settings)
+        if state.running and state.record:
+            try:
+                same = settings.config_path.read_bytes() == text.encode("utf-8")
+            except OSError:
+                same = False
+            if not same:
+                raise BackupError(
+                    f"litestream (pid {state.record.pid}) is replicating with the current "
+                    f"{settings.config_path.name}: stop it first with 'inv backup.stop', run this "
+                    "again, then 'inv backup.start-bg' — nothing was written"
+                )
+        return write_config(settings, text, force=force)
+
+
+def ensure_config(settings: Settings, write_missing: bool = False) -> str | None:
+    """Write litestream.yml where .env alone must do; say what was written, if anything.
+
+    - none yet, ``write_missing``, and .env has every R2 setting (a restore on a new
+      machine): write it as setup does;
+    - a generated one naming only databases that are gone while BACKUP_DB exists
+      (the workspace was moved or renamed): write it anew for the new place.
+    """
+    from .render import render
+
+    path = settings.config_path
+    if not path.exists():
+        if not write_missing or settings.missing_r2():
+            return None
+        rewrite_config(settings, render(settings, R2))
+        return f"wrote {path} from {settings.env_location()} (as 'inv backup.setup' does)"
+    try:
+        config = read_config(path)
+    except ConfigError:
+        return None  # every command reports it in its own words
+    named = [db.path for db in config.databases]
+    if not config.generated or settings.db in named or any(p.exists() for p in named):
+        return None
+    if not settings.db.exists() or (config.uses_s3 and settings.missing_r2()):
+        return None
+    rewrite_config(settings, render(settings, R2 if config.uses_s3 else LOCAL))
+    gone = ", ".join(str(p) for p in named)
+    return f"rewrote {path} for {settings.db}: it named {gone}, which is gone (the workspace moved?)"
 
 
 @contextlib.contextmanager

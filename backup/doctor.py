@@ -11,6 +11,8 @@ from . import daemon
 from .config import LOCAL, R2, Settings
 from .errors import BackupError
 from .litestream import Litestream, check_endpoint
+from .owner import read_local, read_owner
+from .store import open_store
 from .render import LitestreamConfig, read_config, render
 from .status import gather, is_wal, max_age
 
@@ -106,6 +108,29 @@ def _replica(litestream: Litestream, config: LitestreamConfig) -> Check:
     return Check("replica", OK, f"{what} ({len(files)} L0 file(s) at {entry.replica})")
 
 
+def _owner(settings: Settings, config: LitestreamConfig) -> Check:
+    """Does this database own its replica (one GET of the owner record)?"""
+    entry = config.primary(settings.db)
+    try:
+        store = open_store(entry, settings)
+        owner = read_owner(store)
+        local = read_local(entry.path)
+    except BackupError as exc:
+        return Check("owner", FAIL, exc.message)
+    if owner is None:
+        return Check("owner", OK, "no database has claimed the replica yet; the next start claims it")
+    if local is None or local.lineage != owner.lineage:
+        return Check(
+            "owner", FAIL, f"the replica holds the backups of {owner.describe()}, not of {entry.path}",
+            "set BACKUP_REPLICA_PATH (local mode: BACKUP_LOCAL_DIR) to a place of its own, or "
+            "restore that backup with 'inv backup.restore'",
+        )
+    if local.instance != owner.instance:
+        return Check("owner", WARN, f"the replica was last written by {owner.describe()}",
+                     "the next start continues it only if nothing was written there since this restore")
+    return Check("owner", OK, f"this database owns {store.where}")
+
+
 def _daemon(settings: Settings, litestream: Litestream) -> Check:
     state = daemon.check(settings)
     if state.state == "stale":
@@ -113,6 +138,11 @@ def _daemon(settings: Settings, litestream: Litestream) -> Check:
     if not state.running:
         return Check("daemon", WARN, "not running", "start it with 'inv backup.start-bg'")
     status = gather(settings, litestream)
+    if status.config_changed:
+        return Check(
+            "daemon", FAIL, f"pid {state.pid} still runs the litestream.yml it started with; the file changed since",
+            "restart to apply: 'inv backup.stop', then 'inv backup.start-bg'",
+        )
     for db in status.databases:
         if db.error:
             return Check("daemon", FAIL, f"pid {state.pid} running, but {db.error}")
@@ -146,6 +176,7 @@ def run_checks(settings: Settings, litestream: Litestream) -> list[Check]:
         checks.append(_database(config.primary(settings.db).path))
         if binary.state == OK and checks[1].state == OK:
             checks.append(_replica(litestream, config))
+            checks.append(_owner(settings, config))
             checks.append(_daemon(settings, litestream))
     checks += _disk(settings, config)
     return checks

@@ -135,6 +135,9 @@ class Litestream:
         self.settings = settings
         self._environ = os.environ if environ is None else environ
         self._binary: str | None = None
+        # The config litestream reads: the workspace's, or a running daemon's copy of it
+        # (daemon.active_config switches to that, so every command describes what runs).
+        self.config_file = settings.config_path
 
     @property
     def binary(self) -> str:
@@ -208,7 +211,9 @@ class Litestream:
     def argv(self, command: str, *args: str, config: Path | None = None) -> list[str]:
         argv = [self.binary, command]
         if command in CONFIG_COMMANDS:
-            argv += ["-config", str(config or self.settings.config_path), "-no-expand-env"]
+            # A daemon always runs the workspace's own file; other commands read what runs.
+            default = self.settings.config_path if command == "replicate" else self.config_file
+            argv += ["-config", str(config or default), "-no-expand-env"]
         return argv + list(args)
 
     def run(

@@ -218,14 +218,20 @@ def _duration(path: Path, db: object, value: object) -> str:
     )
 
 
-def read_config(path: Path) -> LitestreamConfig:
-    """What litestream.yml replicates, parsed the way litestream reads it here."""
+def read_config(path: Path, text: bytes | None = None) -> LitestreamConfig:
+    """What litestream.yml replicates, parsed the way litestream reads it here.
+
+    ``text``, when given, is parsed instead of the file (a running daemon's copy
+    of it); ``path`` still names it.
+    """
     import yaml
 
-    if not path.is_file():
-        raise ConfigError(NO_CONFIG)
+    if text is None:
+        if not path.is_file():
+            raise ConfigError(NO_CONFIG)
+        text = path.read_bytes()
     try:
-        data = yaml.safe_load(path.read_text("utf-8"))
+        data = yaml.safe_load(text.decode("utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise ConfigError(
             f"{path} is not valid YAML ({type(exc).__name__}): fix it, or regenerate it "
@@ -258,7 +264,7 @@ def read_config(path: Path) -> LitestreamConfig:
     socket = data.get("socket") if isinstance(data.get("socket"), dict) else {}
     return LitestreamConfig(
         path=path,
-        generated=is_generated(path),
+        generated=text.startswith(MARKER.encode("utf-8")),
         databases=tuple(databases),
         socket=Path(str(socket["path"])) if socket.get("enabled") and socket.get("path") else None,
     )

@@ -24,7 +24,9 @@ from . import daemon
 from .config import Settings, require_r2
 from .errors import BackupError, ConfigError
 from .litestream import Litestream, check_endpoint, local_state_dir
-from .render import Database, LitestreamConfig, read_config
+from .owner import read_owner, record_restore
+from .render import Database, LitestreamConfig
+from .store import open_store
 from .timeparse import from_litestream, iso_z, rfc3339
 
 SIDECARS = ("-wal", "-shm")
@@ -118,8 +120,9 @@ class Snapshots:
         }
 
 
-def configured_database(settings: Settings) -> tuple[LitestreamConfig, Database]:
-    config = read_config(settings.config_path)
+def configured_database(settings: Settings, litestream: Litestream) -> tuple[LitestreamConfig, Database]:
+    """The config that describes replication now (a running daemon's own), and BACKUP_DB's entry."""
+    config = daemon.active_config(settings, litestream=litestream).config
     if config.uses_s3:
         require_r2(settings)
     entry = config.primary(settings.db)
@@ -128,7 +131,7 @@ def configured_database(settings: Settings) -> tuple[LitestreamConfig, Database]
 
 
 def snapshots(settings: Settings, litestream: Litestream) -> Snapshots:
-    _, entry = configured_database(settings)
+    _, entry = configured_database(settings, litestream)
     files = replica_files(litestream, entry.path)
     return Snapshots(
         snapshots=sorted((f for f in files if f.level == 9), key=lambda f: f.timestamp),
@@ -291,7 +294,7 @@ def restore(
     progress: Progress | None = None,
 ) -> RestoreResult | RestorePlan:
     """Restore the configured database to ``output`` (default: its own path)."""
-    config, entry = configured_database(settings)
+    config, entry = configured_database(settings, litestream)
     # Resolved, so another spelling of the live database (a/../app.db, a link) is seen as it.
     target = Path(os.path.realpath(output if output is not None else entry.path))
     is_live = any(Path(os.path.realpath(db.path)) == target for db in config.databases)
@@ -325,6 +328,8 @@ def _restore(
     _check_target(settings, target, force, is_live, dry_run)
     files = replica_files(litestream, entry.path)
     point = _point_args(files, entry.path, timestamp, txid)
+    # A restored live database continues its replica's history: learn whose it is first.
+    owner = read_owner(open_store(entry, settings)) if is_live and not dry_run else None
 
     temp = target.with_name(f".{target.name}.restoring-{os.getpid()}")
     if dry_run:
@@ -373,6 +378,8 @@ def _restore(
         size = temp.stat().st_size
         moved_aside, stale = _make_room(target, _aside_stamp(target))
         os.replace(temp, target)
+        if is_live:
+            record_restore(target, owner, max((f.max_txid for f in files), default=None))
     finally:
         for leftover in (temp, *(Path(str(temp) + s) for s in (*SIDECARS, ".tmp"))):
             leftover.unlink(missing_ok=True)

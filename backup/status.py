@@ -17,7 +17,7 @@ from . import daemon
 from .config import Settings, parse_duration
 from .errors import EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_OK, BackupError
 from .litestream import Litestream, check_endpoint, local_state_dir
-from .render import Database, read_config
+from .render import Database
 from .timeparse import from_litestream
 
 MIN_MAX_AGE = 60.0  # seconds; see max_age()
@@ -62,12 +62,14 @@ class Status:
     config: str
     daemon: dict[str, Any]
     databases: list[DatabaseStatus] = field(default_factory=list)
+    # litestream.yml differs from the copy the running daemon was started with.
+    config_changed: bool = False
 
     @property
     def exit_code(self) -> int:
         if not self.running:
             return EXIT_NOT_RUNNING
-        if any(db.failing for db in self.databases):
+        if self.config_changed or any(db.failing for db in self.databases):
             return EXIT_FAILED
         return EXIT_OK
 
@@ -236,7 +238,8 @@ def gather(settings: Settings, litestream: Litestream | None = None) -> Status:
     litestream = litestream or Litestream(settings)
     state = daemon.check(settings)
     now = time.time()
-    config = read_config(settings.config_path)
+    active = daemon.active_config(settings, state, litestream)  # what the daemon runs, not what the file says
+    config = active.config
     litestream.binary  # found and version-checked once, before the threads share it
     # The litestream calls are independent: run them side by side.
     with ThreadPoolExecutor(max_workers=2 + len(config.databases)) as pool:
@@ -257,6 +260,7 @@ def gather(settings: Settings, litestream: Litestream | None = None) -> Status:
         running=state.running,
         pid=state.pid,
         config=str(config.path),
+        config_changed=active.changed,
         daemon=_daemon_info(state, settings, now),
         databases=[
             _database_status(e, replicas.get(e.path), local, synced, now, state.running)
@@ -287,6 +291,11 @@ def as_table(status: Status) -> list[str]:
     else:
         lines = ["daemon    stopped"]
     lines += [f"log       {d['log']}", f"config    {status.config}"]
+    if status.config_changed:
+        lines.append(
+            "          changed since the daemon started, which still runs the old one: restart to "
+            "apply ('inv backup.stop', then 'inv backup.start-bg')"
+        )
     for db in status.databases:
         lines.append("")
         lines.append(f"database  {db.path}")

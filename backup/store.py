@@ -23,6 +23,7 @@ from .config import Settings, require_r2
 from .errors import BackupError, translate
 from .render import Database
 
+STORE_TYPES = ("s3", "file")  # the replica kinds chora-backup can open itself
 
 class Store(Protocol):
     where: str  # for people: the replica's root

@@ -66,18 +66,27 @@ def _print_rows(rows: list[tuple[str, str]]) -> None:
 
 
 def _write(settings: cfg.Settings, mode: str, force: bool, dry_run: bool) -> None:
-    from .render import config_summary, render, write_config
+    from .daemon import rewrite_config
+    from .render import config_summary, render
 
     text = render(settings, mode)
     if dry_run:
         print(text, end="")
         return
-    result = write_config(settings, text, force=force)
+    result = rewrite_config(settings, text, force=force)
     if result.backup:
         print(f"kept the previous config as {result.backup}")
     verb = "wrote" if result.changed else "unchanged:"
     print(f"{verb} {result.path}")
     _print_rows(config_summary(settings, mode))
+
+
+def _ensure_config(settings: cfg.Settings, write_missing: bool = False) -> None:
+    from .daemon import ensure_config
+
+    note = ensure_config(settings, write_missing)
+    if note:
+        print(note)
 
 
 @task(
@@ -119,13 +128,9 @@ def local(c, no_start=False, force=False, dry_run=False, background=False):
 def _run_foreground(settings: cfg.Settings) -> None:
     from .daemon import run_foreground
     from .litestream import Litestream
-    from .render import read_config
 
-    config = read_config(settings.config_path)
-    for db in config.databases:
-        if not db.path.exists():
-            print(f"warning: {db.path} does not exist yet; litestream waits for it", file=sys.stderr)
-    code = run_foreground(settings, Litestream(settings), sys.stdout, config=config)
+    _ensure_config(settings)
+    code = run_foreground(settings, Litestream(settings), sys.stdout)
     if code != 0:
         raise Exit(f"error: litestream exited with code {code}", code=code)
 
@@ -141,12 +146,16 @@ def _start_background(settings: cfg.Settings) -> None:
     from .daemon import start_background
     from .litestream import Litestream
 
+    _ensure_config(settings)
     result = start_background(settings, Litestream(settings))
     if result.already_running:
         print(f"already running (pid {result.pid})")
         return
     if result.stale:
         print(f"replaced a stale pidfile ({result.stale.reason})")
+    for claim in result.claims:
+        if claim.describe():
+            print(claim.describe())
     for path in result.waiting:
         print(f"waiting for {path}: it does not exist yet; litestream replicates it once it does")
     print(f"started (pid {result.pid})")
@@ -273,6 +282,8 @@ def restore(c, output=None, timestamp=None, txid=None, force=False, dry_run=Fals
     if output is not None and not output.strip():
         raise BackupError("--output is empty: name the file to restore to", code=EXIT_CONFIG)
     settings = cfg.load()
+    if not dry_run:
+        _ensure_config(settings, write_missing=True)
     result = do_restore(
         settings,
         Litestream(settings),

@@ -71,17 +71,15 @@ def _sync(settings: Settings, litestream: Litestream, db: Path, socket: Path | N
             return "daemon running without a control socket: compared as replicated so far"
         litestream.run("sync", "-wait", "-json", "-socket", str(socket), str(db), timeout=120)
         return f"asked the daemon (pid {state.pid}) to sync"
-    with daemon.exclusive(settings):
-        if daemon.check(settings).running:  # one started meanwhile: it syncs on its own
-            return "a daemon started meanwhile"
-        litestream.run("replicate", "-once", timeout=300)
+    if daemon.replicate_once(settings, litestream) is None:  # one started meanwhile
+        return "a daemon started meanwhile: it syncs on its own"
     return "no daemon running: synced once with 'litestream replicate -once'"
 
 
 def verify(settings: Settings, litestream: Litestream, max_age: float | None = None) -> VerifyResult:
     if not settings.config_path.exists():
         return VerifyResult(configured=False)
-    config, entry = configured_database(settings)
+    config, entry = configured_database(settings, litestream)
     result = VerifyResult(configured=True)
     db = entry.path
     if not db.is_file():
