@@ -338,7 +338,7 @@ def snapshots(c, json=False):
 )
 @actionable
 def verify(c, max_age=None, strict=False):
-    """Restore the latest backup to a temp dir and prove it matches the live database."""
+    """Restore the latest backup to a temp dir and prove it holds the live database's data."""
     from .config import parse_duration
     from .litestream import Litestream
     from .verify import verify as run_verify

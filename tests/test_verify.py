@@ -1,0 +1,229 @@
+"""verify proves the data, not the row count, and says when it could not."""
+from __future__ import annotations
+
+import re
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+import yaml
+
+from backup import config
+from backup.litestream import Litestream
+from backup.verify import digest, verify
+
+from conftest import REPO, Workspace, insert, make_db
+
+def replicated_once(ws: Workspace, bodies: list[str]) -> None:
+    """A local-mode workspace whose replica holds ``bodies`` in ``items``, no daemon running."""
+    make_db(ws.db, 0)
+    make_db(ws.db, 0, table="notes")
+    insert(ws.db, "shared note", table="notes")
+    insert(ws.db, *bodies)
+    assert ws.inv("backup.local", "--no-start").returncode == 0
+    once = ws.litestream("replicate", "-config", str(ws.config), "-no-expand-env", "-once")
+    assert once.returncode == 0, once.stderr
+
+
+def replica_folder(ws: Workspace) -> Path:
+    return ws.home / ".chora" / "backups" / "chora.db"
+
+
+# -- content, not counts ------------------------------------------------------------
+
+
+def test_equal_counts_with_different_content_fail_naming_the_table(tmp_path):
+    ours, theirs = Workspace(tmp_path / "ours"), Workspace(tmp_path / "theirs")
+    try:
+        replicated_once(ours, ["a", "b", "c"])
+        replicated_once(theirs, ["x", "y", "z"])
+        # Another database's history where ours should be, at the very txid our
+        # litestream last wrote: nothing tells litestream, and the counts agree.
+        names = sorted(p.name for p in replica_folder(ours).rglob("*.ltx"))
+        assert names == sorted(p.name for p in replica_folder(theirs).rglob("*.ltx"))
+        shutil.rmtree(replica_folder(ours))
+        shutil.copytree(replica_folder(theirs), replica_folder(ours))
+
+        result = ours.inv("backup.verify")
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "FAIL  content   content differs in items (same 3 rows, different content)" in result.stdout
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: verify failed at content: content differs in items (same 3 rows, ")
+        assert "notes" not in last  # the table that matches is not blamed
+        assert "BACKUP_REPLICA_PATH" in last and "inv backup.doctor" in last
+        assert "ok    schema    same schema" in result.stdout
+    finally:
+        ours.cleanup()
+        theirs.cleanup()
+
+
+def test_an_unchanged_database_is_compared_by_content_and_says_so(ws: Workspace):
+    replicated_once(ws, ["a", "b", "c"])
+    result = ws.inv("backup.verify")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ok    content   content identical in 2 table(s) (sha256 per table, rowid order)" in result.stdout
+    assert "checked twice" not in result.stdout
+    assert result.stdout.strip().splitlines()[-1] == "verify: ok"
+
+
+# -- a live database that moves during the check --------------------------------------
+
+
+class WritingLitestream(Litestream):
+    """The real litestream; a writer touches the live database during the first ``times`` restores.
+
+    That is the moment between the sync and the comparison, where an
+    application's write makes the live database move on.
+    """
+
+    def __init__(self, settings, environ, db: Path, sql: str, times: int):
+        super().__init__(settings, environ)
+        self.db, self.sql, self.times = db, sql, times
+
+    def json(self, command, *args, **kwargs):
+        if command == "restore" and self.times:
+            self.times -= 1
+            con = sqlite3.connect(self.db)
+            try:
+                con.execute(self.sql)
+                con.commit()
+            finally:
+                con.close()
+        return super().json(command, *args, **kwargs)
+
+
+UPDATE = "UPDATE items SET body = body || '!' WHERE id = 1"
+INSERT = "INSERT INTO items (body) VALUES ('late')"
+
+
+@pytest.mark.parametrize(
+    "sql, times, ok, check, detail",
+    [
+        (UPDATE, 1, True, "content",
+         "content identical in 2 table(s) (sha256 per table, rowid order)"),
+        (UPDATE, 2, True, "rows",
+         "live database changed during the check: compared row counts only; row counts equal in 2 table(s)"),
+        (INSERT, 2, False, "rows",
+         "live database changed during the check: compared row counts only; row counts differ in "
+         "items (live 4, backup 3); run verify again when the database is idle"),
+    ],
+    ids=["moved-once-then-content", "moved-twice-counts-equal", "moved-twice-counts-differ"],
+)
+def test_a_database_that_moves_is_checked_again_then_by_counts(ws: Workspace, sql, times, ok, check, detail):
+    replicated_once(ws, ["a", "b"])
+    settings = config.load(cwd=ws.path, environ=ws.env)
+    litestream = WritingLitestream(settings, ws.env, ws.db, sql, times)
+    result = verify(settings, litestream)
+    by_name = {c.name: c for c in result.checks}
+    assert "checked twice, because the live database changed during the first check" in by_name["sync"].detail
+    assert by_name[check].detail == detail
+    assert by_name[check].ok is ok and result.ok is ok
+
+
+# -- the digest ---------------------------------------------------------------------
+
+
+def database(path: Path, *statements: str) -> Path:
+    con = sqlite3.connect(path)
+    try:
+        for statement in statements:
+            con.execute(statement)
+        con.commit()
+    finally:
+        con.close()
+    return path
+
+
+@pytest.mark.parametrize(
+    "left, right",
+    [
+        ("1", "1.0"),  # integer and real
+        ("1", "'1'"),  # integer and text
+        ("'a'", "x'61'"),  # text and blob with the same bytes
+        ("0.1", "0.1000000000000001"),  # floats that differ in the 16th digit
+        ("NULL", "''"),
+    ],
+    ids=["int-real", "int-text", "text-blob", "float", "null-empty"],
+)
+def test_the_checksum_tells_values_apart(tmp_path, left, right):
+    a = database(tmp_path / "a.db", "CREATE TABLE t (v)", f"INSERT INTO t VALUES ({left})")
+    b = database(tmp_path / "b.db", "CREATE TABLE t (v)", f"INSERT INTO t VALUES ({right})")
+    assert digest(a).counts == digest(b).counts == {"t": 1}
+    assert digest(a).sums != digest(b).sums
+
+
+def test_the_checksum_follows_the_rowid_and_the_primary_key(tmp_path):
+    schema = (
+        "CREATE TABLE plain (body TEXT)",
+        "CREATE TABLE keyed (k TEXT PRIMARY KEY, v) WITHOUT ROWID",
+        'CREATE TABLE shadowed ("rowid" TEXT, body TEXT)',  # a column hides the rowid's first name
+    )
+    a = database(
+        tmp_path / "a.db", *schema,
+        "INSERT INTO plain VALUES ('x'), ('y')",
+        "INSERT INTO keyed VALUES ('b', 2), ('a', 1)",
+        "INSERT INTO shadowed VALUES ('z', 'first'), ('a', 'second')",
+    )
+    b = database(
+        tmp_path / "b.db", *schema,
+        "INSERT INTO plain VALUES ('y'), ('x')",  # same rows, other rowids
+        "INSERT INTO keyed VALUES ('a', 1), ('b', 2)",  # same rows, other insert order
+        "INSERT INTO shadowed VALUES ('z', 'first'), ('a', 'second')",
+    )
+    da, db_ = digest(a), digest(b)
+    assert da.counts == db_.counts == {"plain": 2, "keyed": 2, "shadowed": 2}
+    assert da.sums["plain"] != db_.sums["plain"]
+    assert da.sums["keyed"] == db_.sums["keyed"]
+    assert da.sums["shadowed"] == db_.sums["shadowed"]
+
+
+def test_the_digest_leaves_out_bookkeeping_and_virtual_tables(tmp_path):
+    statements = [
+        "CREATE TABLE _litestream_seq (id INTEGER PRIMARY KEY, seq INTEGER)",
+        "CREATE TABLE xlitestream (v)",  # '_' in the filter is literal, not a wildcard
+        "CREATE TABLE items (id INTEGER PRIMARY KEY AUTOINCREMENT, body)",
+        "INSERT INTO items (body) VALUES (CAST(x'ff00' AS TEXT))",  # text that is not UTF-8
+    ]
+    virtual = fts5_available()
+    if virtual:
+        statements.append("CREATE VIRTUAL TABLE search USING fts5(body)")
+    d = digest(database(tmp_path / "a.db", *statements))
+    assert "_litestream_seq" not in d.counts and "sqlite_sequence" not in d.counts
+    assert {"xlitestream", "items"} <= set(d.counts)
+    if virtual:  # its rows are compared through its shadow tables; the table itself is schema
+        assert "search" not in d.counts and "search_content" in d.counts
+        assert "table search" in d.schema
+
+
+def fts5_available() -> bool:
+    con = sqlite3.connect(":memory:")
+    try:
+        con.execute("CREATE VIRTUAL TABLE probe USING fts5(body)")
+        return True
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        con.close()
+
+
+# -- the pre-commit hook, through the real pre-commit client --------------------------
+
+
+def readme_hook_config() -> tuple[str, dict]:
+    """The README's pre-commit section and its .pre-commit-config.yaml example."""
+    readme = (REPO / "README.md").read_text("utf-8")
+    section = readme.split("#### As a pre-commit hook", 1)[1].split("\n### ", 1)[0]
+    (block,) = re.findall(r"```yaml\n(.*?)```", section, re.S)
+    return section, yaml.safe_load(block)
+
+
+def test_the_hook_definition_shows_its_output():
+    (hook,) = yaml.safe_load((REPO / ".pre-commit-hooks.yaml").read_text())
+    assert hook["verbose"] is True
+    section, example = readme_hook_config()
+    (entry,) = example["repos"][0]["hooks"]
+    assert entry["id"] == hook["id"] == "backup-restore-smoke"
+    # The README shows a manual run: the example's stages must allow one.
+    assert "pre-commit run --hook-stage manual backup-restore-smoke" in section
+    assert set(entry["stages"]) == {"pre-push", "manual"}
