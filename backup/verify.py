@@ -29,6 +29,7 @@ from .status import local_txids, unsynced_since
 from .status import max_age as default_max_age
 
 CONTENT_METHOD = "sha256 per table, rowid order"
+START_DAEMON = "start it with 'inv backup.start-bg'"
 # SQLite's own tables and litestream's bookkeeping (which litestream writes on
 # its own schedule) are not the user's data. '_' is a LIKE wildcard: escaped.
 _OWN_OBJECTS = (
@@ -49,6 +50,8 @@ class Check:
 class VerifyResult:
     configured: bool
     checks: list[Check] = field(default_factory=list)
+    # One line each, worth telling even when every check passes.
+    warnings: list[str] = field(default_factory=list)
     local_txid: str | None = None
     replica_txid: str | None = None
     lag_seconds: float | None = None
@@ -147,19 +150,19 @@ def _fingerprint(db: Path) -> tuple[tuple[int, int, int] | None, ...]:
     return tuple(marks)
 
 
-def _sync(settings: Settings, litestream: Litestream, db: Path, socket: Path | None) -> str:
-    """Make the replica hold the live state before comparing; say how."""
+def _sync(settings: Settings, litestream: Litestream, db: Path, socket: Path | None) -> tuple[str, bool]:
+    """Make the replica hold the live state before comparing; say how, and whether a daemon runs."""
     state = daemon.check(settings)
     if state.running:
         if not socket:
-            return "daemon running without a control socket: compared as replicated so far"
+            return "daemon running without a control socket: compared as replicated so far", True
         litestream.run("sync", "-wait", "-json", "-socket", str(socket), str(db), timeout=120)
-        return f"asked the daemon (pid {state.pid}) to sync"
+        return f"asked the daemon (pid {state.pid}) to sync", True
     with daemon.exclusive(settings):
         if daemon.check(settings).running:  # one started meanwhile: it syncs on its own
-            return "a daemon started meanwhile"
+            return "a daemon started meanwhile", True
         litestream.run("replicate", "-once", timeout=300)
-    return "no daemon running: synced once with 'litestream replicate -once'"
+    return "no daemon running: synced once with 'litestream replicate -once'", False
 
 
 @dataclass
@@ -167,6 +170,7 @@ class _Attempt:
     """One sync, restore and reading of both databases."""
 
     checks: list[Check]
+    running: bool
     restored_txid: int = 0
     local_txid: int | None = None
     live: Digest | None = None
@@ -181,12 +185,12 @@ class _Attempt:
 
 def _attempt(
     settings: Settings, litestream: Litestream, entry: Database, socket: Path | None,
-    folder: Path,
+    folder: Path, running: bool,
 ) -> _Attempt:
     db = entry.path
-    attempt = _Attempt([])
+    attempt = _Attempt([], running)
     try:
-        how = _sync(settings, litestream, db, socket)
+        how, attempt.running = _sync(settings, litestream, db, socket)
     except BackupError as exc:
         attempt.checks.append(Check("sync", False, f"could not sync: {exc.message}"))
         return attempt
@@ -314,8 +318,22 @@ def _why_again(attempt: _Attempt) -> str | None:
     return None
 
 
+def _continuity(result: VerifyResult, running: bool, require_running: bool) -> None:
+    """Continuous backup needs a daemon; a smoke test that synced once does not prove one runs."""
+    if running:
+        return
+    off = "continuous backup is off: no daemon replicates this workspace"
+    if require_running:
+        result.checks.append(Check("daemon", False, f"{off} (--require-running); {START_DAEMON}"))
+    else:
+        result.warnings.append(
+            f"{off}, so changes after this check are not backed up; {START_DAEMON} "
+            "(--require-running makes this a failure)"
+        )
+
+
 def verify(
-    settings: Settings, litestream: Litestream, max_age: float | None = None,
+    settings: Settings, litestream: Litestream, max_age: float | None = None, require_running: bool = False,
 ) -> VerifyResult:
     if not settings.config_path.exists():
         return VerifyResult(configured=False)
@@ -327,11 +345,13 @@ def verify(
         return result
     limit = default_max_age(entry.sync_interval) if max_age is None else max_age
 
+    running = daemon.check(settings).running
     retried = None
     folder = Path(tempfile.mkdtemp(prefix="chora-verify-"))
     try:
         for n in (1, 2):
-            attempt = _attempt(settings, litestream, entry, config.socket, folder / str(n))
+            attempt = _attempt(settings, litestream, entry, config.socket, folder / str(n), running)
+            running = attempt.running
             why = _why_again(attempt)
             if n == 2 or why is None:
                 break
@@ -340,4 +360,5 @@ def verify(
         _judge(attempt, retried, result, db, limit)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+    _continuity(result, running, require_running)
     return result

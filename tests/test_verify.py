@@ -1,9 +1,10 @@
-"""verify proves the data, not the row count, and says when it could not."""
+"""verify proves the data, not the row count; says when it could not; warns when backup is not continuous."""
 from __future__ import annotations
 
 import re
 import shutil
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,10 @@ from backup import config
 from backup.litestream import Litestream
 from backup.verify import digest, verify
 
-from conftest import REPO, Workspace, insert, make_db
+from conftest import BIN, REPO, Workspace, insert, make_db
+
+WARNING = "warning: continuous backup is off"
+
 
 def replicated_once(ws: Workspace, bodies: list[str]) -> None:
     """A local-mode workspace whose replica holds ``bodies`` in ``items``, no daemon running."""
@@ -65,6 +69,44 @@ def test_an_unchanged_database_is_compared_by_content_and_says_so(ws: Workspace)
     assert "ok    content   content identical in 2 table(s) (sha256 per table, rowid order)" in result.stdout
     assert "checked twice" not in result.stdout
     assert result.stdout.strip().splitlines()[-1] == "verify: ok"
+
+
+# -- continuous backup off ---------------------------------------------------------
+
+
+def test_without_a_daemon_verify_tests_the_replica_and_warns(ws: Workspace):
+    replicated_once(ws, ["a"])
+    insert(ws.db, "written while nothing replicates")
+    result = ws.inv("backup.verify")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "synced once with 'litestream replicate -once'" in result.stdout
+    assert "content identical" in result.stdout  # the new row was made current, then proven
+    (warning,) = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert warning.startswith(WARNING)
+    assert "inv backup.start-bg" in warning and "--require-running" in warning
+
+
+def test_require_running_makes_a_stopped_daemon_a_failure(ws: Workspace):
+    replicated_once(ws, ["a"])
+    result = ws.inv("backup.verify", "--require-running")
+    assert result.returncode == 1
+    assert "ok    content   content identical" in result.stdout  # still tested
+    assert "warning:" not in result.stderr  # the failure says it once
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: verify failed at daemon: continuous backup is off: no daemon replicates this "
+        "workspace (--require-running); start it with 'inv backup.start-bg'"
+    )
+
+
+def test_a_running_daemon_passes_require_running_without_a_warning(ws: Workspace):
+    make_db(ws.db)
+    assert ws.inv("backup.local", "--background").returncode == 0
+    insert(ws.db, *[f"burst {i}" for i in range(20)])
+    result = ws.inv("backup.verify", "--require-running")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "asked the daemon" in result.stdout and "content identical" in result.stdout
+    assert "warning:" not in result.stderr
+    assert "start-bg" not in result.stdout + result.stderr  # never suggest starting it again
 
 
 # -- a live database that moves during the check --------------------------------------
@@ -119,6 +161,7 @@ def test_a_database_that_moves_is_checked_again_then_by_counts(ws: Workspace, sq
     assert "checked twice, because the live database changed during the first check" in by_name["sync"].detail
     assert by_name[check].detail == detail
     assert by_name[check].ok is ok and result.ok is ok
+    assert result.warnings and result.warnings[0].startswith("continuous backup is off")
 
 
 # -- the digest ---------------------------------------------------------------------
@@ -227,3 +270,40 @@ def test_the_hook_definition_shows_its_output():
     # The README shows a manual run: the example's stages must allow one.
     assert "pre-commit run --hook-stage manual backup-restore-smoke" in section
     assert set(entry["stages"]) == {"pre-push", "manual"}
+
+
+def test_the_readme_hook_runs_through_pre_commit_and_shows_the_warning(ws: Workspace):
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip("the package is not a git checkout: pre-commit needs a repository to install from")
+    hookrepo = ws.root / "hookrepo"
+    subprocess.run(["git", "clone", "--quiet", str(REPO), str(hookrepo)], check=True, timeout=120)
+    rev = subprocess.run(
+        ["git", "-C", str(hookrepo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+    ).stdout.strip()
+
+    replicated_once(ws, ["a", "b"])
+    _, example = readme_hook_config()
+    example["repos"][0].update(repo=str(hookrepo), rev=rev)
+    env = {"PRE_COMMIT_HOME": str(ws.root / "pre-commit-home"), "GIT_AUTHOR_NAME": "t",
+           "GIT_AUTHOR_EMAIL": "t@example.invalid", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@example.invalid"}
+
+    def run_hook(config: dict) -> subprocess.CompletedProcess:
+        (ws.path / ".pre-commit-config.yaml").write_text(yaml.safe_dump(config))
+        assert ws.run("git", "add", ".pre-commit-config.yaml", env=env).returncode == 0
+        return ws.run(str(BIN / "pre-commit"), "run", "--hook-stage", "manual", "backup-restore-smoke",
+                      env=env, timeout=900)
+
+    assert ws.run("git", "init", "--quiet", env=env).returncode == 0
+    result = run_hook(example)  # installs the hook from the clone, with pip
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Passed" in output and "verify: ok" in output
+    assert any(line.startswith(WARNING) for line in output.splitlines()), output
+
+    example["repos"][0]["hooks"][0]["args"] = ["--require-running"]
+    strict = run_hook(example)
+    output = strict.stdout + strict.stderr
+    assert strict.returncode == 1, output
+    assert "Failed" in output and "error: verify failed at daemon: continuous backup is off" in output
