@@ -150,19 +150,26 @@ def _fingerprint(db: Path) -> tuple[tuple[int, int, int] | None, ...]:
     return tuple(marks)
 
 
-def _sync(settings: Settings, litestream: Litestream, db: Path, socket: Path | None) -> tuple[str, bool]:
+@dataclass(frozen=True)
+class _Synced:
+    how: str
+    running: bool  # a daemon replicates the workspace
+    current: bool  # the replica was made to hold the live state
+
+
+def _sync(settings: Settings, litestream: Litestream, db: Path, socket: Path | None) -> _Synced:
     """Make the replica hold the live state before comparing; say how, and whether a daemon runs."""
     state = daemon.check(settings)
     if state.running:
         if not socket:
-            return "daemon running without a control socket: compared as replicated so far", True
+            return _Synced("daemon running without a control socket: compared as replicated so far", True, False)
         litestream.run("sync", "-wait", "-json", "-socket", str(socket), str(db), timeout=120)
-        return f"asked the daemon (pid {state.pid}) to sync", True
+        return _Synced(f"asked the daemon (pid {state.pid}) to sync", True, True)
     with daemon.exclusive(settings):
         if daemon.check(settings).running:  # one started meanwhile: it syncs on its own
-            return "a daemon started meanwhile", True
+            return _Synced("a daemon started meanwhile", True, False)
         litestream.run("replicate", "-once", timeout=300)
-    return "no daemon running: synced once with 'litestream replicate -once'", False
+    return _Synced("no daemon running: synced once with 'litestream replicate -once'", False, True)
 
 
 @dataclass
@@ -171,6 +178,7 @@ class _Attempt:
 
     checks: list[Check]
     running: bool
+    current: bool = True  # the sync made the replica hold the live state
     restored_txid: int = 0
     local_txid: int | None = None
     live: Digest | None = None
@@ -190,12 +198,13 @@ def _attempt(
     db = entry.path
     attempt = _Attempt([], running)
     try:
-        how, attempt.running = _sync(settings, litestream, db, socket)
+        synced = _sync(settings, litestream, db, socket)
     except BackupError as exc:
         attempt.checks.append(Check("sync", False, f"could not sync: {exc.message}"))
         return attempt
-    attempt.checks.append(Check("sync", True, how))
-    synced = _fingerprint(db)
+    attempt.running, attempt.current = synced.running, synced.current
+    attempt.checks.append(Check("sync", True, synced.how))
+    before = _fingerprint(db)
 
     folder.mkdir()
     restored = folder / db.name
@@ -219,7 +228,7 @@ def _attempt(
     except sqlite3.Error as exc:
         attempt.checks.append(Check("compare", False, f"could not read the live database {db}: {exc}"))
         return attempt
-    attempt.moved = _fingerprint(db) != synced
+    attempt.moved = _fingerprint(db) != before
     attempt.local_txid = local_txids(litestream).get(str(db))
     try:
         attempt.copy = digest(restored)
@@ -262,15 +271,15 @@ def _content_check(live: Digest, copy: Digest) -> Check:
     ))
 
 
-def _counts_check(live: Digest, copy: Digest) -> Check:
-    prefix = "live database changed during the check: compared row counts only; "
+def _counts_check(live: Digest, copy: Digest, why: str) -> Check:
+    prefix = f"{why}: compared row counts only; "
     tables = sorted(set(live.counts) | set(copy.counts))
     differing = [t for t in tables if live.counts.get(t) != copy.counts.get(t)]
     if not differing:
         return Check("rows", True, prefix + f"row counts equal in {len(tables)} table(s)")
     return Check("rows", False, prefix + "row counts differ in " + ", ".join(
         f"{t} (live {live.counts.get(t)}, backup {copy.counts.get(t)})" for t in differing
-    ) + "; run verify again when the database is idle")
+    ) + "; run verify again once the database has been idle for a sync interval")
 
 
 def _judge(attempt: _Attempt, retried: str | None, result: VerifyResult, db: Path, limit: float) -> None:
@@ -292,8 +301,15 @@ def _judge(attempt: _Attempt, retried: str | None, result: VerifyResult, db: Pat
     else:
         result.lag_seconds = 0.0
         result.checks.append(_schema_check(attempt.live, attempt.copy))
-        judge = _counts_check if attempt.moved else _content_check
-        result.checks.append(judge(attempt.live, attempt.copy))
+        if attempt.moved:
+            why = "live database changed during the check"
+            result.checks.append(_counts_check(attempt.live, attempt.copy, why))
+        elif not attempt.current and attempt.live.sums != attempt.copy.sums:
+            # Changes the daemon has not captured yet look like foreign data.
+            why = "the replica could not be made current"
+            result.checks.append(_counts_check(attempt.live, attempt.copy, why))
+        else:
+            result.checks.append(_content_check(attempt.live, attempt.copy))
 
     if result.lag_seconds is None:
         result.checks.append(Check("lag", False, "the replica is missing local changes of unknown age"))
@@ -309,8 +325,10 @@ def _why_again(attempt: _Attempt) -> str | None:
     """Why one attempt is not final: the live database moved on, or the copy differs."""
     if attempt.live is None or attempt.copy is None:
         return None  # sync, restore or integrity failed: trying again proves nothing new
-    if attempt.moved or attempt.behind:
+    if attempt.moved:
         return "the live database changed during the first check"
+    if attempt.behind:
+        return "the replica lacked changes litestream had seen"
     if attempt.live != attempt.copy:
         # A write can land after litestream read the WAL but before the sync
         # returned: no fingerprint sees it. Only a second difference is real.

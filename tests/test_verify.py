@@ -148,7 +148,7 @@ INSERT = "INSERT INTO items (body) VALUES ('late')"
          "live database changed during the check: compared row counts only; row counts equal in 2 table(s)"),
         (INSERT, 2, False, "rows",
          "live database changed during the check: compared row counts only; row counts differ in "
-         "items (live 4, backup 3); run verify again when the database is idle"),
+         "items (live 4, backup 3); run verify again once the database has been idle for a sync interval"),
     ],
     ids=["moved-once-then-content", "moved-twice-counts-equal", "moved-twice-counts-differ"],
 )
@@ -162,6 +162,27 @@ def test_a_database_that_moves_is_checked_again_then_by_counts(ws: Workspace, sq
     assert by_name[check].detail == detail
     assert by_name[check].ok is ok and result.ok is ok
     assert result.warnings and result.warnings[0].startswith("continuous backup is off")
+
+
+def test_a_replica_that_cannot_be_made_current_is_not_called_foreign(ws: Workspace):
+    # A daemon with no control socket (as on Windows) cannot be asked to sync,
+    # and with an hour's monitor interval it has not captured the last change.
+    make_db(ws.db, 2)
+    ws.config.write_text(
+        f"dbs:\n  - path: {ws.db}\n    monitor-interval: 1h\n    replica:\n      type: file\n"
+        f"      path: {ws.root / 'replica'}\n      sync-interval: 1h\n"
+    )
+    once = ws.litestream("replicate", "-config", str(ws.config), "-no-expand-env", "-once")
+    assert once.returncode == 0, once.stderr
+    assert ws.inv("backup.start-bg").returncode == 0
+    database(ws.db, "UPDATE items SET body = 'changed' WHERE id = 1")
+    result = ws.inv("backup.verify")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "daemon running without a control socket" in result.stdout
+    assert ("ok    rows      the replica could not be made current: compared row counts only; "
+            "row counts equal in 1 table(s)") in result.stdout
+    assert "warning:" not in result.stderr
+    assert ws.inv("backup.stop").returncode == 0
 
 
 # -- the digest ---------------------------------------------------------------------
