@@ -71,6 +71,16 @@ def test_an_unchanged_database_is_compared_by_content_and_says_so(ws: Workspace)
     assert result.stdout.strip().splitlines()[-1] == "verify: ok"
 
 
+def test_content_is_proven_on_an_s3_replica_too(r2ws: Workspace):
+    make_db(r2ws.db, 4)
+    assert r2ws.inv("backup.setup").returncode == 0
+    result = r2ws.inv("backup.verify")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"from s3://{r2ws.bucket}/chora.db" in result.stdout
+    assert "content identical in 1 table(s) (sha256 per table, rowid order)" in result.stdout
+    r2ws.assert_no_secrets()
+
+
 # -- continuous backup off ---------------------------------------------------------
 
 
