@@ -345,11 +345,13 @@ def snapshots(c, json=False):
         "max-age": "fail when the replica has missed local changes for longer than this "
         "(a duration: 90s, 10m); default ten sync intervals, at least a minute",
         "strict": "fail (exit 1) when no backup is configured in this workspace; default off",
+        "require-running": "fail (exit 1) when no daemon replicates this workspace (continuous "
+        "backup is off) instead of warning; default off",
     }
 )
 @actionable
-def verify(c, max_age=None, strict=False):
-    """Restore the latest backup to a temp dir and prove it matches the live database."""
+def verify(c, max_age=None, strict=False, require_running=False):
+    """Restore the latest backup to a temp dir and prove it holds the live database's data."""
     from .config import parse_duration
     from .litestream import Litestream
     from .verify import verify as run_verify
@@ -361,7 +363,7 @@ def verify(c, max_age=None, strict=False):
         except ValueError:
             raise BackupError(f"--max-age {max_age!r} is not a duration (e.g. 90s, 10m)", code=EXIT_CONFIG) from None
     settings = cfg.load()
-    result = run_verify(settings, Litestream(settings), max_age=limit)
+    result = run_verify(settings, Litestream(settings), max_age=limit, require_running=require_running)
     if not result.configured:
         message = "no backup configured in this workspace (no litestream.yml): nothing to verify"
         if strict:
@@ -370,6 +372,9 @@ def verify(c, max_age=None, strict=False):
         return
     for check in result.checks:
         print(f"  {'ok  ' if check.ok else 'FAIL'}  {check.name:<9} {check.detail}")
+    sys.stdout.flush()  # the warning follows the checks even where both streams are one pipe
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     failed = result.failed
     if failed:
         raise Exit(f"error: verify failed at {failed.name}: {failed.detail}", code=EXIT_FAILED)
