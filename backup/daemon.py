@@ -500,6 +500,81 @@ def _kill(proc: subprocess.Popen | psutil.Process) -> None:
 # -- foreground ----------------------------------------------------------------
 
 
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK") if hasattr(signal, name)
+)
+
+
+class _Stopper:
+    """Turns the first stop signal (Ctrl-C, a kill, a closed terminal) into litestream's clean stop.
+
+    Installed before litestream starts, so a signal that arrives early is not
+    lost: the child is stopped as soon as it exists. Whatever the signal,
+    litestream gets the one it handles (SIGTERM; Ctrl-Break on Windows), and
+    only once: a second one would abort its final sync.
+    """
+
+    def __init__(self, platform: Posix | Windows):
+        self._platform = platform
+        self._proc: subprocess.Popen | None = None
+        self.requested = False
+        self.forwarded = False
+
+    def __call__(self, _signum: int, _frame: object) -> None:
+        self.requested = True
+        self._forward()
+
+    def attach(self, proc: subprocess.Popen) -> None:
+        self._proc = proc
+        if self.requested:
+            self._forward()
+
+    def _forward(self) -> None:
+        if self._proc is None or self.forwarded:
+            return
+        self.forwarded = True
+        with contextlib.suppress(OSError):
+            self._platform.interrupt(self._proc)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_Stopper]:
+        previous = {sig: signal.signal(sig, self) for sig in STOP_SIGNALS}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+
+class _Output:
+    """The terminal, until it goes away: then litestream's output is drained to nowhere.
+
+    A closed terminal makes every write fail; litestream must still be read
+    (a full pipe would block its final sync), and the interpreter's last flush
+    must not fail either, so the dead stream is pointed at the null device.
+    """
+
+    def __init__(self, out: IO[str], settings: Settings):
+        self._out: IO[str] | None = out
+        self._settings = settings
+
+    def write(self, text: str) -> None:
+        if self._out is None:
+            return
+        try:
+            self._out.write(self._settings.mask(text))
+            self._out.flush()
+        except (OSError, ValueError):
+            self._detach()
+
+    def _detach(self) -> None:
+        out, self._out = self._out, None
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, out.fileno())
+            os.close(null)
+
+
 def run_foreground(
     settings: Settings,
     litestream: Litestream,
@@ -508,59 +583,53 @@ def run_foreground(
 ) -> int:
     """Replicate in the foreground, streaming masked output; litestream's exit code.
 
-    SIGINT and SIGTERM are passed on so litestream makes its final sync. The
-    pidfile names the child meanwhile, so start-bg and stop see it.
+    SIGINT, SIGTERM and SIGHUP all end in litestream's clean stop (final sync):
+    see ``_Stopper``. The pidfile names the child meanwhile, so start-bg and
+    stop see it.
     """
     platform = platform or current_platform()
-    with _locked(settings, platform):
-        state = check(settings)
-        _refuse_other_workspace(settings, state)
-        if state.running and state.record:
-            how = "in the foreground" if state.record.foreground else "by 'inv backup.start-bg'"
-            raise BackupError(
-                f"litestream already replicates this workspace (pid {state.record.pid}, started "
-                f"{how}): stop it first with 'inv backup.stop'"
-            )
-        _refuse_unrecorded(settings)
-        prepared = _prepare(settings, litestream)
-        for db in prepared.config.databases:
-            if not db.path.exists():
-                out.write(f"warning: {db.path} does not exist yet; litestream waits for it\n")
-        for claim in prepared.claims:
-            if claim.describe():
-                out.write(f"{claim.describe()}\n")
-        _keep_running_copy(settings, prepared)
-        argv = litestream.argv("replicate")
-        proc = litestream.spawn("replicate", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        try:  # a failure before the pidfile names it must leave no process behind
-            record = _record(proc, argv, settings, True, prepared)
-            _write_pidfile(settings.pidfile, record)
-        except BaseException:
-            _kill(proc)
-            raise
-
-    def forward(signum: int, _frame: object) -> None:
-        with contextlib.suppress(OSError):
-            platform.interrupt(proc, signum)
-
-    handled = [signal.SIGINT, signal.SIGTERM]
-    if hasattr(signal, "SIGHUP"):
-        handled.append(signal.SIGHUP)
-    previous = {sig: signal.signal(sig, forward) for sig in handled}
-    try:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            out.write(settings.mask(raw.decode("utf-8", errors="replace")))
-            out.flush()
-        return proc.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if proc.poll() is None:
-            platform.interrupt(proc)
-            proc.wait()
+    output = _Output(out, settings)
+    with _Stopper(platform).installed() as stopper:
         with _locked(settings, platform):
-            _remove_pidfile(settings.pidfile, record)
+            state = check(settings)
+            _refuse_other_workspace(settings, state)
+            if state.running and state.record:
+                how = "in the foreground" if state.record.foreground else "by 'inv backup.start-bg'"
+                raise BackupError(
+                    f"litestream already replicates this workspace (pid {state.record.pid}, started "
+                    f"{how}): stop it first with 'inv backup.stop'"
+                )
+            _refuse_unrecorded(settings)
+            prepared = _prepare(settings, litestream)
+            for db in prepared.config.databases:
+                if not db.path.exists():
+                    output.write(f"warning: {db.path} does not exist yet; litestream waits for it\n")
+            for claim in prepared.claims:
+                if claim.describe():
+                    output.write(f"{claim.describe()}\n")
+            if stopper.requested:
+                return 0  # asked to stop before anything started
+            _keep_running_copy(settings, prepared)
+            argv = litestream.argv("replicate")
+            proc = litestream.spawn("replicate", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            try:  # a failure before the pidfile names it must leave no process behind
+                stopper.attach(proc)
+                record = _record(proc, argv, settings, True, prepared)
+                _write_pidfile(settings.pidfile, record)
+            except BaseException:
+                _kill(proc)
+                raise
+        try:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                output.write(raw.decode("utf-8", errors="replace"))
+            return proc.wait()
+        finally:
+            if proc.poll() is None:
+                stopper(0, None)
+                proc.wait()
+            with _locked(settings, platform):
+                _remove_pidfile(settings.pidfile, record)
 
 
 # -- stop ----------------------------------------------------------------------

@@ -548,3 +548,38 @@ def test_start_bg_rotates_a_huge_log(ws):
     assert log.stat().st_size < 64 * 1024
     assert "replicating to" in log.read_text()
     stop(ws, pid)
+
+
+class _RecordingPlatform:
+    def __init__(self):
+        self.interrupted: list[int] = []
+
+    def interrupt(self, proc, sig=None):
+        self.interrupted.append(proc.pid)
+
+
+class _FakeChild:
+    pid = 4242
+
+
+def test_a_stop_signal_before_the_child_exists_stops_it_once_it_does():
+    platform = _RecordingPlatform()
+    stopper = daemon._Stopper(platform)
+    stopper(signal.SIGINT, None)  # Ctrl-C while the config is still being checked
+    assert stopper.requested and platform.interrupted == []
+    stopper.attach(_FakeChild())
+    assert platform.interrupted == [4242]
+
+
+def test_only_the_first_stop_signal_reaches_litestream():
+    platform = _RecordingPlatform()
+    stopper = daemon._Stopper(platform)
+    stopper.attach(_FakeChild())
+    for sig in (signal.SIGHUP, signal.SIGCONT, signal.SIGTERM, signal.SIGINT):
+        stopper(sig, None)  # a closing terminal sends several: a second would abort the final sync
+    assert platform.interrupted == [4242]
+
+
+def test_the_stop_signals_include_a_closed_terminal():
+    assert signal.SIGHUP in daemon.STOP_SIGNALS and signal.SIGINT in daemon.STOP_SIGNALS
+    assert signal.SIGTERM in daemon.STOP_SIGNALS

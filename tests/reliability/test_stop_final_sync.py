@@ -6,14 +6,21 @@ there yet.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import signal
 import sqlite3
+import subprocess
+import termios
+import threading
 import time
 
 import pytest
 
-from conftest import insert, make_db, rows
+from conftest import BIN, insert, make_db, rows, wait_for
 
-from .conftest import Restores, setup, start_bg, stop, write_s3_env
+from .conftest import Restores, litestreams, setup, start_bg, stop, write_s3_env
 
 COMMITS = {
     "one-row": lambda db: insert(db, "the last row"),
@@ -56,3 +63,58 @@ def test_stop_right_after_a_commit_ships_it(rws, report, commit):
         f"(sync interval 1m), {len(expected) - len(before)} new rows, 0 lost, "
         f"{time.monotonic() - began:.1f}s"
     )
+
+
+def spawn_start(ws, **popen) -> subprocess.Popen:
+    proc = subprocess.Popen([str(BIN / "inv"), "backup.start"], cwd=ws.path, env=ws.environ(), **popen)
+    ws.children.append(proc)
+    return proc
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGINT, signal.SIGTERM], ids=lambda s: s.name)
+def test_every_stop_signal_to_a_foreground_start_ends_in_the_final_sync(rws, report, sig):
+    """A closed terminal, Ctrl-C, or a kill: litestream's clean stop, exit 0, the last row replicated."""
+    write_s3_env(rws, interval="1m")
+    setup(rws)
+    make_db(rws.db, 3)
+    proc = spawn_start(rws, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    wait_for(rws.synced, 30, interval=0.2, what="first sync")
+    restores = Restores(rws)
+    before = restores()
+    insert(rws.db, f"committed just before {sig.name}")
+    assert restores() == before  # the next sync is a minute away: only the final one carries it
+    code, output = rws.finish(proc, sig)
+    assert code == 0, output
+    assert restores() == rows(rws.db) != before
+    assert litestreams(rws) == [] and not rws.pidfile.exists()
+    report(f"foreground {sig.name}: exit 0, the row committed just before it is in the replica")
+
+
+def test_a_closed_terminal_ends_in_the_final_sync(rws, report):
+    """The real thing: the terminal (a pty) goes away under a foreground start."""
+    write_s3_env(rws, interval="1m")
+    setup(rws)
+    make_db(rws.db, 3)
+    primary, secondary = os.openpty()
+
+    def controlling_terminal() -> None:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    proc = spawn_start(rws, stdin=secondary, stdout=secondary, stderr=secondary,
+                       start_new_session=True, preexec_fn=controlling_terminal)
+    os.close(secondary)
+    drained = threading.Thread(target=drain, args=(primary,), daemon=True)
+    drained.start()
+    wait_for(rws.synced, 30, interval=0.2, what="first sync")
+    insert(rws.db, "committed just before the hang-up")
+    os.close(primary)  # the terminal window closes: the kernel sends SIGHUP
+    assert proc.wait(60) == 0
+    assert Restores(rws)() == rows(rws.db)
+    assert litestreams(rws) == [] and not rws.pidfile.exists()
+    report("closed terminal (pty): SIGHUP, exit 0, the last row in the replica")
+
+
+def drain(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        while os.read(fd, 65536):
+            pass
