@@ -126,7 +126,7 @@ class PidRecord:
 
 @dataclass(frozen=True)
 class DaemonState:
-    state: str  # "running", "stopped" or "stale"
+    state: str  # "running", "stopped", "stale" or "unknown" (its process cannot be inspected)
     record: PidRecord | None = None
     reason: str = ""
     process: psutil.Process | None = None
@@ -207,7 +207,9 @@ def check(settings: Settings) -> DaemonState:
     except psutil.NoSuchProcess:
         return DaemonState("stale", record, f"process {record.pid} is gone")
     except psutil.AccessDenied:
-        same = False
+        # Another user's process, or an elevated one: it may well be a replicator.
+        # Unknown is not stale: never delete its pidfile, never start beside it.
+        return DaemonState("unknown", record, f"pid {record.pid} cannot be inspected (access denied)")
     if not same:
         return DaemonState("stale", record, f"pid {record.pid} now belongs to another program")
     if not _alive(proc):
@@ -237,7 +239,19 @@ def _locked(settings: Settings, platform: Posix | Windows, timeout: float = LOCK
             platform.unlock(fh)
 
 
+def refuse_unknown(settings: Settings, state: DaemonState) -> None:
+    """Act on no pidfile whose process cannot be inspected: it may be a running replicator."""
+    if state.state == "unknown" and state.record:
+        raise BackupError(
+            f"{settings.pidfile} names pid {state.record.pid}, which cannot be inspected (access "
+            "denied): it may be "
+            "litestream started by another user or an elevated console; check it as that user "
+            "and stop it, or delete the pidfile if it is not litestream — nothing was changed"
+        )
+
+
 def _refuse_other_workspace(settings: Settings, state: DaemonState) -> None:
+    refuse_unknown(settings, state)
     if state.running and state.record and state.record.config != str(settings.config_path):
         raise BackupError(
             f"BACKUP_STATE_DIR {settings.state_dir} belongs to the daemon of "
@@ -659,6 +673,7 @@ def stop(
     platform = platform or current_platform()
     with _locked(settings, platform):
         state = check(settings)
+        refuse_unknown(settings, state)
         if not state.running or state.record is None or state.process is None:
             if state.state == "stale":
                 _remove_pidfile(settings.pidfile, state.record)
@@ -684,7 +699,9 @@ def replicate_once(
     Holds the workspace lock, so no daemon starts meanwhile.
     """
     with _locked(settings, platform or current_platform()):
-        if check(settings).running:
+        state = check(settings)
+        refuse_unknown(settings, state)
+        if state.running:
             return None
         _refuse_unrecorded(settings)
         prepared = _prepare(settings, litestream)

@@ -133,6 +133,9 @@ def _owner(settings: Settings, config: LitestreamConfig) -> Check:
 
 def _daemon(settings: Settings, litestream: Litestream) -> Check:
     state = daemon.check(settings)
+    if state.state == "unknown":
+        return Check("daemon", FAIL, f"unknown: {state.reason}",
+                     f"check that process as its owner; delete {settings.pidfile} only if it is not litestream")
     if state.state == "stale":
         return Check("daemon", WARN, f"stale pidfile ({state.reason})", "'inv backup.start-bg' replaces it")
     if not state.running:

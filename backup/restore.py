@@ -234,6 +234,7 @@ def _check_target(
         return
     if is_live:
         state = daemon.check(settings)
+        daemon.refuse_unknown(settings, state)
         if state.running:
             raise BackupError(
                 f"litestream is replicating {target} (pid {state.pid}): stop it first with "

@@ -67,6 +67,8 @@ class Status:
 
     @property
     def exit_code(self) -> int:
+        if self.daemon.get("state") == "unknown":
+            return EXIT_FAILED  # perhaps running, perhaps not: never "healthy", never "stopped"
         if not self.running:
             return EXIT_NOT_RUNNING
         if self.config_changed or any(db.failing for db in self.databases):
@@ -220,6 +222,9 @@ def _daemon_info(state: daemon.DaemonState, settings: Settings, now: float) -> d
     }
     if state.state == "stale":
         info["stale_reason"] = state.reason
+    if state.state == "unknown" and state.record:
+        info["pid"] = state.record.pid
+        info["unknown_reason"] = state.reason
     if state.running and state.record and state.process:
         info["started_at"] = state.record.started_at
         info["foreground"] = state.record.foreground
@@ -286,6 +291,8 @@ def as_table(status: Status) -> list[str]:
         if "uptime_seconds" in d:
             line += f", up {d['uptime_seconds']}s, {_size(d.get('memory_bytes'))}"
         lines = [line + ")"]
+    elif d["state"] == "unknown":
+        lines = [f"daemon    unknown (access denied): {d.get('unknown_reason')}"]
     elif d["state"] == "stale":
         lines = [f"daemon    stopped (stale pidfile: {d.get('stale_reason')})"]
     else:

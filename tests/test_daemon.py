@@ -6,8 +6,10 @@ this module's ws fixture any other litestream of the test's (unique) config.
 """
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
+import os
 import re
 import signal
 import subprocess
@@ -20,6 +22,7 @@ import pytest
 
 from backup import config, daemon, logfile
 from backup.errors import BackupError
+from backup.litestream import Litestream
 
 from conftest import BIN, Workspace, insert, make_db, rows, wait_for
 
@@ -583,3 +586,48 @@ def test_only_the_first_stop_signal_reaches_litestream():
 def test_the_stop_signals_include_a_closed_terminal():
     assert signal.SIGHUP in daemon.STOP_SIGNALS and signal.SIGINT in daemon.STOP_SIGNALS
     assert signal.SIGTERM in daemon.STOP_SIGNALS
+
+
+@pytest.fixture
+def unknown_pidfile(tmp_path, monkeypatch):
+    """A pidfile naming a process we may not inspect (another user's; faked: we run as root)."""
+    settings = config.load(cwd=tmp_path, environ={"BACKUP_STATE_DIR": str(tmp_path / "state")})
+    settings.state_dir.mkdir()
+    argv = ["litestream", "replicate", "-config", str(settings.config_path), "-no-expand-env"]
+    record = daemon.PidRecord(pid=os.getpid(), create_time=0.0, cmdline=argv,
+                              config=str(settings.config_path), started_at="", log=None)
+    settings.pidfile.write_text(json.dumps(dataclasses.asdict(record)))
+
+    class Denied(psutil.Process):
+        def cmdline(self):
+            raise psutil.AccessDenied(self.pid)
+
+    monkeypatch.setattr(daemon.psutil, "Process", Denied)
+    return settings
+
+
+def test_a_pidfile_whose_process_cannot_be_inspected_is_unknown_not_stale(unknown_pidfile):
+    settings = unknown_pidfile
+    before = settings.pidfile.read_bytes()
+    state = daemon.check(settings)
+    assert state.state == "unknown" and not state.running
+    assert "cannot be inspected (access denied)" in state.reason
+    for act in (lambda: daemon.stop(settings, timeout=1),
+                lambda: daemon.start_background(settings, Litestream(settings)),
+                lambda: daemon.replicate_once(settings, Litestream(settings))):
+        with pytest.raises(BackupError) as err:
+            act()
+        assert "cannot be inspected (access denied)" in err.value.message
+        assert "nothing was changed" in err.value.message
+    assert settings.pidfile.read_bytes() == before  # never deleted as stale
+
+
+def test_status_says_unknown_and_is_not_healthy(unknown_pidfile, tmp_path):
+    from backup import status
+
+    settings = unknown_pidfile
+    settings.config_path.write_text("dbs:\n  - path: /nonexistent/x.db\n    replica:\n      type: file\n      path: /nonexistent/r\n")
+    result = status.gather(settings)
+    assert result.exit_code == 1
+    assert result.as_dict()["daemon"]["state"] == "unknown"
+    assert "daemon    unknown (access denied)" in "\n".join(status.as_table(result))
