@@ -122,9 +122,10 @@ class Settings:
         path = self.state_dir / "litestream.sock"
         if len(os.fsencode(path)) <= _MAX_SOCKET_PATH:
             return path
-        # A deep state dir would overflow sockaddr_un: use a short, stable name.
+        # A deep state dir would overflow sockaddr_un: use a short, stable name, in a
+        # folder of this user's own (the temp folder itself is writable by everyone).
         digest = hashlib.sha256(os.fsencode(self.state_dir)).hexdigest()[:16]
-        return Path(tempfile.gettempdir()) / f"chora-backup-{digest}.sock"
+        return Path(tempfile.gettempdir()) / f"chora-backup-{os.getuid()}" / f"{digest}.sock"
 
     @property
     def r2_endpoint(self) -> str | None:

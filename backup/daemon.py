@@ -30,6 +30,7 @@ import psutil
 from . import logfile
 from .config import LOCAL, R2, Settings, require_r2
 from .errors import BackupError, ConfigError, LitestreamError, translate
+from .files import open_private, private_dir, write_private
 from .litestream import Litestream, check_endpoint
 from .owner import Claim, Ownership
 from .store import STORE_TYPES
@@ -164,9 +165,7 @@ def _read_pidfile(path: Path) -> PidRecord | None | str:
 
 
 def _write_pidfile(path: Path, record: PidRecord) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(asdict(record), indent=2) + "\n", "utf-8")
-    os.replace(tmp, path)
+    write_private(path, (json.dumps(asdict(record), indent=2) + "\n").encode("utf-8"))
 
 
 def _remove_pidfile(path: Path, record: PidRecord | None) -> None:
@@ -219,9 +218,9 @@ def check(settings: Settings) -> DaemonState:
 
 @contextlib.contextmanager
 def _locked(settings: Settings, platform: Posix | Windows, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(settings.state_dir)
     deadline = time.monotonic() + timeout
-    with open(settings.lockfile, "a+b") as fh:
+    with open_private(settings.lockfile, "a+b") as fh:
         while True:
             try:
                 platform.lock(fh)
@@ -321,14 +320,32 @@ def newest_txid(litestream: Litestream, db: Path) -> int | None:
     return max((int(f["max_txid"], 16) for f in files), default=None)
 
 
+def _private_socket_folder(settings: Settings, socket: Path | None) -> None:
+    """The control socket's folder must be this user's alone: anyone who can reach the
+    socket can make the daemon sync, pause or stop replicating."""
+    if socket is None or sys.platform == "win32":
+        return
+    folder = private_dir(socket.parent)
+    info = folder.stat()
+    if info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise BackupError(
+            f"the control socket's folder {folder} is not private to you (mode "
+            f"{info.st_mode & 0o777:o}): remove it, or set BACKUP_STATE_DIR to a shorter path "
+            "so the socket lives in the state dir"
+        )
+
+
+def _remove_socket(socket: Path | None) -> None:
+    """A litestream that was killed leaves its socket file behind: take it away."""
+    if socket is not None and socket.is_socket():
+        socket.unlink(missing_ok=True)
+
+
 def _keep_running_copy(settings: Settings, prepared: Prepared) -> None:
     """Keep the config the daemon starts with, so every command can describe what runs."""
-    path = settings.running_config
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(prepared.text)
-    os.replace(tmp, path)
+    write_private(settings.running_config, prepared.text)
+    if prepared.config.socket and prepared.config.socket.parent != settings.state_dir:
+        _private_socket_folder(settings, prepared.config.socket)
 
 
 @dataclass(frozen=True)
@@ -417,7 +434,7 @@ def start_background(
         argv = litestream.argv("replicate")
         logfile.rotate(settings.logfile)
         offset = logfile.size(settings.logfile)
-        with open(settings.logfile, "ab") as log:
+        with open_private(settings.logfile) as log:
             proc = litestream.spawn("replicate", stdout=log, stderr=subprocess.STDOUT, detached=True)
         record = None
         try:  # from here on, a failure (or Ctrl-C) must leave no process behind
@@ -426,6 +443,7 @@ def start_background(
             waiting = _wait_healthy(settings, litestream, prepared.config, proc, offset, timeout)
         except BaseException:
             _kill(proc)
+            _remove_socket(prepared.config.socket)
             if record is not None:
                 _remove_pidfile(settings.pidfile, record)
             raise

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from .config import Settings
 from .errors import BackupError, ConfigError, LitestreamError, translate
+from .files import write_private
 
 log = logging.getLogger("backup.litestream")
 
@@ -198,12 +199,10 @@ class Litestream:
                 f"fail on R2): {INSTALL_HINT}"
             )
         if self.settings.state_dir.is_dir():
-            tmp = self._version_cache().with_suffix(f".{os.getpid()}.tmp")
             try:
-                tmp.write_text(json.dumps(key), "utf-8")
-                os.replace(tmp, self._version_cache())
+                write_private(self._version_cache(), json.dumps(key).encode("utf-8"))
             except OSError:
-                tmp.unlink(missing_ok=True)  # a cache we cannot write only costs time
+                pass  # a cache we cannot write only costs time
 
     def environment(self) -> dict[str, str]:
         return child_environment(self.settings, self._environ)

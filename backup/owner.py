@@ -23,7 +23,6 @@ are adopted by the database that has litestream state for them.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import uuid
 from dataclasses import asdict, dataclass
@@ -35,6 +34,7 @@ import psutil
 
 from .config import Settings
 from .errors import BackupError
+from .files import private_dir, write_private
 from .litestream import local_state_dir
 from .render import Database
 from .store import Store, open_store
@@ -106,12 +106,8 @@ def read_local(db: Path) -> Local | None:
 
 def write_local(db: Path, record: Local) -> None:
     path = local_path(db)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(_dump(record))
-    os.replace(temp, path)
+    private_dir(path.parent)
+    write_private(path, _dump(record))
 
 
 def read_owner(store: Store) -> Owner | None:

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol
 
 from .config import Settings, require_r2
 from .errors import BackupError, translate
+from .files import private_dir, temp_beside
 from .render import Database
 
 STORE_TYPES = ("s3", "file")  # the replica kinds chora-backup can open itself
@@ -61,14 +61,8 @@ class FileStore:
 
     def _temp(self, key: str, data: bytes) -> Path:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        temp = Path(name)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        return temp
+        private_dir(path.parent)
+        return temp_beside(path, data)
 
     def create(self, key: str, data: bytes) -> bool:
         # A hard link never replaces an existing name: the record appears whole, once.

@@ -631,3 +631,55 @@ def test_status_says_unknown_and_is_not_healthy(unknown_pidfile, tmp_path):
     assert result.exit_code == 1
     assert result.as_dict()["daemon"]["state"] == "unknown"
     assert "daemon    unknown (access denied)" in "\n".join(status.as_table(result))
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_runtime_files_are_private_whatever_the_umask(ws):
+    previous = os.umask(0o022)
+    try:
+        make_db(ws.db)
+        assert ws.inv("backup.local", "--no-start").returncode == 0
+        (ws.state / "litestream-version.json").unlink(missing_ok=True)
+        assert ws.inv("backup.start-bg").returncode == 0
+        assert mode(ws.state) == 0o700
+        for name in ("litestream.pid", "litestream.log", "litestream.lock", "litestream-version.json",
+                     "litestream.running.yml"):
+            assert mode(ws.state / name) == 0o600, name
+        assert mode(ws.config) == 0o600
+        assert mode(ws.path / ".chora.db-litestream" / "chora-backup-owner.json") == 0o600
+    finally:
+        os.umask(previous)
+
+
+def test_a_log_left_readable_by_an_earlier_version_is_made_private(ws):
+    make_db(ws.db)
+    assert ws.inv("backup.local", "--no-start").returncode == 0
+    ws.state.mkdir(exist_ok=True)
+    (ws.state / "litestream.log").write_text("old line\n")
+    os.chmod(ws.state / "litestream.log", 0o644)
+    assert ws.inv("backup.start-bg").returncode == 0
+    assert mode(ws.state / "litestream.log") == 0o600
+    assert (ws.state / "litestream.log").read_text().startswith("old line\n")
+
+
+def test_a_socket_outside_the_state_dir_gets_a_private_folder(tmp_path):
+    deep = tmp_path / ("d" * 120)
+    settings = config.load(cwd=tmp_path, environ={"BACKUP_STATE_DIR": str(deep)})
+    socket = settings.socket_path
+    assert socket.parent.name == f"chora-backup-{os.getuid()}" and socket.parent.parent == Path(
+        __import__("tempfile").gettempdir())
+    daemon._private_socket_folder(settings, socket)
+    assert mode(socket.parent) == 0o700
+
+
+def test_a_shared_socket_folder_is_refused(tmp_path):
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    os.chmod(folder, 0o777)
+    settings = config.load(cwd=tmp_path, environ={"BACKUP_STATE_DIR": str(tmp_path / "state")})
+    with pytest.raises(BackupError) as err:
+        daemon._private_socket_folder(settings, folder / "x.sock")
+    assert "is not private to you (mode 777)" in err.value.message

@@ -1,0 +1,63 @@
+"""Private files: every file chora-backup writes is readable by its user alone.
+
+The state dir holds the pidfile, the log (whose lines name paths and the
+replica), the lock and the running config; none is anyone else's business,
+and a log or pidfile another user can rewrite is a way in. So folders are
+created 0700 and files 0600, whatever the umask, and a file is replaced
+atomically (a temp file beside it, then a rename), never half-written.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import IO
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def private_dir(path: Path) -> Path:
+    """Create ``path`` (and missing parents) 0700; an existing folder is left as it is."""
+    if not path.is_dir():
+        path.mkdir(parents=True, mode=DIR_MODE, exist_ok=True)
+        os.chmod(path, DIR_MODE)  # mkdir's mode is filtered through the umask
+    return path
+
+
+def temp_beside(path: Path, data: bytes) -> Path:
+    """A private temp file in ``path``'s folder holding ``data``, flushed to disk."""
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if hasattr(os, "fchmod"):
+                os.fchmod(fh.fileno(), FILE_MODE)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    return Path(name)
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically, mode 0600."""
+    temp = temp_beside(path, data)
+    try:
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def open_private(path: Path, mode: str = "ab") -> IO[bytes]:
+    """Open ``path`` for appending (created 0600; an existing one is made 0600)."""
+    flags = os.O_CREAT | os.O_APPEND | (os.O_RDWR if "+" in mode else os.O_WRONLY)
+    fd = os.open(path, flags | getattr(os, "O_BINARY", 0), FILE_MODE)
+    if hasattr(os, "fchmod"):
+        try:
+            os.fchmod(fd, FILE_MODE)  # one left 0644 by an earlier version
+        except PermissionError:
+            pass  # not ours to change: still usable
+    return os.fdopen(fd, mode)
