@@ -37,7 +37,6 @@ from .store import STORE_TYPES
 from .render import NO_CONFIG, LitestreamConfig, WriteResult, read_config, write_config
 
 LOCK_TIMEOUT = 120.0  # a start holds the lock until its first sync at most
-START_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0  # litestream's own shutdown-sync-timeout
 POLL = 0.1
 
@@ -413,12 +412,13 @@ class StartResult:
     stale: DaemonState | None = None
     waiting: tuple[Path, ...] = ()  # databases that do not exist yet
     claims: tuple[Claim, ...] = ()
+    syncing: tuple[Path, ...] = ()  # databases whose first sync was still running at the timeout
 
 
 def start_background(
     settings: Settings,
     litestream: Litestream,
-    timeout: float = START_TIMEOUT,
+    timeout: float,
     platform: Posix | Windows | None = None,
 ) -> StartResult:
     """Start the daemon and return once it is healthy, or raise with its log."""
@@ -440,7 +440,7 @@ def start_background(
         try:  # from here on, a failure (or Ctrl-C) must leave no process behind
             record = _record(proc, argv, settings, False, prepared)
             _write_pidfile(settings.pidfile, record)
-            waiting = _wait_healthy(settings, litestream, prepared.config, proc, offset, timeout)
+            waiting, syncing = _wait_healthy(settings, litestream, prepared.config, proc, offset, timeout)
         except BaseException:
             _kill(proc)
             _remove_socket(prepared.config.socket)
@@ -454,6 +454,7 @@ def start_background(
             stale=state if state.state == "stale" else None,
             waiting=waiting,
             claims=prepared.claims,
+            syncing=syncing,
         )
 
 
@@ -488,8 +489,13 @@ def _wait_healthy(
     proc: subprocess.Popen,
     offset: int,
     timeout: float,
-) -> tuple[Path, ...]:
-    """Wait for the first sync of every database that exists."""
+) -> tuple[tuple[Path, ...], tuple[Path, ...]]:
+    """Wait for the first sync of every database that exists: (waiting, still syncing).
+
+    Only a litestream that exits or logs an error is a failed start. One still
+    busy at ``timeout`` is left running: a large first upload on a slow link
+    can take far longer than any wait a person sits through.
+    """
     started = time.monotonic()
     deadline = started + timeout
 
@@ -507,17 +513,16 @@ def _wait_healthy(
             raise failure(f"litestream failed to start: {error}")
         waiting = tuple(db.path for db in config.databases if not db.path.exists())
         pending = [db.path for db in config.databases if db.path.exists()]
+        synced: set[Path] | None = None
         if config.socket:
             synced = _synced(litestream, config.socket)
             if synced is not None and all(p in synced for p in pending):
-                return waiting
+                return waiting, ()
         elif time.monotonic() - started > 2.0:
             # No control socket (Windows): alive and quiet for two ticks.
-            return waiting
+            return waiting, ()
         if time.monotonic() > deadline:
-            raise failure(
-                f"litestream made no first sync within {timeout:g}s: see {settings.logfile}"
-            )
+            return waiting, tuple(p for p in pending if p not in (synced or set()))
         time.sleep(POLL)
 
 

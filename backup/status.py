@@ -43,12 +43,13 @@ class DatabaseStatus:
     latest_snapshot: str | None = None
     last_sync_at: str | None = None
     unseen_changes: bool = False  # written while no litestream was watching
+    first_sync_pending: bool = False  # the running daemon has not synced it once yet
     sync_interval: str = "1s"
     error: str | None = None
 
     @property
     def failing(self) -> bool:
-        if self.error:
+        if self.error or self.first_sync_pending:
             return True
         if not self.exists:
             return False  # waiting for it is not a failure
@@ -164,17 +165,20 @@ def _database_status(
     entry: Database,
     replica: list[dict[str, Any]] | BackupError | None,
     local: dict[str, int | None],
-    synced: dict[str, str],
+    synced: dict[str, str] | None,
     now: float,
     running: bool,
 ) -> DatabaseStatus:
+    """One database's status; ``synced`` is the daemon's last sync per path (None: not known)."""
     db = entry.path
     status = DatabaseStatus(
         path=str(db), replica=entry.replica, exists=db.is_file(), sync_interval=entry.sync_interval,
-        last_sync_at=synced.get(str(db)),
+        last_sync_at=(synced or {}).get(str(db)),
     )
     if not status.exists:
         return status
+    # Until litestream has synced it once, nothing below says anything about the replica.
+    status.first_sync_pending = running and synced is not None and not status.last_sync_at
     status.size_bytes = db.stat().st_size
     status.wal_mode = is_wal(db)
     local_txid = local.get(str(db))
@@ -258,9 +262,11 @@ def gather(settings: Settings, litestream: Litestream | None = None) -> Status:
             if e.path.is_file()
         }
         local = local_call.result()
-        listing = (listing_call.result() if listing_call else None) or []
+        listing = listing_call.result() if listing_call else None
         replicas = {path: call.result() for path, call in replica_calls.items()}
-    synced = {db["path"]: db["last_sync_at"] for db in listing if db.get("last_sync_at")}
+    synced = None if listing is None else {
+        db["path"]: db["last_sync_at"] for db in listing if db.get("last_sync_at")
+    }
     return Status(
         running=state.running,
         pid=state.pid,
@@ -314,6 +320,9 @@ def as_table(status: Status) -> list[str]:
         lines.append(f"  size           {_size(db.size_bytes)}, {wal}")
         lines.append(f"  local txid     {db.local_txid or '-'}")
         lines.append(f"  replica txid   {db.replica_txid or '-'}  at {db.replica_time or '-'}")
+        if db.first_sync_pending:
+            lines.append("  state          first sync in progress: not backed up until it is done "
+                         "('inv backup.logs --follow' shows it)")
         if db.error:
             lines.append(f"  error          {db.error}")
         elif db.unseen_changes:

@@ -23,6 +23,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 DEBUG_VARIABLE = "CHORA_BACKUP_DEBUG"
+START_WAIT = 30.0  # seconds start-bg waits for the first sync
 
 
 def actionable(body: F) -> F:
@@ -142,12 +143,12 @@ def start(c):
     _run_foreground(cfg.load())
 
 
-def _start_background(settings: cfg.Settings) -> None:
+def _start_background(settings: cfg.Settings, timeout: float = START_WAIT) -> None:
     from .daemon import start_background
     from .litestream import Litestream
 
     _ensure_config(settings)
-    result = start_background(settings, Litestream(settings))
+    result = start_background(settings, Litestream(settings), timeout=timeout)
     if result.already_running:
         print(f"already running (pid {result.pid})")
         return
@@ -159,15 +160,25 @@ def _start_background(settings: cfg.Settings) -> None:
     for path in result.waiting:
         print(f"waiting for {path}: it does not exist yet; litestream replicates it once it does")
     print(f"started (pid {result.pid})")
+    for path in result.syncing:
+        print(f"  first sync of {path} still in progress after {timeout:g}s (a large database or a "
+              "slow link): litestream goes on in the background; 'inv backup.status' says when "
+              "it is done, 'inv backup.logs --follow' shows it")
     print(f"  log   {result.log}")
     print("  stop  inv backup.stop")
 
 
-@task
+@task(
+    help={
+        "timeout": f"seconds to wait for the first sync; a litestream still uploading then is "
+        f"left running (exit 0) and status says when it is done; default {START_WAIT:g}",
+    }
+)
 @actionable
-def start_bg(c):
+def start_bg(c, timeout=str(START_WAIT)):
     """Start replicating in the background; returns once the first sync is done."""
-    _start_background(cfg.load())
+    seconds = _number(timeout, "--timeout")
+    _start_background(cfg.load(), seconds)
 
 
 @task(

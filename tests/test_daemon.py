@@ -23,6 +23,7 @@ import pytest
 from backup import config, daemon, logfile
 from backup.errors import BackupError
 from backup.litestream import Litestream
+from backup.tasks import START_WAIT
 
 from conftest import BIN, Workspace, insert, make_db, rows, wait_for
 
@@ -376,7 +377,7 @@ def test_start_bg_with_a_config_litestream_cannot_parse_fails_fast(ws):
     result = ws.inv("backup.start-bg")
     took = time.monotonic() - began
     assert result.returncode != 0
-    assert took < daemon.START_TIMEOUT
+    assert took < START_WAIT
     assert 'unknown replica type in config: "nosuchtype"' in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
     assert "nosuchtype" in result.stderr.strip().splitlines()[-1]
@@ -394,7 +395,7 @@ def test_start_bg_against_a_missing_bucket_fails_naming_the_bucket(r2ws):
     result = r2ws.inv("backup.start-bg")
     took = time.monotonic() - began
     assert result.returncode != 0
-    assert took < daemon.START_TIMEOUT
+    assert took < START_WAIT
     last = result.stderr.strip().splitlines()[-1]
     assert last == "error: bucket 'no-such-bucket-here' does not exist: create it, or fix R2_BUCKET", result.stderr
     # Found while claiming the replica, before litestream was started at all.
@@ -613,7 +614,7 @@ def test_a_pidfile_whose_process_cannot_be_inspected_is_unknown_not_stale(unknow
     assert state.state == "unknown" and not state.running
     assert "cannot be inspected (access denied)" in state.reason
     for act in (lambda: daemon.stop(settings, timeout=1),
-                lambda: daemon.start_background(settings, Litestream(settings)),
+                lambda: daemon.start_background(settings, Litestream(settings), timeout=5),
                 lambda: daemon.replicate_once(settings, Litestream(settings))):
         with pytest.raises(BackupError) as err:
             act()
@@ -683,3 +684,13 @@ def test_a_shared_socket_folder_is_refused(tmp_path):
     with pytest.raises(BackupError) as err:
         daemon._private_socket_folder(settings, folder / "x.sock")
     assert "is not private to you (mode 777)" in err.value.message
+
+
+def test_a_failed_start_leaves_no_process_pidfile_or_socket(ws):
+    assert ws.inv("backup.local", "--no-start").returncode == 0
+    ws.db.write_bytes(b"this is not an SQLite database, but litestream only finds out once it runs" * 100)
+    result = ws.inv("backup.start-bg", "--timeout", "20")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+    assert not ws.pidfile.exists()
+    assert not ws.socket().exists()

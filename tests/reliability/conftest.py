@@ -304,9 +304,11 @@ class _Pair:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
 
-    def pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def pump(self, src: socket.socket, dst: socket.socket, throttle=None) -> None:
         try:
-            while data := src.recv(65536):
+            while data := src.recv(16384 if throttle else 65536):
+                if throttle:
+                    throttle(len(data))
                 dst.sendall(data)
         except OSError:
             pass
@@ -325,11 +327,14 @@ class Forwarder:
 
     ``cut()`` drops every open connection and closes the listening socket, so new
     connections are refused, as by a firewall that rejects; ``heal()`` listens on
-    the same port again. ``close()`` stops every thread it started.
+    the same port again. ``close()`` stops every thread it started. ``rate`` (bytes
+    a second) makes the uplink slow: every upload shares it, as on a home line.
     """
 
-    def __init__(self, upstream_port: int):
+    def __init__(self, upstream_port: int, rate: float | None = None):
         self.upstream = ("127.0.0.1", upstream_port)
+        self.rate = rate
+        self._next_send = 0.0
         self.port = 0
         self.accepted = 0
         self._pairs: set[_Pair] = set()
@@ -375,8 +380,16 @@ class Forwarder:
                     pair.shutdown()
                 self.accepted += 1
                 self._pairs.add(pair)
-            self._spawn(pair.pump, client, upstream)
+            self._spawn(pair.pump, client, upstream, self._throttle if self.rate else None)
             self._spawn(pair.pump, upstream, client)
+
+    def _throttle(self, size: int) -> None:
+        """Hold the sender until the shared uplink has room for ``size`` more bytes."""
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next_send)
+            self._next_send = start + size / self.rate
+        time.sleep(max(0.0, start - now))
 
     def cut(self) -> None:
         with self._lock:
