@@ -6,6 +6,8 @@ turns it into ``invoke.Exit``.
 """
 from __future__ import annotations
 
+import errno
+
 # Exit codes, in one place. The README documents them.
 EXIT_OK = 0
 EXIT_FAILED = 1  # the operation failed, or a check did not pass
@@ -114,3 +116,35 @@ def translate(stderr: str, fallback: str) -> str:
             last = line[len("Error:"):].strip()
             break
     return f"{fallback}: {last}" if last else fallback
+
+
+# What to do about an OSError, by errno.
+_OS_FIXES = {
+    errno.EACCES: "check its permissions (or run as the user who owns it)",
+    errno.EPERM: "check its permissions (or run as the user who owns it)",
+    errno.ENOSPC: "free some disk space, then try again",
+    errno.EROFS: "it is on a read-only file system: choose a writable place",
+    errno.ENOTDIR: "a file stands where a folder is needed: move that file aside",
+    errno.EISDIR: "a folder stands where a file is needed: move that folder aside",
+    errno.EEXIST: "something is already there: move it aside",
+    errno.ENOENT: "it does not exist: check the path",
+    errno.EBUSY: "another program holds it: close that program, then try again",
+}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an OSError that reached a task: what failed, on which file, the fix."""
+    where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f)
+    what = exc.strerror or type(exc).__name__
+    fix = _OS_FIXES.get(exc.errno or 0, "check the path and try again")
+    return f"{what}: {where}: {fix}" if where else f"{what}: {fix}"
+
+
+def describe_sqlite_error(exc: Exception) -> str:
+    """One line for a sqlite3.Error that reached a task."""
+    text = str(exc)
+    if "not a database" in text or "malformed" in text:
+        return f"SQLite: {text}: the file is not an intact SQLite database — check BACKUP_DB, or restore it with 'inv backup.restore --force'"
+    if "locked" in text or "busy" in text:
+        return f"SQLite: {text}: another process holds a write lock on the database; let it finish, then try again"
+    return f"SQLite: {text}: check the database file and try again"

@@ -10,6 +10,7 @@ import functools
 import logging
 import math
 import os
+import sqlite3
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -17,7 +18,14 @@ from typing import Any, TypeVar
 from invoke import Collection, Exit, task
 
 from . import config as cfg
-from .errors import EXIT_CONFIG, EXIT_FAILED, BackupError, ConfigError
+from .errors import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    BackupError,
+    ConfigError,
+    describe_os_error,
+    describe_sqlite_error,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -43,6 +51,10 @@ def actionable(body: F) -> F:
             for line in exc.details:
                 print(line, file=sys.stderr)
             raise Exit(f"error: {exc.message}", code=exc.code) from None
+        except OSError as exc:  # the file system said no: name the file and the fix
+            raise Exit(f"error: {describe_os_error(exc)}", code=EXIT_FAILED) from None
+        except sqlite3.Error as exc:
+            raise Exit(f"error: {describe_sqlite_error(exc)}", code=EXIT_FAILED) from None
 
     return wrapper  # type: ignore[return-value]
 

@@ -108,3 +108,30 @@ def test_a_hand_written_config_with_a_bad_interval_is_named(ws: Workspace):
     result = ws.inv("backup.verify")
     assert result.returncode == 2
     assert "sync-interval 'bogus'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_every_os_and_sqlite_error_reaching_a_task_is_one_line():
+    import errno
+    import sqlite3
+
+    from invoke import Exit
+
+    from backup.tasks import actionable
+
+    cases = [
+        (OSError(errno.EACCES, "Permission denied", "/srv/state/litestream.pid"),
+         "error: Permission denied: /srv/state/litestream.pid: check its permissions"),
+        (OSError(errno.ENOSPC, "No space left on device", "/ws/chora.db"),
+         "error: No space left on device: /ws/chora.db: free some disk space, then try again"),
+        (OSError(errno.ENOTDIR, "Not a directory", "/ws/state"),
+         "error: Not a directory: /ws/state: a file stands where a folder is needed"),
+        (sqlite3.DatabaseError("file is not a database"),
+         "error: SQLite: file is not a database: the file is not an intact SQLite database"),
+    ]
+    for raised, expected in cases:
+        def body():
+            raise raised
+        with pytest.raises(Exit) as err:
+            actionable(body)()
+        assert str(err.value.message).startswith(expected), err.value.message
+        assert "\n" not in err.value.message and err.value.code == 1
