@@ -37,7 +37,7 @@ from .store import STORE_TYPES
 from .render import NO_CONFIG, LitestreamConfig, WriteResult, read_config, write_config
 
 LOCK_TIMEOUT = 120.0  # a start holds the lock until its first sync at most
-STOP_TIMEOUT = 30.0  # litestream's own shutdown-sync-timeout
+STOP_MARGIN = 15.0  # beyond litestream's shutdown-sync-timeout, so a kill never races the final sync
 POLL = 0.1
 
 
@@ -678,6 +678,16 @@ class StopResult:
     pid: int | None = None
     forced: bool = False
     stale: DaemonState | None = None
+    timeout: float = 0.0  # how long the final sync was given
+
+
+def stop_timeout(settings: Settings, state: DaemonState) -> float:
+    """Litestream's own shutdown-sync-timeout (from the config it runs) plus a margin."""
+    try:
+        retries = active_config(settings, state).config.shutdown_sync_timeout
+    except ConfigError:
+        retries = 30.0  # litestream's default
+    return retries + STOP_MARGIN
 
 
 def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
@@ -690,9 +700,9 @@ def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
 
 
 def stop(
-    settings: Settings, timeout: float = STOP_TIMEOUT, platform: Posix | Windows | None = None
+    settings: Settings, timeout: float | None = None, platform: Posix | Windows | None = None
 ) -> StopResult:
-    """Stop the daemon gracefully (final sync), killing it after ``timeout``."""
+    """Stop the daemon gracefully (final sync), killing it after ``timeout`` (see stop_timeout)."""
     platform = platform or current_platform()
     with _locked(settings, platform):
         state = check(settings)
@@ -702,6 +712,7 @@ def stop(
                 _remove_pidfile(settings.pidfile, state.record)
             return StopResult(False, stale=state if state.state == "stale" else None)
         proc = state.process
+        timeout = stop_timeout(settings, state) if timeout is None else timeout
         with contextlib.suppress(psutil.NoSuchProcess):
             platform.interrupt(proc)
         forced = not _wait_gone(proc, timeout)
@@ -710,7 +721,7 @@ def stop(
                 proc.kill()
             _wait_gone(proc, 10)
         _remove_pidfile(settings.pidfile, state.record)
-        return StopResult(True, pid=state.record.pid, forced=forced)
+        return StopResult(True, pid=state.record.pid, forced=forced, timeout=timeout)
 
 
 def replicate_once(

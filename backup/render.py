@@ -168,6 +168,8 @@ class LitestreamConfig:
     generated: bool
     databases: tuple[Database, ...]
     socket: Path | None
+    # How long litestream retries its final sync as it stops (its default: 30s).
+    shutdown_sync_timeout: float = 30.0
 
     @property
     def uses_s3(self) -> bool:
@@ -194,14 +196,15 @@ def describe_replica(replica: dict[str, Any]) -> str:
     return str(replica.get("url", kind))
 
 
-def _duration(path: Path, db: object, value: object) -> str:
+def _duration(path: Path, key: str, value: object) -> str:
+    """``value`` of ``key`` (which names the setting for people), if a positive duration."""
     try:
         if parse_duration(str(value)) > 0:
             return str(value)
     except ValueError:
         pass
     raise ConfigError(
-        f"{path}: sync-interval {value!r} of {db} is not a positive duration: fix it, or "
+        f"{path}: {key} {value!r} is not a positive duration: fix it, or "
         "regenerate the file with 'inv backup.setup'"
     )
 
@@ -242,7 +245,9 @@ def read_config(path: Path, text: bytes | None = None) -> LitestreamConfig:
                 path=Path(str(entry["path"])).expanduser(),
                 replica_type=str(replica.get("type") or ("s3" if "bucket" in replica else "file")),
                 replica=describe_replica(replica),
-                sync_interval=_duration(path, entry["path"], replica.get("sync-interval", "1s")),
+                sync_interval=_duration(
+                    path, f"the sync-interval of {entry['path']}", replica.get("sync-interval", "1s")
+                ),
                 endpoint=str(replica["endpoint"]) if replica.get("endpoint") else None,
                 bucket=str(replica["bucket"]) if replica.get("bucket") else None,
                 location=str(replica.get("path") or ""),
@@ -255,6 +260,9 @@ def read_config(path: Path, text: bytes | None = None) -> LitestreamConfig:
         generated=text.startswith(MARKER.encode("utf-8")),
         databases=tuple(databases),
         socket=Path(str(socket["path"])) if socket.get("enabled") and socket.get("path") else None,
+        shutdown_sync_timeout=parse_duration(
+            _duration(path, "shutdown-sync-timeout", data.get("shutdown-sync-timeout", "30s"))
+        ),
     )
 
 

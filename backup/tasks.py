@@ -195,15 +195,16 @@ def start_bg(c, timeout=str(START_WAIT)):
 
 @task(
     help={
-        "timeout": "seconds to wait for litestream's final sync before killing it; default 30",
+        "timeout": "seconds to wait for litestream's final sync before killing it; default: "
+        "litestream's shutdown-sync-timeout (30s unless litestream.yml sets it) plus 15",
     }
 )
 @actionable
-def stop(c, timeout="30"):
+def stop(c, timeout=None):
     """Stop the background daemon gracefully (final sync first)."""
     from .daemon import stop as stop_daemon
 
-    seconds = _number(timeout, "--timeout")
+    seconds = None if timeout is None else _number(timeout, "--timeout")
     settings = cfg.load()
     result = stop_daemon(settings, timeout=seconds)
     if result.stale:
@@ -211,7 +212,7 @@ def stop(c, timeout="30"):
     if not result.was_running:
         print("not running")
     elif result.forced:
-        print(f"killed (pid {result.pid}) after {seconds:g}s without a clean stop")
+        print(f"killed (pid {result.pid}) after {result.timeout:g}s without a clean stop")
     else:
         print(f"stopped (pid {result.pid})")
 

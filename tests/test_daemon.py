@@ -694,3 +694,21 @@ def test_a_failed_start_leaves_no_process_pidfile_or_socket(ws):
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
     assert not ws.pidfile.exists()
     assert not ws.socket().exists()
+
+
+def test_stop_waits_longer_than_litestreams_own_final_sync_retries(tmp_path):
+    from backup.render import read_config
+
+    settings = config.load(cwd=tmp_path, environ={"BACKUP_STATE_DIR": str(tmp_path / "state")})
+    body = "dbs:\n  - path: /x.db\n    replica:\n      type: file\n      path: /r\n"
+    settings.config_path.write_text(body)
+    stopped = daemon.DaemonState("stopped")
+    assert daemon.stop_timeout(settings, stopped) == 30 + daemon.STOP_MARGIN
+    settings.config_path.write_text("shutdown-sync-timeout: 2m\n" + body)
+    assert read_config(settings.config_path).shutdown_sync_timeout == 120
+    assert daemon.stop_timeout(settings, stopped) == 120 + daemon.STOP_MARGIN
+    settings.config_path.write_text("shutdown-sync-timeout: soon\n" + body)
+    with pytest.raises(BackupError) as err:
+        read_config(settings.config_path)
+    assert "shutdown-sync-timeout 'soon' is not a positive duration" in err.value.message
+    assert daemon.stop_timeout(settings, stopped) == 30 + daemon.STOP_MARGIN

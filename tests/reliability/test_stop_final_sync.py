@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import select
 import signal
 import sqlite3
 import subprocess
@@ -103,18 +104,26 @@ def test_a_closed_terminal_ends_in_the_final_sync(rws, report):
     proc = spawn_start(rws, stdin=secondary, stdout=secondary, stderr=secondary,
                        start_new_session=True, preexec_fn=controlling_terminal)
     os.close(secondary)
-    drained = threading.Thread(target=drain, args=(primary,), daemon=True)
+    reading = threading.Event()
+    reading.set()
+    drained = threading.Thread(target=drain, args=(primary, reading), daemon=True)
     drained.start()
     wait_for(rws.synced, 30, interval=0.2, what="first sync")
     insert(rws.db, "committed just before the hang-up")
-    os.close(primary)  # the terminal window closes: the kernel sends SIGHUP
+    # The terminal window closes. The reader lets go first: a read blocked on the
+    # terminal would keep it open, and the kernel hangs up only on its last close.
+    reading.clear()
+    drained.join(5)
+    os.close(primary)  # the kernel sends SIGHUP to the session
     assert proc.wait(60) == 0
     assert Restores(rws)() == rows(rws.db)
     assert litestreams(rws) == [] and not rws.pidfile.exists()
     report("closed terminal (pty): SIGHUP, exit 0, the last row in the replica")
 
 
-def drain(fd: int) -> None:
+def drain(fd: int, reading: threading.Event) -> None:
+    """Read the terminal's output while ``reading`` is set, never blocking for long."""
     with contextlib.suppress(OSError):
-        while os.read(fd, 65536):
-            pass
+        while reading.is_set():
+            if select.select([fd], [], [], 0.1)[0] and not os.read(fd, 65536):
+                return
