@@ -99,6 +99,13 @@ _TRANSLATIONS: tuple[tuple[str, str], ...] = (
 )
 
 
+def missing_bucket(buckets: list[str]) -> str | None:
+    """The one line for a bucket that does not exist, naming it when it is known."""
+    if len(buckets) != 1:
+        return None
+    return f"bucket '{buckets[0]}' does not exist: create it, or fix R2_BUCKET"
+
+
 def translate(stderr: str, fallback: str) -> str:
     """Turn litestream's stderr into one actionable line.
 

@@ -21,7 +21,7 @@ from typing import IO, Any
 from urllib.parse import urlsplit
 
 from .config import Settings
-from .errors import BackupError, ConfigError, LitestreamError, translate
+from .errors import BackupError, ConfigError, LitestreamError, missing_bucket, translate
 from .files import write_private
 
 log = logging.getLogger("backup.litestream")
@@ -240,10 +240,23 @@ class Litestream:
         log.debug("litestream %s exited %s; stderr: %s", command, proc.returncode,
                   self.settings.mask(proc.stderr.strip()))
         if check and proc.returncode != 0:
-            raise LitestreamError(
-                self.settings.mask(translate(proc.stderr + proc.stdout, f"litestream {command} failed"))
-            )
+            output = proc.stderr + proc.stdout
+            message = translate(output, f"litestream {command} failed")
+            if "NoSuchBucket" in output:
+                message = missing_bucket(self._buckets(config)) or message
+            raise LitestreamError(self.settings.mask(message))
         return proc
+
+    def _buckets(self, config: Path | None) -> list[str]:
+        """The buckets the config litestream read names (its errors do not say which)."""
+        import yaml
+
+        try:
+            data = yaml.safe_load((config or self.config_file).read_text("utf-8"))
+            entries = [db.get("replica") or (db.get("replicas") or [{}])[0] for db in data["dbs"]]
+            return sorted({str(r["bucket"]) for r in entries if isinstance(r, dict) and r.get("bucket")})
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError, yaml.YAMLError):
+            return []
 
     def json(self, command: str, *args: str, **kwargs: Any) -> Any:
         """Run a command with ``-json`` and return its parsed output."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .config import Settings, require_r2
-from .errors import BackupError, translate
+from .errors import BackupError, missing_bucket, translate
 from .files import private_dir, temp_beside
 from .render import Database
 
@@ -121,9 +121,7 @@ class S3Store:
             if code in ("PreconditionFailed", "412") and method == "put_object":
                 return False
             if code == "NoSuchBucket":
-                raise BackupError(
-                    f"bucket '{self.bucket}' does not exist: create it, or fix R2_BUCKET"
-                ) from None
+                raise BackupError(missing_bucket([self.bucket]) or "") from None
             message = translate(code, f"the storage endpoint refused {method} ({code})")
             raise BackupError(self._settings.mask(message)) from None
         except BotoCoreError as exc:

@@ -45,7 +45,7 @@ def test_a_missing_bucket_fails_the_replica_check(r2ws: Workspace):
     code, found = checks(r2ws)
     assert code == 1
     assert found["replica"]["state"] == "fail"
-    assert "bucket does not exist" in found["replica"]["detail"]
+    assert "bucket 'not-there-at-all' does not exist" in found["replica"]["detail"]
 
 
 def test_no_config_at_all(ws: Workspace):

@@ -200,9 +200,15 @@ def test_missing_bucket_is_named(r2ws: Workspace):
         R2_ACCESS_KEY_ID="AKIAX", R2_SECRET_ACCESS_KEY="y",
     )
     assert r2ws.inv("backup.setup").returncode == 0
-    result = r2ws.inv("backup.restore", "--output", str(r2ws.root / "x.db"))
-    assert result.returncode == 1
-    assert "the bucket does not exist" in result.stderr
+    make_db(r2ws.db)
+    for command in (("backup.restore", "--output", str(r2ws.root / "x.db")), ("backup.snapshots",),
+                    ("backup.verify",), ("backup.start-bg",), ("backup.status",), ("backup.doctor",),
+                    ("backup.cost",)):
+        result = r2ws.inv(*command)
+        assert result.returncode != 0, command
+        said = result.stdout + result.stderr
+        assert "bucket 'no-such-bucket-here' does not exist: create it, or fix R2_BUCKET" in said, (
+            command, said)
 
 
 def _endpoint(ws: Workspace) -> str:

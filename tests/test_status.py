@@ -73,7 +73,7 @@ def test_unreadable_replica_is_failing(r2ws: Workspace, s3_endpoint):
     client.delete_bucket(Bucket=r2ws.bucket)
     code, data = status_json(r2ws)
     assert code == 1
-    assert "bucket does not exist" in data["databases"][0]["error"]
+    assert f"bucket '{r2ws.bucket}' does not exist" in data["databases"][0]["error"]
     r2ws.assert_no_secrets()
 
 
