@@ -31,7 +31,7 @@ from . import logfile
 from .config import LOCAL, R2, Settings, require_r2
 from .errors import BackupError, ConfigError, LitestreamError, translate
 from .files import open_private, private_dir, write_private
-from .litestream import Litestream, check_endpoint
+from .litestream import Litestream, check_endpoint, popen_flags
 from .owner import Claim, Ownership
 from .store import STORE_TYPES
 from .render import NO_CONFIG, LitestreamConfig, WriteResult, read_config, write_config
@@ -434,15 +434,17 @@ def start_background(
         argv = litestream.argv("replicate")
         logfile.rotate(settings.logfile)
         offset = logfile.size(settings.logfile)
-        with open_private(settings.logfile) as log:
-            proc = litestream.spawn("replicate", stdout=log, stderr=subprocess.STDOUT, detached=True)
+        proc, log_pump = _spawn_with_log(settings, litestream)
         record = None
         try:  # from here on, a failure (or Ctrl-C) must leave no process behind
             record = _record(proc, argv, settings, False, prepared)
             _write_pidfile(settings.pidfile, record)
-            waiting, syncing = _wait_healthy(settings, litestream, prepared.config, proc, offset, timeout)
+            waiting, syncing = _wait_healthy(
+                settings, litestream, prepared.config, proc, log_pump, offset, timeout
+            )
         except BaseException:
             _kill(proc)
+            _kill(log_pump)  # it ends with litestream's output; this is for a pump left waiting
             _remove_socket(prepared.config.socket)
             if record is not None:
                 _remove_pidfile(settings.pidfile, record)
@@ -456,6 +458,23 @@ def start_background(
             claims=prepared.claims,
             syncing=syncing,
         )
+
+
+def _spawn_with_log(settings: Settings, litestream: Litestream) -> tuple[subprocess.Popen, subprocess.Popen]:
+    """litestream, its output piped into the log pump that keeps the log bounded."""
+    read_end, write_end = os.pipe()
+    try:
+        environ = {k: v for k, v in os.environ.items() if v not in settings.secrets()}
+        log_pump = logfile.start_pump(settings.logfile, read_end, environ, popen_flags(detached=True))
+        try:
+            proc = litestream.spawn("replicate", stdout=write_end, stderr=subprocess.STDOUT, detached=True)
+        except BaseException:
+            _kill(log_pump)
+            raise
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    return proc, log_pump
 
 
 def _synced(litestream: Litestream, socket: Path) -> set[Path] | None:
@@ -487,6 +506,7 @@ def _wait_healthy(
     litestream: Litestream,
     config: LitestreamConfig,
     proc: subprocess.Popen,
+    log_pump: subprocess.Popen,
     offset: int,
     timeout: float,
 ) -> tuple[tuple[Path, ...], tuple[Path, ...]]:
@@ -506,6 +526,8 @@ def _wait_healthy(
     while True:
         code = proc.poll()
         if code is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                log_pump.wait(5)  # its last lines, with the reason, reach the log first
             exited = f"litestream exited with code {code} while starting"
             raise failure(_startup_error(settings, offset, exited) or exited)
         error = _startup_error(settings, offset, "litestream reported an error")

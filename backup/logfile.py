@@ -1,13 +1,24 @@
-"""The daemon's log file: capped at start, read back as masked lines."""
+"""The daemon's log file: written by a small pump that keeps it bounded, read back as lines.
+
+litestream writes its log to a pipe; ``pump`` (``python -m backup.logfile``,
+started beside the daemon) appends each line to the log and, past
+``MAX_BYTES``, moves it to ``<name>.1`` and goes on in a new file — while the
+daemon runs, without losing a line. It exits when litestream closes the pipe.
+"""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import BinaryIO
 
-MAX_BYTES = 10 * 1024 * 1024  # rotated to .1 at the next start beyond this
+from .files import open_private
+
+MAX_BYTES = 10 * 1024 * 1024  # past this the log becomes <name>.1: at most twice this on disk
 
 
 def rotate(path: Path, max_bytes: int = MAX_BYTES) -> None:
@@ -73,3 +84,34 @@ def follow(
                 yield raw.decode("utf-8", errors="replace").rstrip("\r")
         else:
             time.sleep(poll)
+
+
+def pump(source: BinaryIO, path: Path, max_bytes: int = MAX_BYTES) -> None:
+    """Append each line read from ``source`` to ``path``, rotating past ``max_bytes``."""
+    out = open_private(path)
+    try:
+        for line in iter(source.readline, b""):
+            out.write(line)
+            out.flush()
+            if out.tell() > max_bytes:  # appending: the position is the file's size
+                out.close()
+                rotate(path, max_bytes)
+                out = open_private(path)
+    finally:
+        out.close()
+
+
+def start_pump(path: Path, source: int, environ: Mapping[str, str], popen_flags: dict) -> subprocess.Popen:
+    """``python -m backup.logfile``, reading the pipe ``source``, detached like the daemon."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "backup.logfile", str(path), str(MAX_BYTES)],
+        stdin=source,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=dict(environ),
+        **popen_flags,
+    )
+
+
+if __name__ == "__main__":
+    pump(sys.stdin.buffer, Path(sys.argv[1]), int(sys.argv[2]))

@@ -712,3 +712,30 @@ def test_stop_waits_longer_than_litestreams_own_final_sync_retries(tmp_path):
         read_config(settings.config_path)
     assert "shutdown-sync-timeout 'soon' is not a positive duration" in err.value.message
     assert daemon.stop_timeout(settings, stopped) == 30 + daemon.STOP_MARGIN
+
+
+def test_the_log_pump_bounds_the_log_without_losing_a_line(tmp_path):
+    log = tmp_path / "litestream.log"
+    lines = [f"time=... level=INFO msg=\"line {i:05d}\" {'x' * 60}\n".encode() for i in range(3000)]
+    proc = subprocess.Popen([sys.executable, "-m", "backup.logfile", str(log), "20000"],
+                            stdin=subprocess.PIPE)
+    proc.communicate(b"".join(lines), timeout=60)
+    assert proc.returncode == 0
+    rotated = log.with_name(log.name + ".1")
+    assert log.stat().st_size <= 20000 + 200 and rotated.stat().st_size <= 20000 + 200
+    kept = (rotated.read_bytes() + log.read_bytes()).splitlines(keepends=True)
+    assert kept == lines[-len(kept):]  # the newest lines, in order, none missing in between
+    assert mode(log) == 0o600
+
+
+def test_a_running_daemon_logs_through_the_pump_which_ends_with_it(ws):
+    make_db(ws.db)
+    assert ws.inv("backup.local", "--no-start").returncode == 0
+    assert ws.inv("backup.start-bg").returncode == 0
+    pumps = [p for p in psutil.process_iter(["cmdline"])
+             if (p.info["cmdline"] or [])[1:4] == ["-m", "backup.logfile", str(ws.state / "litestream.log")]]
+    assert len(pumps) == 1
+    assert "replicating to" in (ws.state / "litestream.log").read_text()
+    assert ws.inv("backup.stop").returncode == 0
+    pumps[0].wait(10)  # litestream closed its output: the pump is gone too
+    assert (ws.state / "litestream.log").read_text().endswith('msg="litestream shut down"\n')
