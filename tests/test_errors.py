@@ -25,6 +25,12 @@ CASES = [
     ("Error: database is locked", "database locked"),
     ("Error: no matching backup files available", "nothing to restore yet"),
     ("Error: no replicas configured", "run 'inv backup.setup'"),
+    ("Error: non-contiguous ltx files: have up to 000000000000000b but next file starts at "
+     "000000000000000f", "the replica has a hole (txids 000000000000000c to 000000000000000e are "
+     "missing), so no restore can reach the latest state: run 'inv backup.snapshot' to take a fresh snapshot"),
+    ("Error: sync replica for /ws/chora.db: open ltx file /ws/.chora.db-litestream/ltx/0/"
+     "0000000000000001-0000000000000001.ltx: open …: no such file or directory",
+     "the replica lacks changes that litestream no longer keeps locally: run 'inv backup.snapshot'"),
 ]
 
 
