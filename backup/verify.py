@@ -14,11 +14,17 @@ from pathlib import Path
 
 from . import daemon
 from .config import Settings
-from .errors import BackupError
+from .errors import NOTHING_TO_RESTORE, SNAPSHOT_FIX, BackupError
 from .litestream import Litestream
-from .restore import configured_database, connect_readonly, integrity_check
+from .restore import configured_database, connect_readonly, integrity_check, nothing_yet
 from .status import local_txids, unsynced_since
 from .status import max_age as default_max_age
+
+
+# What to do when a check fails. None of them starts a daemon: verify has just
+# synced, through the running one or with 'replicate -once'.
+_MISMATCH_FIX = ": if no other database replicates to {replica}, " + SNAPSHOT_FIX
+_LAG_FIX = "the replica is not keeping up: see 'inv backup.status' and 'inv backup.logs'"
 
 
 @dataclass
@@ -85,7 +91,9 @@ def verify(settings: Settings, litestream: Litestream, max_age: float | None = N
     result = VerifyResult(configured=True)
     db = entry.path
     if not db.is_file():
-        result.checks.append(Check("database", False, f"{db} does not exist"))
+        result.checks.append(Check(
+            "database", False, f"{db} does not exist: check BACKUP_DB, or restore it with 'inv backup.restore'"
+        ))
         return result
     limit = default_max_age(entry.sync_interval) if max_age is None else max_age
 
@@ -102,14 +110,19 @@ def verify(settings: Settings, litestream: Litestream, max_age: float | None = N
         try:
             summary = litestream.json("restore", "-o", str(restored), str(db), timeout=None)
         except BackupError as exc:
-            result.checks.append(Check("restore", False, f"restore failed: {exc.message}"))
+            # An empty replica: whether to start a daemon depends on whether one runs.
+            why = nothing_yet(db, daemon.check(settings)) if exc.message == NOTHING_TO_RESTORE else exc.message
+            result.checks.append(Check("restore", False, f"restore failed: {why}"))
             return result
         restored_txid = int(summary["txid"], 16) if summary.get("txid") else 0
         result.replica_txid = f"{restored_txid:016x}"
         result.checks.append(Check("restore", True, f"restored txid {result.replica_txid} from {entry.replica}"))
 
         verdict = integrity_check(restored)
-        result.checks.append(Check("integrity", verdict == "ok", f"PRAGMA integrity_check: {verdict}"))
+        result.checks.append(Check(
+            "integrity", verdict == "ok",
+            f"PRAGMA integrity_check: {verdict}" + ("" if verdict == "ok" else f"; the backup is damaged: {SNAPSHOT_FIX}"),
+        ))
         if verdict != "ok":
             return result
 
@@ -134,25 +147,28 @@ def verify(settings: Settings, litestream: Litestream, max_age: float | None = N
         else:
             result.checks.append(Check(
                 "schema", same_schema,
-                "same schema" if same_schema else "schema differs between the live database and the backup",
+                "same schema" if same_schema else "schema differs between the live database and the backup"
+                + _MISMATCH_FIX.format(replica=entry.replica),
             ))
             detail = (
                 f"row counts equal in {len(live_counts)} table(s)"
                 if not differing
                 else "row counts differ in " + ", ".join(
                     f"{t} (live {live_counts.get(t)}, backup {copy_counts.get(t)})" for t in differing
-                )
+                ) + _MISMATCH_FIX.format(replica=entry.replica)
             )
             result.checks.append(Check("rows", not differing, detail))
 
         if result.lag_seconds is None:
-            result.checks.append(Check("lag", False, "the replica is missing local changes of unknown age"))
+            result.checks.append(Check(
+                "lag", False, f"the replica is missing local changes of unknown age: {_LAG_FIX}"
+            ))
         else:
             ok = result.lag_seconds <= limit
             result.checks.append(Check(
                 "lag", ok,
                 f"replica {'holds the live state' if not behind else f'behind by {result.lag_seconds:g}s'}"
-                + ("" if ok else f", more than --max-age {limit:g}s"),
+                + ("" if ok else f", more than --max-age {limit:g}s: {_LAG_FIX}"),
             ))
         return result
     finally:
