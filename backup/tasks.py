@@ -329,6 +329,23 @@ def snapshots(c, json=False):
         print("restorable: nothing yet (start replication with 'inv backup.start-bg')")
 
 
+@task(help={"json": "print the result as JSON instead of each step; default off"})
+@actionable
+def snapshot(c, json=False):
+    """Take a fresh snapshot now (stops and restarts a running daemon); repairs a replica with a hole."""
+    import json as jsonlib
+
+    from .litestream import Litestream
+    from .snapshot import take_snapshot
+
+    settings = cfg.load()
+    result = take_snapshot(settings, Litestream(settings), say=None if json else print)
+    if json:
+        print(jsonlib.dumps(result.as_dict(), indent=2))
+    else:
+        print(f"snapshot: ok, a restore of {result.database} reaches txid {result.restorable_txid}")
+
+
 @task(
     help={
         "max-age": "fail when the replica has missed local changes for longer than this "
@@ -432,6 +449,7 @@ def cost(c, writes_per_month=None, json=False):
 
 ns = Collection("backup")
 for _task in (
-    setup, local, start, start_bg, stop, status, logs, restore, snapshots, verify, doctor, cost,
+    setup, local, start, start_bg, stop, status, logs, restore, snapshots, snapshot, verify, doctor,
+    cost,
 ):
     ns.add_task(_task)
