@@ -63,8 +63,12 @@ def hole_message(first: int, last: int) -> str:
     return f"{hole_problem(first, last)}: {SNAPSHOT_FIX}"
 
 
-# litestream's words for a hole (restore, replica.go's CalcRestorePlan).
+# litestream's words for a hole: a restore's (replica.go's CalcRestorePlan), and a
+# compaction's, logged at every tick of a level while files it merges straddle a hole.
 _HOLE = re.compile(r"non-contiguous ltx files: have up to ([0-9a-f]{16}) but next file starts at ([0-9a-f]{16})")
+_COMPACTION_HOLE = re.compile(
+    r"non-contiguous transaction ids in input files: \([0-9a-f]{16},([0-9a-f]{16})\) -> \(([0-9a-f]{16}),"
+)
 
 NOTHING_TO_RESTORE = (
     "nothing to restore yet: the replica holds no backup for that point "
@@ -145,6 +149,13 @@ def translate(stderr: str, fallback: str) -> str:
     if hole:
         have, starts = (int(t, 16) for t in hole.groups())
         return hole_message(have + 1, starts - 1)
+    hole = _COMPACTION_HOLE.search(stderr)
+    if hole:
+        have, starts = (int(t, 16) for t in hole.groups())
+        return (
+            f"litestream's compaction fails on a hole in the replica "
+            f"({missing_txids(have + 1, starts - 1)}): {SNAPSHOT_FIX}"
+        )
     for needle, advice in _TRANSLATIONS:
         if needle.lower() in stderr.lower():
             return advice

@@ -28,6 +28,11 @@ CASES = [
     ("Error: non-contiguous ltx files: have up to 000000000000000b but next file starts at "
      "000000000000000f", "the replica has a hole (txids 000000000000000c to 000000000000000e are "
      "missing), so no restore can reach the latest state: run 'inv backup.snapshot' to take a fresh snapshot"),
+    ('level=ERROR msg="compaction failed" system=store db=chora.db level=1 error="write ltx file: '
+     'extract timestamp from LTX header: non-contiguous transaction ids in input files: '
+     '(0000000000000003,0000000000000003) -> (0000000000000005,0000000000000005)"',
+     "litestream's compaction fails on a hole in the replica (txid 0000000000000004 is missing): "
+     "run 'inv backup.snapshot'"),
     ("Error: sync replica for /ws/chora.db: open ltx file /ws/.chora.db-litestream/ltx/0/"
      "0000000000000001-0000000000000001.ltx: open …: no such file or directory",
      "the replica lacks changes that litestream no longer keeps locally: run 'inv backup.snapshot'"),
