@@ -48,6 +48,7 @@ SECRET_VARIABLES = ("R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY")
 DEFAULT_DB = "chora.db"
 DEFAULT_LOCAL_DIR = "~/.chora/backups"
 DEFAULT_STATE_ROOT = "~/.chora/state"
+START_WAIT = 30.0  # seconds start-bg waits for the first sync before leaving it to run on
 # The seed's interval for R2, chosen for cost; local copies are free.
 DEFAULT_SYNC_INTERVAL = {R2: "10s", LOCAL: "1s"}
 

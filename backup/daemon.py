@@ -747,21 +747,23 @@ def stop(
 
 
 def replicate_once(
-    settings: Settings, litestream: Litestream, *args: str, timeout: float = 300,
-    platform: Posix | Windows | None = None,
+    settings: Settings, litestream: Litestream, *args: str, timeout: float | None = 300,
+    platform: Posix | Windows | None = None, lock: bool = True,
 ) -> Prepared | None:
     """``litestream replicate -once`` (plus ``args``), claimed like a start; None if a daemon runs.
 
-    Holds the workspace lock, so no daemon starts meanwhile.
+    Holds the workspace lock, so no daemon starts meanwhile (``lock=False``: the
+    caller already holds it).
     """
-    with _locked(settings, platform or current_platform()):
+    held = _locked(settings, platform or current_platform()) if lock else contextlib.nullcontext()
+    with held:
         state = check(settings)
         refuse_unknown(settings, state)
         if state.running:
             return None
         _refuse_unrecorded(settings)
         prepared = _prepare(settings, litestream)
-        litestream.run("replicate", "-once", *args, timeout=timeout)
+        litestream.run("replicate", "-once", *args, config=settings.config_path, timeout=timeout)
         return prepared
 
 

@@ -9,11 +9,12 @@ from typing import Any
 
 from . import daemon
 from .config import LOCAL, R2, Settings
-from .errors import BackupError
+from .errors import SNAPSHOT_FIX, BackupError, hole_problem
 from .litestream import Litestream, check_endpoint
 from .owner import read_local, read_owner
 from .store import open_store
 from .render import LitestreamConfig, read_config, render
+from .restore import parse_files, plan
 from .status import gather, is_wal, max_age
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -101,11 +102,15 @@ def _replica(litestream: Litestream, config: LitestreamConfig) -> Check:
     entry = config.primary(litestream.settings.db)
     try:
         check_endpoint(entry.endpoint)
-        files = [f for f in litestream.replica_files(entry.path) if f.get("level") == 0]
+        files = parse_files(litestream.replica_files(entry.path))
     except BackupError as exc:
         return Check("replica", FAIL, exc.message)
+    hole = plan(files).hole
+    if hole:
+        return Check("replica", FAIL, f"{hole_problem(hole.from_txid, hole.to_txid)} ({entry.replica})", SNAPSHOT_FIX)
     what = "the bucket answers to these credentials" if entry.replica_type == "s3" else "the replica folder is readable"
-    return Check("replica", OK, f"{what} ({len(files)} L0 file(s) at {entry.replica})")
+    level0 = sum(1 for f in files if f.level == 0)
+    return Check("replica", OK, f"{what} ({level0} L0 file(s) at {entry.replica})")
 
 
 def _owner(settings: Settings, config: LitestreamConfig) -> Check:

@@ -7,6 +7,7 @@ turns it into ``invoke.Exit``.
 from __future__ import annotations
 
 import errno
+import re
 
 # Exit codes, in one place. The README documents them.
 EXIT_OK = 0
@@ -41,6 +42,39 @@ class ConfigError(BackupError):
 class LitestreamError(BackupError):
     """litestream itself failed; the message is already translated."""
 
+
+# The fix for a replica a restore cannot follow to the end (a hole, or nothing at all
+# while litestream believes it uploaded everything): a fresh full copy.
+SNAPSHOT_FIX = "run 'inv backup.snapshot' to take a fresh snapshot"
+
+
+def missing_txids(first: int, last: int) -> str:
+    """``first``..``last`` as people read it: one txid, or a range."""
+    if first == last:
+        return f"txid {first:016x} is missing"
+    return f"txids {first:016x} to {last:016x} are missing"
+
+
+def hole_problem(first: int, last: int) -> str:
+    return f"the replica has a hole ({missing_txids(first, last)}), so no restore can reach the latest state"
+
+
+def hole_message(first: int, last: int) -> str:
+    """One line for a replica with a hole: what is missing and the fix."""
+    return f"{hole_problem(first, last)}: {SNAPSHOT_FIX}"
+
+
+# litestream's words for a hole: a restore's (replica.go's CalcRestorePlan), and a
+# compaction's, logged at every tick of a level while files it merges straddle a hole.
+_HOLE = re.compile(r"non-contiguous ltx files: have up to ([0-9a-f]{16}) but next file starts at ([0-9a-f]{16})")
+_COMPACTION_HOLE = re.compile(
+    r"non-contiguous transaction ids in input files: \([0-9a-f]{16},([0-9a-f]{16})\) -> \(([0-9a-f]{16}),"
+)
+
+NOTHING_TO_RESTORE = (
+    "nothing to restore yet: the replica holds no backup for that point "
+    "(start replication with 'inv backup.start-bg')"
+)
 
 # Known litestream failures, most specific first: (substring, what to do).
 _TRANSLATIONS: tuple[tuple[str, str], ...] = (
@@ -89,8 +123,15 @@ _TRANSLATIONS: tuple[tuple[str, str], ...] = (
     ),
     (
         "no matching backup files available",
-        "nothing to restore yet: the replica holds no backup for that point "
-        "(start replication with 'inv backup.start-bg')",
+        NOTHING_TO_RESTORE,
+    ),
+    (
+        # A local LTX file the replica needs is gone: the replica's newest L0 file is
+        # older than the oldest change litestream still keeps (L0 files deleted from
+        # the replica, or all of it). "open ltx file <path>:" names a local file; a
+        # remote one reads "open ltx file: ...".
+        "open ltx file ",
+        f"the replica lacks changes that litestream no longer keeps locally: {SNAPSHOT_FIX}",
     ),
     (
         "no replicas",
@@ -112,6 +153,17 @@ def translate(stderr: str, fallback: str) -> str:
     ``fallback`` is used when no known failure matches; the last ``Error:``
     line of litestream's own output is appended to it so nothing is hidden.
     """
+    hole = _HOLE.search(stderr)
+    if hole:
+        have, starts = (int(t, 16) for t in hole.groups())
+        return hole_message(have + 1, starts - 1)
+    hole = _COMPACTION_HOLE.search(stderr)
+    if hole:
+        have, starts = (int(t, 16) for t in hole.groups())
+        return (
+            f"litestream's compaction fails on a hole in the replica "
+            f"({missing_txids(have + 1, starts - 1)}): {SNAPSHOT_FIX}"
+        )
     for needle, advice in _TRANSLATIONS:
         if needle.lower() in stderr.lower():
             return advice

@@ -196,15 +196,15 @@ def describe_replica(replica: dict[str, Any]) -> str:
     return str(replica.get("url", kind))
 
 
-def _duration(path: Path, key: str, value: object) -> str:
-    """``value`` of ``key`` (which names the setting for people), if a positive duration."""
+def _duration(path: Path, key: str, value: object, of: object = None) -> str:
+    """``value`` of the setting ``key`` (of database ``of``), if a positive duration."""
     try:
         if parse_duration(str(value)) > 0:
             return str(value)
     except ValueError:
         pass
     raise ConfigError(
-        f"{path}: {key} {value!r} is not a positive duration: fix it, or "
+        f"{path}: {key} {value!r}{f' of {of}' if of else ''} is not a positive duration: fix it, or "
         "regenerate the file with 'inv backup.setup'"
     )
 
@@ -245,9 +245,7 @@ def read_config(path: Path, text: bytes | None = None) -> LitestreamConfig:
                 path=Path(str(entry["path"])).expanduser(),
                 replica_type=str(replica.get("type") or ("s3" if "bucket" in replica else "file")),
                 replica=describe_replica(replica),
-                sync_interval=_duration(
-                    path, f"the sync-interval of {entry['path']}", replica.get("sync-interval", "1s")
-                ),
+                sync_interval=_duration(path, "sync-interval", replica.get("sync-interval", "1s"), entry["path"]),
                 endpoint=str(replica["endpoint"]) if replica.get("endpoint") else None,
                 bucket=str(replica["bucket"]) if replica.get("bucket") else None,
                 location=str(replica.get("path") or ""),

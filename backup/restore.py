@@ -12,7 +12,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -22,7 +22,7 @@ import psutil
 
 from . import daemon
 from .config import Settings, require_r2
-from .errors import BackupError, ConfigError
+from .errors import SNAPSHOT_FIX, BackupError, ConfigError, hole_message, missing_txids
 from .litestream import Litestream, check_endpoint, local_state_dir
 from .owner import read_owner, record_restore
 from .render import Database, LitestreamConfig
@@ -30,6 +30,7 @@ from .store import open_store
 from .timeparse import from_litestream, iso_z, rfc3339
 
 SIDECARS = ("-wal", "-shm")
+SNAPSHOT_LEVEL = 9
 NOTHING_YET = "nothing to restore yet: the replica holds no backup of {db} (start replication with 'inv backup.start-bg')"
 
 Progress = Callable[[int, float], None]  # (bytes written so far, seconds elapsed)
@@ -54,6 +55,74 @@ class LtxFile:
 
 
 @dataclass(frozen=True)
+class Hole:
+    """Txids no file of the replica holds: a restore stops before them."""
+
+    from_txid: int
+    to_txid: int
+
+    def message(self) -> str:
+        return hole_message(self.from_txid, self.to_txid)
+
+    def as_dict(self) -> dict[str, str]:
+        return {"from_txid": f"{self.from_txid:016x}", "to_txid": f"{self.to_txid:016x}"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The files a restore of the latest state reads, and the hole it stops at, if any."""
+
+    files: tuple[LtxFile, ...]
+    hole: Hole | None
+
+    @property
+    def max_txid(self) -> int | None:
+        return self.files[-1].max_txid if self.files else None
+
+    @property
+    def restorable(self) -> bool:
+        return bool(self.files) and self.hole is None
+
+
+def _reaches_further(new: LtxFile, old: LtxFile) -> bool:
+    """litestream's restoreCandidateBetter: further, then wider, then higher level, then older."""
+    return (new.max_txid, -new.min_txid, new.level, -new.timestamp.timestamp()) > (
+        old.max_txid, -old.min_txid, old.level, -old.timestamp.timestamp()
+    )
+
+
+def plan(files: Iterable[LtxFile]) -> Plan:
+    """How litestream plans a restore of the latest state (replica.go's CalcRestorePlan).
+
+    The newest snapshot (level 9) starts the chain; then, again and again, the file
+    from any level 0-8 that starts no later than the next txid and reaches furthest
+    extends it. A file left over that starts past the chain's end is a hole:
+    litestream refuses that restore ("non-contiguous ltx files"). Files the chain
+    has passed are never useful again, so one walk in order of first txid suffices.
+    Where litestream names the next file of the highest level, the hole here ends
+    at the first file of any level: the txids really missing.
+    """
+    files = list(files)
+    snapshots = [f for f in files if f.level == SNAPSHOT_LEVEL]
+    chain = [max(snapshots, key=lambda f: (f.min_txid, f.max_txid))] if snapshots else []
+    reach = chain[0].max_txid if chain else 0
+    rest = sorted((f for f in files if f.level < SNAPSHOT_LEVEL), key=lambda f: (f.min_txid, f.max_txid))
+    i = 0
+    while True:
+        best = None
+        while i < len(rest) and rest[i].min_txid <= reach + 1:
+            if rest[i].max_txid > reach and (best is None or _reaches_further(rest[i], best)):
+                best = rest[i]
+            i += 1
+        if best is None:
+            break
+        chain.append(best)
+        reach = best.max_txid
+    hole = Hole(reach + 1, rest[i].min_txid - 1) if i < len(rest) else None
+    return Plan(tuple(chain), hole)
+
+
+@dataclass(frozen=True)
 class Window:
     """The earliest and latest point a restore can reach, across all levels."""
 
@@ -61,12 +130,16 @@ class Window:
     latest: datetime
     min_txid: int
     max_txid: int
+    hole: Hole | None = None  # the txids after ``max_txid`` that no file holds
 
     def describe(self) -> str:
-        return (
+        text = (
             f"{iso_z(self.earliest)} to {iso_z(self.latest)} "
             f"(txid {self.min_txid:016x} to {self.max_txid:016x})"
         )
+        if self.hole:
+            text += f"; then {missing_txids(self.hole.from_txid, self.hole.to_txid)}"
+        return text
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -74,12 +147,17 @@ class Window:
             "latest": iso_z(self.latest),
             "min_txid": f"{self.min_txid:016x}",
             "max_txid": f"{self.max_txid:016x}",
+            "hole": self.hole.as_dict() if self.hole else None,
         }
 
 
 def replica_files(litestream: Litestream, db: Path) -> list[LtxFile]:
     """Every LTX file in the replica, all levels (one listing per level)."""
-    raw = litestream.replica_files(db)
+    return parse_files(litestream.replica_files(db))
+
+
+def parse_files(raw: Iterable[dict[str, Any]]) -> list[LtxFile]:
+    """``ltx -json`` elements as LtxFile."""
     return [
         LtxFile(
             level=int(f["level"]),
@@ -93,17 +171,33 @@ def replica_files(litestream: Litestream, db: Path) -> list[LtxFile]:
 
 
 def window(files: list[LtxFile]) -> Window | None:
-    """Restorable window: from the first file that starts the chain to the newest."""
+    """Restorable window: from the first file that starts the chain to the newest it reaches.
+
+    Files past a hole are out of reach (see ``plan``): the window ends before it.
+    """
     starts = [f for f in files if f.min_txid == 1]
     if not starts:
         return None
+    hole = plan(files).hole
+    reached = [f for f in files if hole is None or f.max_txid < hole.from_txid]
     first = min(starts, key=lambda f: (f.timestamp, f.max_txid))
     return Window(
         earliest=first.timestamp,
-        latest=max(f.timestamp for f in files),
+        latest=max(f.timestamp for f in reached),
         min_txid=first.max_txid,
-        max_txid=max(f.max_txid for f in files),
+        max_txid=max(f.max_txid for f in reached),
+        hole=hole,
     )
+
+
+def nothing_yet(db: Path, state: daemon.DaemonState) -> str:
+    """An empty replica, and the fix: a daemon that already runs is not told to start."""
+    if state.running:
+        return (
+            f"nothing to restore: the replica holds no backup of {db} although litestream "
+            f"(pid {state.pid}) replicates it: {SNAPSHOT_FIX}"
+        )
+    return NOTHING_YET.format(db=db)
 
 
 @dataclass
@@ -248,15 +342,39 @@ def _check_target(
             )
 
 
-def _point_args(files: list[LtxFile], db: Path, timestamp: datetime | None, txid: int | None) -> list[str]:
+def _past_hole(point: str, files: list[LtxFile]) -> None:
+    """Refuse a point the restore chain cannot reach because of a hole.
+
+    litestream itself fails only a restore of the latest state over a hole; one to a
+    txid past it says "no matching backup files", and one to a time past it quietly
+    stops at the hole. ``files`` are those a restore to ``point`` may read.
+    """
+    hole = plan(files).hole
+    if hole:
+        raise BackupError(
+            f"{point} lies past a hole in the replica "
+            f"({missing_txids(hole.from_txid, hole.to_txid)}): a restore stops before txid "
+            f"{hole.from_txid:016x}; restore an earlier point, or {SNAPSHOT_FIX} for the latest state"
+        )
+
+
+def _point_args(
+    files: list[LtxFile],
+    db: Path,
+    timestamp: datetime | None,
+    txid: int | None,
+    daemon_state: Callable[[], daemon.DaemonState],
+) -> list[str]:
     span = window(files)
     if span is None:
-        raise BackupError(NOTHING_YET.format(db=db))
+        hole = plan(files).hole
+        raise BackupError(hole.message() if hole else nothing_yet(db, daemon_state()))
     if txid is not None:
         if not span.min_txid <= txid <= span.max_txid:
             raise BackupError(
                 f"--txid {txid:016x} is outside what the replica can reach: {span.describe()}"
             )
+        _past_hole(f"--txid {txid:016x}", [f for f in files if f.max_txid <= txid])
         return ["-txid", f"{txid:016x}"]
     if timestamp is not None:
         if timestamp < span.earliest:
@@ -264,7 +382,10 @@ def _point_args(files: list[LtxFile], db: Path, timestamp: datetime | None, txid
                 f"--timestamp {rfc3339(timestamp)} is before the earliest backup: the replica "
                 f"can restore {span.describe()}"
             )
+        _past_hole(f"--timestamp {rfc3339(timestamp)}", [f for f in files if f.timestamp < timestamp])
         return ["-timestamp", rfc3339(timestamp)]
+    if span.hole:
+        raise BackupError(span.hole.message())
     return []
 
 
@@ -328,7 +449,7 @@ def _restore(
 ) -> RestoreResult | RestorePlan:
     _check_target(settings, target, force, is_live, dry_run)
     files = replica_files(litestream, entry.path)
-    point = _point_args(files, entry.path, timestamp, txid)
+    point = _point_args(files, entry.path, timestamp, txid, lambda: daemon.check(settings))
     # A restored live database continues its replica's history: learn whose it is first.
     owner = read_owner(open_store(entry, settings)) if is_live and not dry_run else None
 

@@ -15,9 +15,10 @@ import psutil
 
 from . import daemon
 from .config import Settings, parse_duration
-from .errors import EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_OK, BackupError
+from .errors import EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_OK, SNAPSHOT_FIX, BackupError
 from .litestream import Litestream, check_endpoint, local_state_dir
 from .render import Database
+from .restore import SNAPSHOT_LEVEL, parse_files, plan
 from .timeparse import from_litestream
 
 MIN_MAX_AGE = 60.0  # seconds; see max_age()
@@ -45,7 +46,10 @@ class DatabaseStatus:
     unseen_changes: bool = False  # written while no litestream was watching
     first_sync_pending: bool = False  # the running daemon has not synced it once yet
     sync_interval: str = "1s"
-    error: str | None = None
+    # Can a restore reach the replica's newest file? None when the replica was not read.
+    restorable: bool | None = None
+    hole: dict[str, str] | None = None  # {"from_txid", "to_txid"}: what a restore cannot cross
+    error: str | None = None  # why this database is failing, with the fix
 
     @property
     def failing(self) -> bool:
@@ -189,13 +193,25 @@ def _database_status(
             # The replica cannot be asked; the daemon's last good sync bounds the lag.
             status.lag_seconds = round(max(0.0, now - _parse_time(status.last_sync_at)), 1)
         return status
-    files = replica or []
-    replica_txid = max((int(f["max_txid"], 16) for f in files), default=None)
+    files = parse_files(replica or [])
+    replica_txid = max((f.max_txid for f in files), default=None)
     status.replica_txid = _hex(replica_txid)
     if files:
-        status.replica_time = _iso(max(_parse_time(f["timestamp"]) for f in files))
-    snapshots = [_parse_time(f["timestamp"]) for f in files if f.get("level") == 9]
+        status.replica_time = _iso(max(f.timestamp for f in files).timestamp())
+    snapshots = [f.timestamp.timestamp() for f in files if f.level == SNAPSHOT_LEVEL]
     status.latest_snapshot = _iso(max(snapshots)) if snapshots else None
+    chain = plan(files)
+    status.restorable = chain.restorable
+    if chain.hole:
+        status.hole = chain.hole.as_dict()
+        status.error = chain.hole.message()
+    elif not files and running and status.last_sync_at and local_txid is not None:
+        # litestream uploaded this database and believes the replica holds it: the
+        # backup was deleted (or the replica moved), and nothing re-uploads it.
+        status.error = (
+            f"the replica holds nothing, although litestream has synced {db} "
+            f"(local txid {local_txid:016x}): {SNAPSHOT_FIX}"
+        )
     unseen = None if running else unseen_since(db)
     if unseen is not None:
         # Upper bound: the replica has missed these changes at most since then.
@@ -323,6 +339,8 @@ def as_table(status: Status) -> list[str]:
         if db.first_sync_pending:
             lines.append("  state          first sync in progress: not backed up until it is done "
                          "('inv backup.logs --follow' shows it)")
+        if db.restorable is not None:
+            lines.append(f"  restorable     {'yes' if db.restorable else 'no'}")
         if db.error:
             lines.append(f"  error          {db.error}")
         elif db.unseen_changes:

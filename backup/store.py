@@ -2,10 +2,11 @@
 
 litestream writes and reads the LTX files; chora-backup only keeps its owner
 record beside them (litestream ignores other objects under the prefix) and,
-to repair a hole, removes L0 files a fresh snapshot covers. Both a folder
+to repair a hole, removes LTX files a fresh snapshot covers. Both a folder
 (local mode) and an S3 bucket offer the same small interface, with keys
-relative to the replica's root (``chora-backup-owner.json``,
-``ltx/0/<min>-<max>.ltx``).
+relative to the replica's root (``chora-backup-owner.json``; an L0 file is
+``ltx/0/<min>-<max>.ltx`` in a folder but ``0000/<min>-<max>.ltx`` in a bucket,
+see ``snapshot.ltx_key``).
 
 boto3 is imported only here and only when an S3 replica is opened, so the
 commands that never touch the bucket themselves (status) do not pay for it.

@@ -31,7 +31,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 DEBUG_VARIABLE = "CHORA_BACKUP_DEBUG"
-START_WAIT = 30.0  # seconds start-bg waits for the first sync
 
 
 def actionable(body: F) -> F:
@@ -155,7 +154,7 @@ def start(c):
     _run_foreground(cfg.load())
 
 
-def _start_background(settings: cfg.Settings, timeout: float = START_WAIT) -> None:
+def _start_background(settings: cfg.Settings, timeout: float = cfg.START_WAIT) -> None:
     from .daemon import start_background
     from .litestream import Litestream
 
@@ -183,11 +182,11 @@ def _start_background(settings: cfg.Settings, timeout: float = START_WAIT) -> No
 @task(
     help={
         "timeout": f"seconds to wait for the first sync; a litestream still uploading then is "
-        f"left running (exit 0) and status says when it is done; default {START_WAIT:g}",
+        f"left running (exit 0) and status says when it is done; default {cfg.START_WAIT:g}",
     }
 )
 @actionable
-def start_bg(c, timeout=str(START_WAIT)):
+def start_bg(c, timeout=str(cfg.START_WAIT)):
     """Start replicating in the background; returns once the first sync is done."""
     seconds = _number(timeout, "--timeout")
     _start_background(cfg.load(), seconds)
@@ -364,6 +363,23 @@ def snapshots(c, json=False):
         print("restorable: nothing yet (start replication with 'inv backup.start-bg')")
 
 
+@task(help={"json": "print the result as JSON instead of each step; default off"})
+@actionable
+def snapshot(c, json=False):
+    """Take a fresh snapshot now (stops and restarts a running daemon); repairs a replica with a hole."""
+    import json as jsonlib
+
+    from .litestream import Litestream
+    from .snapshot import take_snapshot
+
+    settings = cfg.load()
+    result = take_snapshot(settings, Litestream(settings), say=None if json else print)
+    if json:
+        print(jsonlib.dumps(result.as_dict(), indent=2))
+    else:
+        print(f"snapshot: ok, a restore of {result.database} reaches txid {result.restorable_txid}")
+
+
 @task(
     help={
         "max-age": "fail when the replica has missed local changes for longer than this "
@@ -472,6 +488,7 @@ def cost(c, writes_per_month=None, json=False):
 
 ns = Collection("backup")
 for _task in (
-    setup, local, start, start_bg, stop, status, logs, restore, snapshots, verify, doctor, cost,
+    setup, local, start, start_bg, stop, status, logs, restore, snapshots, snapshot, verify, doctor,
+    cost,
 ):
     ns.add_task(_task)

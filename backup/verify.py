@@ -21,10 +21,10 @@ from pathlib import Path
 
 from . import daemon
 from .config import Settings
-from .errors import BackupError
+from .errors import NOTHING_TO_RESTORE, SNAPSHOT_FIX, BackupError
 from .litestream import Litestream
 from .render import Database
-from .restore import configured_database, connect_readonly, integrity_check
+from .restore import configured_database, connect_readonly, integrity_check, nothing_yet
 from .status import local_txids, unsynced_since
 from .status import max_age as default_max_age
 
@@ -37,6 +37,12 @@ _OWN_OBJECTS = (
     r"WHERE name NOT LIKE 'sqlite\_%' ESCAPE '\' AND name NOT LIKE '\_litestream%' ESCAPE '\' "
     "ORDER BY type, name"
 )
+
+
+# What to do when a check fails. None of them starts a daemon: verify has just
+# synced, through the running one or with 'replicate -once'.
+_MISMATCH_FIX = ": if no other database replicates to {replica}, " + SNAPSHOT_FIX
+_LAG_FIX = "the replica is not keeping up: see 'inv backup.status' and 'inv backup.logs'"
 
 
 @dataclass
@@ -209,7 +215,9 @@ def _attempt(
     try:
         summary = litestream.json("restore", "-o", str(restored), str(db), timeout=None)
     except BackupError as exc:
-        attempt.checks.append(Check("restore", False, f"restore failed: {exc.message}"))
+        # An empty replica: whether to start a daemon depends on whether one runs.
+        why = nothing_yet(db, daemon.check(settings)) if exc.message == NOTHING_TO_RESTORE else exc.message
+        attempt.checks.append(Check("restore", False, f"restore failed: {why}"))
         return attempt
     attempt.restored_txid = int(summary["txid"], 16) if summary.get("txid") else 0
     attempt.checks.append(Check(
@@ -217,7 +225,10 @@ def _attempt(
     ))
 
     verdict = integrity_check(restored)
-    attempt.checks.append(Check("integrity", verdict == "ok", f"PRAGMA integrity_check: {verdict}"))
+    attempt.checks.append(Check(
+        "integrity", verdict == "ok",
+        f"PRAGMA integrity_check: {verdict}" + ("" if verdict == "ok" else f"; the backup is damaged: {SNAPSHOT_FIX}"),
+    ))
     if verdict != "ok":
         return attempt
 
@@ -235,7 +246,7 @@ def _attempt(
     return attempt
 
 
-def _schema_check(live: Digest, copy: Digest) -> Check:
+def _schema_check(live: Digest, copy: Digest, replica: str) -> Check:
     keys = sorted(set(live.schema) | set(copy.schema))
     differing = [
         k + (" (only in the live database)" if k not in copy.schema
@@ -244,7 +255,8 @@ def _schema_check(live: Digest, copy: Digest) -> Check:
     ]
     if not differing:
         return Check("schema", True, "same schema")
-    return Check("schema", False, "schema differs between the live database and the backup: " + ", ".join(differing))
+    return Check("schema", False, "schema differs between the live database and the backup: "
+                 + ", ".join(differing) + _MISMATCH_FIX.format(replica=replica))
 
 
 def _table_difference(table: str, live: Digest, copy: Digest) -> str:
@@ -280,7 +292,9 @@ def _counts_check(live: Digest, copy: Digest, why: str) -> Check:
     ) + "; run verify again once the database has been idle for a sync interval")
 
 
-def _judge(attempt: _Attempt, retried: str | None, result: VerifyResult, db: Path, limit: float) -> None:
+def _judge(
+    attempt: _Attempt, retried: str | None, result: VerifyResult, db: Path, replica: str, limit: float
+) -> None:
     """Turn the last attempt into checks: content, or counts when the database kept moving."""
     checks = attempt.checks
     if retried:
@@ -298,7 +312,7 @@ def _judge(attempt: _Attempt, retried: str | None, result: VerifyResult, db: Pat
         result.checks.append(Check("compare", True, "live database is ahead of the replica; judged by its lag"))
     else:
         result.lag_seconds = 0.0
-        result.checks.append(_schema_check(attempt.live, attempt.copy))
+        result.checks.append(_schema_check(attempt.live, attempt.copy, replica))
         if attempt.moved:
             why = "live database changed during the check"
             result.checks.append(_counts_check(attempt.live, attempt.copy, why))
@@ -310,12 +324,14 @@ def _judge(attempt: _Attempt, retried: str | None, result: VerifyResult, db: Pat
             result.checks.append(_content_check(attempt.live, attempt.copy))
 
     if result.lag_seconds is None:
-        result.checks.append(Check("lag", False, "the replica is missing local changes of unknown age"))
+        result.checks.append(Check(
+            "lag", False, f"the replica is missing local changes of unknown age: {_LAG_FIX}"
+        ))
     else:
         ok = result.lag_seconds <= limit
         where = f"behind by {result.lag_seconds:g}s" if attempt.behind else "holds every change litestream has seen"
         result.checks.append(Check(
-            "lag", ok, f"replica {where}" + ("" if ok else f", more than --max-age {limit:g}s"),
+            "lag", ok, f"replica {where}" + ("" if ok else f", more than --max-age {limit:g}s: {_LAG_FIX}"),
         ))
 
 
@@ -357,7 +373,9 @@ def verify(
     result = VerifyResult(configured=True)
     db = entry.path
     if not db.is_file():
-        result.checks.append(Check("database", False, f"{db} does not exist"))
+        result.checks.append(Check(
+            "database", False, f"{db} does not exist: check BACKUP_DB, or restore it with 'inv backup.restore'"
+        ))
         return result
     limit = default_max_age(entry.sync_interval) if max_age is None else max_age
 
@@ -373,7 +391,7 @@ def verify(
                 break
             retried = why
             shutil.rmtree(folder / str(n), ignore_errors=True)  # a large copy need not wait
-        _judge(attempt, retried, result, db, limit)
+        _judge(attempt, retried, result, db, entry.replica, limit)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     _continuity(result, running, require_running)

@@ -23,7 +23,7 @@ import pytest
 from backup import config, daemon, logfile
 from backup.errors import BackupError
 from backup.litestream import Litestream
-from backup.tasks import START_WAIT
+from backup.config import START_WAIT
 
 from conftest import BIN, Workspace, insert, make_db, rows, wait_for
 

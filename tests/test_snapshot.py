@@ -1,0 +1,84 @@
+"""backup.snapshot: which files a snapshot makes redundant, and how it fails."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from backup import config
+from backup.errors import LitestreamError
+from backup.litestream import Litestream
+from backup.restore import LtxFile
+from backup.snapshot import covered, ltx_key, take_snapshot
+
+from conftest import Workspace, make_db, wait_for
+
+T0 = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
+
+
+def files(*specs: str) -> list[LtxFile]:
+    """'L0 3-3' style specs; each file a second newer than the one before."""
+    out = []
+    for n, spec in enumerate(specs):
+        level, span = spec.split()
+        low, high = span.split("-")
+        out.append(LtxFile(int(level[1:]), int(low), int(high), 100, T0 + timedelta(seconds=n)))
+    return out
+
+
+def test_what_a_snapshot_makes_redundant_keeps_the_newest_l0_file():
+    listing = files("L9 1-2", "L1 1-4", "L0 5-5", "L0 7-7", "L9 1-8", "L0 8-8", "L0 9-9", "L2 1-4")
+    assert {ltx_key(f, "file") for f in covered(listing, 8)} == {
+        "ltx/1/0000000000000001-0000000000000004.ltx",
+        "ltx/2/0000000000000001-0000000000000004.ltx",
+        "ltx/0/0000000000000005-0000000000000005.ltx",
+        "ltx/0/0000000000000007-0000000000000007.ltx",
+        "ltx/0/0000000000000008-0000000000000008.ltx",
+    }
+    # Right after the snapshot the newest L0 file is the one it ends at: kept all the same.
+    assert [ltx_key(f, "file") for f in covered(files("L0 5-5", "L0 8-8"), 8)] == [
+        "ltx/0/0000000000000005-0000000000000005.ltx"
+    ]
+
+
+def test_keys_follow_litestream_s_layout_for_each_replica_type():
+    (snapshot,) = files("L9 1-10")
+    assert ltx_key(snapshot, "file") == "ltx/9/0000000000000001-000000000000000a.ltx"
+    assert ltx_key(snapshot, "s3") == "0009/0000000000000001-000000000000000a.ltx"
+
+
+# -- failures are one line, and never leave replication stopped ------------------------
+
+
+class SnapshotFails(Litestream):
+    """The real runner, except that the snapshot itself fails (as an outage would)."""
+
+    def run(self, command, *args, **kwargs):
+        if "-force-snapshot" in args:
+            raise LitestreamError("litestream replicate failed: the storage endpoint went away")
+        return super().run(command, *args, **kwargs)
+
+
+def test_a_failed_snapshot_starts_the_stopped_daemon_again(ws: Workspace):
+    make_db(ws.db)
+    assert ws.inv("backup.local", "--background").returncode == 0
+    pid = ws.daemon_pid()
+    settings = config.load(cwd=ws.path, environ=ws.env)
+    steps: list[str] = []
+    with pytest.raises(LitestreamError, match="the storage endpoint went away"):
+        take_snapshot(settings, SnapshotFails(settings, environ=ws.env), say=steps.append)
+    again = ws.daemon_pid()
+    assert again not in (None, pid)
+    assert steps[-1] == f"the daemon runs again (pid {again})"
+    wait_for(lambda: ws.inv("backup.status").returncode == 0, 30, interval=0.3, what="a healthy status")
+
+
+def test_snapshot_errors_are_one_clean_line(ws: Workspace):
+    result = ws.inv("backup.snapshot")
+    assert result.returncode == 2 and result.stderr.strip() == (
+        "error: no replicas configured: run 'inv backup.setup' (or 'inv backup.local')"
+    )
+    assert ws.inv("backup.local", "--no-start").returncode == 0
+    result = ws.inv("backup.snapshot")
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: nothing to snapshot: {ws.db} does not exist yet"
