@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -24,6 +25,7 @@ from . import daemon
 from .config import Settings, require_r2
 from .errors import SNAPSHOT_FIX, BackupError, ConfigError, hole_message, missing_txids
 from .litestream import Litestream, check_endpoint, local_state_dir
+from .files import temp_beside
 from .owner import read_owner, record_restore
 from .render import Database, LitestreamConfig
 from .store import open_store
@@ -334,11 +336,23 @@ def _check_target(
                 f"litestream is replicating {target} (pid {state.pid}): stop it first with "
                 "'inv backup.stop', then restore"
             )
+    _refuse_holders(target, "")
+    try:  # before minutes of download, not after
+        temp_beside(target, b"").unlink()
+    except OSError as exc:
+        raise BackupError(
+            f"cannot write in {target.parent} ({exc.strerror}): check its permissions and free "
+            "space, or restore elsewhere with --output"
+        ) from None
+
+
+def _refuse_holders(target: Path, when: str) -> None:
     if target.exists():
         pids = holders(target)
         if pids:
             raise BackupError(
-                f"{target} is open in process {', '.join(map(str, pids))}: close it, then restore"
+                f"{target} is open in process {', '.join(map(str, pids))}{when}: close it, then "
+                "restore (nothing was replaced)"
             )
 
 
@@ -498,8 +512,11 @@ def _restore(
                 "replaced — the replica may be damaged, try an earlier --timestamp"
             )
         size = temp.stat().st_size
-        moved_aside, stale = _make_room(target, _aside_stamp(target))
-        os.replace(temp, target)
+        _same_access(temp, target)
+        # The download can take minutes: whoever opened the file meanwhile would keep
+        # reading (or writing) the old one after the swap.
+        _refuse_holders(target, " (opened during the restore)")
+        moved_aside, stale = _swap(temp, target)
         if is_live:
             record_restore(target, owner, max((f.max_txid for f in files), default=None))
     finally:
@@ -521,24 +538,73 @@ def _restore(
     )
 
 
-def _make_room(target: Path, stamp: str) -> tuple[Path | None, list[Path]]:
-    """Move the old database, its sidecars and litestream's state for it aside."""
+def _same_access(temp: Path, target: Path) -> None:
+    """The restored file gets the replaced file's mode, owner and group; a new one the umask's."""
+    if target.exists():
+        info = target.stat()
+        os.chmod(temp, stat.S_IMODE(info.st_mode))
+        if hasattr(os, "chown"):
+            try:
+                os.chown(temp, info.st_uid, info.st_gid)
+            except PermissionError:
+                pass  # only the owner's group, or root, may: the mode still holds
+    else:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(temp, 0o666 & ~mask)
+
+
+def _swap(temp: Path, target: Path) -> tuple[Path | None, list[Path]]:
+    """Move what is at ``target`` aside and the restored copy in; on any OS error, put it all back."""
+    moves: list[tuple[Path, Path]] = []
+    try:
+        moved_aside, stale = _make_room(target, _aside_stamp(target), moves)
+        os.replace(temp, target)
+    except OSError as exc:
+        kept = _put_back(moves)
+        where = f"{target} is as it was" if not kept else "the original is kept at " + ", ".join(kept)
+        raise BackupError(
+            f"could not put the restored copy in place ({exc.strerror or exc}: "
+            f"{exc.filename or target}); {where} — close any program using it, check free space "
+            "and permissions, then restore again"
+        ) from None
+    return moved_aside, stale
+
+
+def _put_back(moves: list[tuple[Path, Path]]) -> list[str]:
+    """Undo ``moves``, newest first; the places of any that could not be undone."""
+    stuck = []
+    for source, dest in reversed(moves):
+        try:
+            os.replace(dest, source)
+        except OSError:
+            stuck.append(str(dest))
+    return stuck
+
+
+def _make_room(target: Path, stamp: str, moves: list[tuple[Path, Path]]) -> tuple[Path | None, list[Path]]:
+    """Move the old database, its sidecars and litestream's state for it aside (into ``moves``)."""
+
+    def move(source: Path, dest: Path) -> None:
+        os.replace(source, dest)
+        moves.append((source, dest))
+
     moved_aside = None
     stale: list[Path] = []
     if target.exists():
         moved_aside = _aside(target, stamp)
-        os.replace(target, moved_aside)
+        move(target, moved_aside)
     for suffix in SIDECARS:
         sidecar = Path(str(target) + suffix)
         if sidecar.exists():
             # With the database gone these would be replayed into the restored
             # file by SQLite: keep them with the old database instead.
             dest = Path(str(moved_aside or _aside(target, stamp)) + suffix)
-            os.replace(sidecar, dest)
+            move(sidecar, dest)
             if moved_aside is None:
                 stale.append(dest)
     meta = local_state_dir(target)
     if meta.exists():
-        os.replace(meta, meta.with_name(f"{meta.name}.pre-restore-{stamp}"))
+        move(meta, meta.with_name(f"{meta.name}.pre-restore-{stamp}"))
     return moved_aside, stale
 
