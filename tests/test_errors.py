@@ -146,3 +146,15 @@ def test_every_os_and_sqlite_error_reaching_a_task_is_one_line():
             actionable(body)()
         assert str(err.value.message).startswith(expected), err.value.message
         assert "\n" not in err.value.message and err.value.code == 1
+
+
+def test_a_database_that_is_not_a_database_is_one_clean_line(ws: Workspace):
+    make_db(ws.db)
+    ws.write_env(BACKUP_LOCAL_DIR=str(ws.root / "backups"))
+    assert ws.inv("backup.local", "--no-start").returncode == 0
+    ws.db.write_bytes(b"not an SQLite database at all\n" * 200)
+    for command in (("backup.verify",), ("backup.start-bg", "--timeout", "10"), ("backup.doctor",)):
+        result = ws.inv(*command)
+        assert result.returncode != 0, command
+        assert "Traceback" not in result.stderr
+        assert result.stderr.strip().splitlines()[-1].startswith("error: "), (command, result.stderr)
