@@ -31,6 +31,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 DEBUG_VARIABLE = "CHORA_BACKUP_DEBUG"
+EXIT_BROKEN_PIPE = 141  # what a shell reports for a command killed by SIGPIPE
 
 
 def actionable(body: F) -> F:
@@ -50,6 +51,13 @@ def actionable(body: F) -> F:
             for line in exc.details:
                 print(line, file=sys.stderr)
             raise Exit(f"error: {exc.message}", code=exc.code) from None
+        except BrokenPipeError as exc:
+            if exc.filename is not None:
+                raise Exit(f"error: {describe_os_error(exc)}", code=EXIT_FAILED) from None
+            # Our output went to a reader that left ('| head'): end quietly, as SIGPIPE would.
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, sys.stdout.fileno())
+            raise Exit(code=EXIT_BROKEN_PIPE) from None
         except OSError as exc:  # the file system said no: name the file and the fix
             raise Exit(f"error: {describe_os_error(exc)}", code=EXIT_FAILED) from None
         except sqlite3.Error as exc:

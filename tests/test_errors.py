@@ -158,3 +158,20 @@ def test_a_database_that_is_not_a_database_is_one_clean_line(ws: Workspace):
         assert result.returncode != 0, command
         assert "Traceback" not in result.stderr
         assert result.stderr.strip().splitlines()[-1].startswith("error: "), (command, result.stderr)
+
+
+def test_output_to_a_reader_that_left_ends_quietly(ws: Workspace):
+    import os
+    import subprocess
+
+    from conftest import BIN
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # like '| head' that has already exited
+    try:
+        proc = subprocess.run([str(BIN / "chora-backup"), "local", "--dry-run"], cwd=ws.path,
+                              env=ws.environ(), stdout=write_end, stderr=subprocess.PIPE, text=True,
+                              timeout=60)
+    finally:
+        os.close(write_end)
+    assert proc.returncode == 141 and proc.stderr == ""
