@@ -331,3 +331,18 @@ def rows(path: Path, table: str = "items") -> list[tuple]:
         return con.execute(f"SELECT id, body FROM {table} ORDER BY id").fetchall()
     finally:
         con.close()
+
+
+def ltx_files(*specs: str) -> list:
+    """LtxFile objects from 'L0 3-3' style specs; each file a second newer than the one before."""
+    from datetime import datetime, timedelta, timezone
+
+    from backup.restore import LtxFile
+
+    start = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
+    out = []
+    for n, spec in enumerate(specs):
+        level, span = spec.split()
+        low, high = span.split("-")
+        out.append(LtxFile(int(level[1:]), int(low), int(high), 100, start + timedelta(seconds=n)))
+    return out

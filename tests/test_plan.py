@@ -5,19 +5,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from backup.restore import LtxFile, plan, window
+from backup.restore import plan, window
+from conftest import ltx_files as files
 
-T0 = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
-
-
-def files(*specs: str) -> list[LtxFile]:
-    """'L0 3-3' style specs; each file a second newer than the one before."""
-    out = []
-    for n, spec in enumerate(specs):
-        level, span = spec.split()
-        low, high = span.split("-")
-        out.append(LtxFile(int(level[1:]), int(low), int(high), 100, T0 + timedelta(seconds=n)))
-    return out
+T0 = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)  # ltx_files' first timestamp
 
 
 # (listing, newest txid a restore reaches, hole as (first, last) missing txid)

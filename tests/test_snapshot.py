@@ -1,29 +1,15 @@
 """backup.snapshot: which files a snapshot makes redundant, and how it fails."""
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
-
 import pytest
 
 from backup import config
 from backup.errors import LitestreamError
 from backup.litestream import Litestream
-from backup.restore import LtxFile
 from backup.snapshot import covered, ltx_key, take_snapshot
 
 from conftest import Workspace, make_db, wait_for
-
-T0 = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
-
-
-def files(*specs: str) -> list[LtxFile]:
-    """'L0 3-3' style specs; each file a second newer than the one before."""
-    out = []
-    for n, spec in enumerate(specs):
-        level, span = spec.split()
-        low, high = span.split("-")
-        out.append(LtxFile(int(level[1:]), int(low), int(high), 100, T0 + timedelta(seconds=n)))
-    return out
+from conftest import ltx_files as files
 
 
 def test_what_a_snapshot_makes_redundant_keeps_the_newest_l0_file():

@@ -50,6 +50,15 @@ def same_settings(a: Workspace, b: Workspace, mode: str, shared: Path) -> None:
         assert result.returncode == 0, result.stdout + result.stderr
 
 
+def write_stop_and_restore(ws: Workspace, body: str) -> None:
+    """One more row, the daemon stopped (final sync): a restore holds every row."""
+    insert(ws.db, body)
+    assert ws.inv("backup.stop").returncode == 0
+    out = ws.root / "restored.db"
+    assert ws.inv("backup.restore", "--output", str(out)).returncode == 0
+    assert rows(out) == rows(ws.db)
+
+
 def objects(ws: Workspace, mode: str, shared: Path) -> dict[str, int]:
     if mode == "r2":
         listing = s3_client(ws.endpoint).list_objects_v2(Bucket=ws.bucket)
@@ -170,11 +179,7 @@ def test_a_moved_workspace_keeps_its_replica(ws, tmp_path):
     moved = ws.inv("backup.start-bg")
     assert moved.returncode == 0, moved.stdout + moved.stderr
     assert "the workspace moved?" in moved.stdout
-    insert(ws.db, "after the move")
-    assert ws.inv("backup.stop").returncode == 0
-    out = tmp_path / "restored.db"
-    assert ws.inv("backup.restore", "--output", str(out)).returncode == 0
-    assert rows(out) == rows(ws.db)
+    write_stop_and_restore(ws, "after the move")
     # The same history went on: every file from before the move is still there.
     assert set(history) <= {p.name for p in (tmp_path / "backups").rglob("*.ltx")}
     record = json.loads((tmp_path / "backups" / "chora.db" / "chora-backup-owner.json").read_text())
@@ -193,11 +198,7 @@ def test_a_replica_from_before_owner_records_keeps_replicating(ws, tmp_path):
     adopted = ws.inv("backup.start-bg")
     assert adopted.returncode == 0, adopted.stdout + adopted.stderr
     assert "written before owner records" in adopted.stdout
-    insert(ws.db, "after the upgrade")
-    assert ws.inv("backup.stop").returncode == 0
-    out = tmp_path / "restored.db"
-    assert ws.inv("backup.restore", "--output", str(out)).returncode == 0
-    assert rows(out) == rows(ws.db)
+    write_stop_and_restore(ws, "after the upgrade")
 
 
 def test_a_config_change_under_a_running_daemon(ws, tmp_path):
