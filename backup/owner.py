@@ -204,7 +204,7 @@ class Ownership:
         local = read_local(db)
         owner = read_owner(self.store)
         if owner is None:
-            history = self.store.has_any("ltx")
+            history = self.store.has_history()
             if history and local is None and not (db.exists() and _has_litestream_state(db)):
                 raise BackupError(
                     f"{where} holds backups that no database has claimed, and {db} has never "

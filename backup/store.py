@@ -38,8 +38,8 @@ class Store(Protocol):
 
     def delete(self, keys: Iterable[str]) -> None: ...
 
-    def has_any(self, prefix: str) -> bool:
-        """Is there at least one object under ``prefix``?"""
+    def has_history(self) -> bool:
+        """Does the replica hold any LTX file (litestream's history), at any level?"""
 
 
 class FileStore:
@@ -92,9 +92,10 @@ class FileStore:
             except OSError as exc:
                 raise BackupError(f"cannot delete {self._path(key)}: {exc.strerror}") from None
 
-    def has_any(self, prefix: str) -> bool:
-        folder = self._path(prefix)
-        return folder.is_dir() and any(p.is_file() for p in folder.rglob("*"))
+    def has_history(self) -> bool:
+        # A folder replica keeps ltx/<level>/<min>-<max>.ltx.
+        folder = self._path("ltx")
+        return folder.is_dir() and any(folder.rglob("*.ltx"))
 
 
 class S3Store:
@@ -135,8 +136,19 @@ class S3Store:
         answer = self._call("get_object", Key=self._key(key))
         if answer is None:
             return None
-        with contextlib.closing(answer["Body"]) as body:
-            return body.read()
+        return self._call_body(answer["Body"])
+
+    def _call_body(self, body: Any) -> bytes:
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            with contextlib.closing(body):
+                return body.read()
+        except (BotoCoreError, OSError) as exc:
+            raise BackupError(
+                f"the storage endpoint broke off a download ({type(exc).__name__}): check your "
+                "network and try again"
+            ) from None
 
     def create(self, key: str, data: bytes) -> bool:
         answer = self._call("put_object", Key=self._key(key), Body=data, IfNoneMatch="*")
@@ -151,9 +163,13 @@ class S3Store:
             batch = [{"Key": self._key(k)} for k in keys[start:start + 1000]]
             self._call("delete_objects", Delete={"Objects": batch, "Quiet": True})
 
-    def has_any(self, prefix: str) -> bool:
-        answer = self._call("list_objects_v2", Prefix=self._key(prefix.rstrip("/") + "/"), MaxKeys=1)
-        return bool(answer.get("KeyCount") or answer.get("Contents"))
+    def has_history(self) -> bool:
+        # A bucket keeps <prefix>/<level as 4 hex digits>/<min>-<max>.ltx: one LIST of
+        # the "folders" under the prefix tells.
+        root = self._key("")
+        answer = self._call("list_objects_v2", Prefix=root, Delimiter="/")
+        levels = [p["Prefix"][len(root):].rstrip("/") for p in answer.get("CommonPrefixes") or []]
+        return any(len(level) == 4 and all(c in "0123456789abcdef" for c in level) for level in levels)
 
 
 def _client(entry: Database, settings: Settings) -> Any:
@@ -162,6 +178,11 @@ def _client(entry: Database, settings: Settings) -> Any:
     from botocore.config import Config
 
     require_r2(settings)
+    if not entry.endpoint or "://" not in entry.endpoint:
+        raise BackupError(
+            f"the S3 endpoint {entry.endpoint!r} in litestream.yml is not an http(s) URL: fix it, "
+            "or regenerate the file with 'inv backup.setup'"
+        )
     session = boto3.session.Session(
         aws_access_key_id=settings.access_key_id,
         aws_secret_access_key=settings.secret_access_key,

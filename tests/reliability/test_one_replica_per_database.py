@@ -234,3 +234,21 @@ def test_a_config_change_under_a_running_daemon(ws, tmp_path):
     assert doctor.returncode == 1 and "restart to apply" in doctor.stdout
     snapshots = ws.inv("backup.snapshots", "--json")
     assert json.loads(snapshots.stdout)["window"] is not None
+
+
+def test_an_r2_replica_from_before_owner_records_is_adopted_by_its_own_database_only(rws, other):
+    same_settings(rws, other, "r2", Path())
+    fill(rws, A_ROWS)
+    fill(other, B_ROWS)
+    start_bg(rws)
+    stop(rws)
+    # As an earlier chora-backup left it: litestream's files in the bucket, no owner record.
+    s3_client(rws.endpoint).delete_object(Bucket=rws.bucket, Key="chora.db/chora-backup-owner.json")
+    (rws.path / ".chora.db-litestream" / "chora-backup-owner.json").unlink()
+    refused = other.inv("backup.start-bg")
+    assert refused.returncode == 1 and "holds backups that no database has claimed" in refused.stderr
+    assert litestreams(other) == []
+    adopted = rws.inv("backup.start-bg")
+    assert adopted.returncode == 0, adopted.stdout + adopted.stderr
+    assert "written before owner records" in adopted.stdout
+    write_stop_and_restore(rws, "after the upgrade")
