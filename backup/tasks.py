@@ -44,7 +44,7 @@ def actionable(body: F) -> F:
     @functools.wraps(body)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
-            logging.basicConfig(level=logging.DEBUG, stream=sys.stderr, format="debug: %(message)s")
+            _debug_log()
         try:
             return body(*args, **kwargs)
         except BackupError as exc:
@@ -64,6 +64,17 @@ def actionable(body: F) -> F:
             raise Exit(f"error: {describe_sqlite_error(exc)}", code=EXIT_FAILED) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _debug_log() -> None:
+    """Our own debug lines to stderr — never the root logger's: boto3's debug output
+    prints request headers, and the Authorization header names the access key id."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("debug: %(message)s"))
+    ours = logging.getLogger("backup")
+    ours.addHandler(handler)
+    ours.setLevel(logging.DEBUG)
+    ours.propagate = False
 
 
 def _number(value: Any, flag: str, minimum: float = 0) -> float:

@@ -175,3 +175,14 @@ def test_output_to_a_reader_that_left_ends_quietly(ws: Workspace):
     finally:
         os.close(write_end)
     assert proc.returncode == 141 and proc.stderr == ""
+
+
+def test_the_debug_log_never_shows_the_access_key_of_an_s3_request(r2ws: Workspace):
+    """boto3 logs request headers at debug level; the Authorization header names the key id."""
+    make_db(r2ws.db)
+    assert r2ws.inv("backup.setup").returncode == 0
+    result = r2ws.inv("backup.start-bg", env={"CHORA_BACKUP_DEBUG": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "debug: " in result.stderr and "Authorization" not in result.stderr
+    r2ws.outputs.append(result.stderr)
+    r2ws.assert_no_secrets()
