@@ -12,7 +12,7 @@ from .config import LOCAL, R2, Settings
 from .errors import SNAPSHOT_FIX, BackupError, hole_problem
 from .litestream import Litestream, check_endpoint
 from .owner import read_local, read_owner
-from .store import open_store
+from .store import STORE_TYPES, open_store
 from .render import LitestreamConfig, read_config, render
 from .restore import parse_files, plan
 from .status import gather, is_wal, max_age
@@ -116,6 +116,9 @@ def _replica(litestream: Litestream, config: LitestreamConfig) -> Check:
 def _owner(settings: Settings, config: LitestreamConfig) -> Check:
     """Does this database own its replica (one GET of the owner record)?"""
     entry = config.primary(settings.db)
+    if entry.replica_type not in STORE_TYPES:
+        return Check("owner", WARN, f"not checked: chora-backup keeps no owner record in a "
+                     f"{entry.replica_type!r} replica", "use an S3 or file replica")
     try:
         store = open_store(entry, settings)
         owner = read_owner(store)

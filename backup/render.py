@@ -243,7 +243,10 @@ def read_config(path: Path, text: bytes | None = None) -> LitestreamConfig:
         databases.append(
             Database(
                 path=Path(str(entry["path"])).expanduser(),
-                replica_type=str(replica.get("type") or ("s3" if "bucket" in replica else "file")),
+                replica_type=str(
+                    replica.get("type")
+                    or ("s3" if "bucket" in replica else "url" if "url" in replica else "file")
+                ),
                 replica=describe_replica(replica),
                 sync_interval=_duration(path, "sync-interval", replica.get("sync-interval", "1s"), entry["path"]),
                 endpoint=str(replica["endpoint"]) if replica.get("endpoint") else None,

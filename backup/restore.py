@@ -28,7 +28,7 @@ from .litestream import Litestream, check_endpoint, local_state_dir
 from .files import temp_beside
 from .owner import read_owner, record_restore
 from .render import Database, LitestreamConfig
-from .store import open_store
+from .store import STORE_TYPES, open_store
 from .timeparse import from_litestream, iso_z, rfc3339
 
 SIDECARS = ("-wal", "-shm")
@@ -465,7 +465,8 @@ def _restore(
     files = replica_files(litestream, entry.path)
     point = _point_args(files, entry.path, timestamp, txid, lambda: daemon.check(settings))
     # A restored live database continues its replica's history: learn whose it is first.
-    owner = read_owner(open_store(entry, settings)) if is_live and not dry_run else None
+    owned = is_live and not dry_run and entry.replica_type in STORE_TYPES
+    owner = read_owner(open_store(entry, settings)) if owned else None
 
     temp = target.with_name(f".{target.name}.restoring-{os.getpid()}")
     if dry_run:

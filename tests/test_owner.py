@@ -155,3 +155,12 @@ def test_records_are_private(tmp_path, replica):
     claim(settings, entry)
     assert owner.local_path(entry.path).stat().st_mode & 0o777 == 0o600
     assert (replica / "chora.db" / owner.RECORD).stat().st_mode & 0o777 == 0o600
+
+
+def test_a_url_replica_is_not_taken_for_a_folder(tmp_path):
+    from backup.render import read_config
+
+    path = tmp_path / "litestream.yml"
+    path.write_text("dbs:\n  - path: /x.db\n    replica:\n      url: s3://bucket/app.db\n")
+    (db,) = read_config(path).databases
+    assert db.replica_type == "url"
