@@ -7,6 +7,7 @@ daemon runs, without losing a line. It exits when litestream closes the pipe.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -87,24 +88,37 @@ def follow(
 
 
 def pump(source: BinaryIO, path: Path, max_bytes: int = MAX_BYTES) -> None:
-    """Append each line read from ``source`` to ``path``, rotating past ``max_bytes``."""
-    out = open_private(path)
-    try:
-        for line in iter(source.readline, b""):
+    """Append each line read from ``source`` to ``path``, rotating past ``max_bytes``.
+
+    It never stops reading before litestream stops writing: a pump that ended
+    would kill litestream at its next line (a closed pipe), without its final
+    sync. A line that cannot be written (a full disk, a log made unwritable) is
+    dropped, and the next one tries again.
+    """
+    out: BinaryIO | None = None
+    for line in iter(source.readline, b""):
+        try:
+            out = out or open_private(path)
             out.write(line)
             out.flush()
             if out.tell() > max_bytes:  # appending: the position is the file's size
                 out.close()
+                out = None
                 rotate(path, max_bytes)
-                out = open_private(path)
-    finally:
+        except OSError:
+            if out is not None:
+                with contextlib.suppress(OSError):
+                    out.close()
+            out = None
+    if out is not None:
         out.close()
 
 
 def start_pump(path: Path, source: int, environ: Mapping[str, str], popen_flags: dict) -> subprocess.Popen:
     """``python -m backup.logfile``, reading the pipe ``source``, detached like the daemon."""
     return subprocess.Popen(
-        [sys.executable, "-m", "backup.logfile", str(path), str(MAX_BYTES)],
+        # -I: the daemon's folder on sys.path must not decide which backup.logfile runs.
+        [sys.executable, "-I", "-m", "backup.logfile", str(path), str(MAX_BYTES)],
         stdin=source,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

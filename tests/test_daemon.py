@@ -733,9 +733,18 @@ def test_a_running_daemon_logs_through_the_pump_which_ends_with_it(ws):
     assert ws.inv("backup.local", "--no-start").returncode == 0
     assert ws.inv("backup.start-bg").returncode == 0
     pumps = [p for p in psutil.process_iter(["cmdline"])
-             if (p.info["cmdline"] or [])[1:4] == ["-m", "backup.logfile", str(ws.state / "litestream.log")]]
+             if (p.info["cmdline"] or [])[1:5] == ["-I", "-m", "backup.logfile", str(ws.state / "litestream.log")]]
     assert len(pumps) == 1
     assert "replicating to" in (ws.state / "litestream.log").read_text()
     assert ws.inv("backup.stop").returncode == 0
     pumps[0].wait(10)  # litestream closed its output: the pump is gone too
     assert (ws.state / "litestream.log").read_text().endswith('msg="litestream shut down"\n')
+
+
+def test_the_log_pump_outlives_a_log_it_cannot_write(tmp_path):
+    """A pump that stopped reading would kill litestream at its next line: it keeps reading."""
+    log = tmp_path / "missing-folder" / "litestream.log"  # cannot be created
+    proc = subprocess.Popen([sys.executable, "-m", "backup.logfile", str(log), "1000"],
+                            stdin=subprocess.PIPE)
+    proc.communicate(b"a line\n" * 10000, timeout=60)  # more than a pipe holds: all read
+    assert proc.returncode == 0 and not log.exists()
