@@ -216,10 +216,14 @@ def check(settings: Settings) -> DaemonState:
 
 
 @contextlib.contextmanager
-def _locked(settings: Settings, platform: Posix | Windows, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+def _locked(
+    settings: Settings, platform: Posix | Windows, timeout: float = LOCK_TIMEOUT, path: Path | None = None
+) -> Iterator[None]:
+    """Hold the workspace lock (or the lock file ``path`` in the state dir)."""
     private_dir(settings.state_dir)
     deadline = time.monotonic() + timeout
-    with open_private(settings.lockfile, "a+b") as fh:
+    lockfile = path or settings.lockfile
+    with open_private(lockfile, "a+b") as fh:
         while True:
             try:
                 platform.lock(fh)
@@ -227,7 +231,7 @@ def _locked(settings: Settings, platform: Posix | Windows, timeout: float = LOCK
             except BlockingIOError:
                 if time.monotonic() > deadline:
                     raise BackupError(
-                        f"another chora-backup command has held {settings.lockfile} for "
+                        f"another chora-backup command has held {lockfile} for "
                         f"{timeout:g}s: wait for it, or check 'inv backup.status'"
                     ) from None
                 time.sleep(POLL)
@@ -687,7 +691,12 @@ def run_foreground(
             if proc.poll() is None:
                 stopper(0, None)
                 proc.wait()
-            with _locked(settings, platform):
+            try:
+                with _locked(settings, platform):
+                    _remove_pidfile(settings.pidfile, record)
+            except BackupError:
+                # Another command holds the lock too long: the pidfile still names only
+                # this run (checked before removing), and litestream stopped cleanly.
                 _remove_pidfile(settings.pidfile, record)
 
 
@@ -821,7 +830,16 @@ def ensure_config(settings: Settings, write_missing: bool = False) -> str | None
 
 
 @contextlib.contextmanager
-def exclusive(settings: Settings, platform: Posix | Windows | None = None) -> Iterator[None]:
-    """Hold the workspace lock: no daemon starts or stops meanwhile."""
-    with _locked(settings, platform or current_platform()):
+def exclusive(
+    settings: Settings, platform: Posix | Windows | None = None, of: Path | None = None
+) -> Iterator[None]:
+    """Hold the workspace lock: no daemon starts or stops meanwhile.
+
+    ``of`` a file other than the workspace's databases: a lock of that file's own,
+    so minutes spent restoring a copy elsewhere hold up no start or stop.
+    """
+    path = None
+    if of is not None:
+        path = settings.state_dir / f"restore-{hashlib.sha256(os.fsencode(of)).hexdigest()[:16]}.lock"
+    with _locked(settings, platform or current_platform(), path=path):
         yield

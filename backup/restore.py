@@ -434,8 +434,10 @@ def restore(
     # Resolved, so another spelling of the live database (a/../app.db, a link) is seen as it.
     target = Path(os.path.realpath(output if output is not None else entry.path))
     is_live = any(Path(os.path.realpath(db.path)) == target for db in config.databases)
-    # No daemon may start, and no other restore may move files, until this one is in place.
-    with daemon.exclusive(settings) if not dry_run else contextlib.nullcontext():
+    # No daemon may start, and no other restore may move files, until this one is in place;
+    # a copy elsewhere locks only its own path.
+    lock = daemon.exclusive(settings, of=None if is_live else target)
+    with lock if not dry_run else contextlib.nullcontext():
         return _restore(settings, litestream, entry, target, is_live, timestamp, txid, force,
                         dry_run, progress)
 

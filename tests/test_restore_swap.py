@@ -104,3 +104,21 @@ def test_a_process_that_opens_the_file_during_the_download_stops_the_swap(backed
     assert "is open in process 4242 (opened during the restore)" in err.value.message
     assert ws.db.read_bytes() == before
     assert not [p for p in ws.path.iterdir() if "pre-restore" in p.name or "restoring" in p.name]
+
+
+def test_a_restore_elsewhere_holds_up_no_start_or_stop(backed_up, monkeypatch):
+    """A copy restored elsewhere locks its own path, not the workspace: start-bg and stop go on."""
+    ws = backed_up
+    settings = settings_of(ws)
+    answers = []
+    check = restore.integrity_check
+
+    def meanwhile(path):  # runs while the restore holds its lock
+        answers.append(ws.inv("backup.start-bg", "--timeout", "10").returncode)
+        answers.append(ws.inv("backup.stop").returncode)
+        return check(path)
+
+    monkeypatch.setattr(restore, "integrity_check", meanwhile)
+    restore.restore(settings, Litestream(settings), output=ws.root / "copy.db")
+    assert answers == [0, 0]
+    assert rows(ws.root / "copy.db") == rows(ws.db)
