@@ -220,7 +220,8 @@ def _locked(
     settings: Settings, platform: Posix | Windows, timeout: float = LOCK_TIMEOUT, path: Path | None = None
 ) -> Iterator[None]:
     """Hold the workspace lock (or the lock file ``path`` in the state dir)."""
-    private_dir(settings.state_dir)
+    # A state dir holding our lock file is ours: one an earlier version made 0755 is tightened.
+    private_dir(settings.state_dir, ours=settings.lockfile.exists())
     deadline = time.monotonic() + timeout
     lockfile = path or settings.lockfile
     with open_private(lockfile, "a+b") as fh:
@@ -262,7 +263,7 @@ def _refuse_other_workspace(settings: Settings, state: DaemonState) -> None:
         )
 
 
-def _refuse_unrecorded(settings: Settings) -> None:
+def refuse_unrecorded(settings: Settings) -> None:
     """Refuse a second litestream for this config when one runs that no pidfile names.
 
     Two replicating processes can corrupt the replica; the pidfile alone cannot
@@ -432,7 +433,7 @@ def start_background(
         _refuse_other_workspace(settings, state)
         if state.running and state.record:
             return StartResult(state.record.pid, settings.logfile, already_running=True)
-        _refuse_unrecorded(settings)
+        refuse_unrecorded(settings)
         prepared = _prepare(settings, litestream)
         _keep_running_copy(settings, prepared)
         argv = litestream.argv("replicate")
@@ -662,7 +663,7 @@ def run_foreground(
                     f"litestream already replicates this workspace (pid {state.record.pid}, started "
                     f"{how}): stop it first with 'inv backup.stop'"
                 )
-            _refuse_unrecorded(settings)
+            refuse_unrecorded(settings)
             prepared = _prepare(settings, litestream)
             for db in prepared.config.databases:
                 if not db.path.exists():
@@ -770,7 +771,7 @@ def replicate_once(
         refuse_unknown(settings, state)
         if state.running:
             return None
-        _refuse_unrecorded(settings)
+        refuse_unrecorded(settings)
         prepared = _prepare(settings, litestream)
         litestream.run("replicate", "-once", *args, config=settings.config_path, timeout=timeout)
         return prepared
@@ -785,6 +786,7 @@ def rewrite_config(settings: Settings, text: str, force: bool = False) -> WriteR
     """
     with _locked(settings, current_platform()):
         state = check(settings)
+        refuse_unknown(settings, state)
         if state.running and state.record:
             try:
                 same = settings.config_path.read_bytes() == text.encode("utf-8")

@@ -17,11 +17,17 @@ FILE_MODE = 0o600
 DIR_MODE = 0o700
 
 
-def private_dir(path: Path) -> Path:
-    """Create ``path`` (and missing parents) 0700; an existing folder is left as it is."""
+def private_dir(path: Path, ours: bool = False) -> Path:
+    """Create ``path`` (and missing parents) 0700.
+
+    An existing folder is left as it is — a BACKUP_STATE_DIR may name a shared
+    one — unless ``ours`` says chora-backup made it (then it is tightened).
+    """
     if not path.is_dir():
         path.mkdir(parents=True, mode=DIR_MODE, exist_ok=True)
         os.chmod(path, DIR_MODE)  # mkdir's mode is filtered through the umask
+    elif ours and hasattr(os, "getuid") and path.stat().st_uid == os.getuid():
+        os.chmod(path, DIR_MODE)
     return path
 
 

@@ -563,8 +563,10 @@ def _swap(temp: Path, target: Path) -> tuple[Path | None, list[Path]]:
     try:
         moved_aside, stale = _make_room(target, _aside_stamp(target), moves)
         os.replace(temp, target)
-    except OSError as exc:
-        kept = _put_back(moves)
+    except BaseException as exc:
+        kept = _put_back(moves)  # Ctrl-C half-way too: never leave the target missing
+        if not isinstance(exc, OSError):
+            raise
         where = f"{target} is as it was" if not kept else "the original is kept at " + ", ".join(kept)
         raise BackupError(
             f"could not put the restored copy in place ({exc.strerror or exc}: "

@@ -91,6 +91,13 @@ def take_snapshot(settings: Settings, litestream: Litestream, say: Say | None = 
     if not entry.path.is_file():
         raise BackupError(f"nothing to snapshot: {entry.path} does not exist yet")
     state = daemon.check(settings)
+    daemon.refuse_unknown(settings, state)
+    if daemon.active_config(settings, state).changed:
+        # The snapshot runs the file; the listing and the repair would read the daemon's copy.
+        raise BackupError(
+            f"{settings.config_path.name} changed since the daemon started: restart it first "
+            "('inv backup.stop', then 'inv backup.start-bg'), then run 'inv backup.snapshot'"
+        )
     if state.running and state.record and state.record.foreground:
         # Someone watches it in a terminal: stopping it there and starting a
         # background daemon instead would be a surprise.
@@ -154,6 +161,7 @@ def _snapshot(settings: Settings, litestream: Litestream, entry: Database, step:
     if hole:
         step(hole_problem(hole.from_txid, hole.to_txid))
     reset = False
+    daemon.refuse_unrecorded(settings)  # nothing local is touched beside a replicator
     if not before:
         local = local_state_dir(db)
         if local.exists():
@@ -169,7 +177,8 @@ def _snapshot(settings: Settings, litestream: Litestream, entry: Database, step:
                  "snapshot starts a new history")
     step("taking a snapshot: litestream replicate -once -force-snapshot")
     # Claimed like any replicating start; the caller holds the workspace lock.
-    daemon.replicate_once(settings, litestream, "-force-snapshot", timeout=None, lock=False)
+    if daemon.replicate_once(settings, litestream, "-force-snapshot", timeout=None, lock=False) is None:
+        raise BackupError("a daemon started meanwhile: run 'inv backup.snapshot' again")
     after = replica_files(litestream, db)
     snapshots = [f for f in after if f.level == SNAPSHOT_LEVEL]
     if not snapshots:

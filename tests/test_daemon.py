@@ -666,6 +666,15 @@ def test_a_log_left_readable_by_an_earlier_version_is_made_private(ws):
     assert (ws.state / "litestream.log").read_text().startswith("old line\n")
 
 
+def test_a_state_dir_left_open_by_an_earlier_version_is_tightened(ws):
+    make_db(ws.db)
+    assert ws.inv("backup.local", "--no-start").returncode == 0
+    os.chmod(ws.state, 0o755)
+    assert (ws.state / "litestream.lock").exists()
+    assert ws.inv("backup.start-bg").returncode == 0
+    assert mode(ws.state) == 0o700
+
+
 def test_a_socket_outside_the_state_dir_gets_a_private_folder(tmp_path):
     deep = tmp_path / ("d" * 120)
     settings = config.load(cwd=tmp_path, environ={"BACKUP_STATE_DIR": str(deep)})
