@@ -134,6 +134,12 @@ def _owner(settings: Settings, config: LitestreamConfig) -> Check:
             "restore that backup with 'inv backup.restore'",
         )
     if local.instance != owner.instance:
+        if daemon.check(settings).running:
+            # Another copy of this database took the replica over while this daemon ran:
+            # both now write one history in turns.
+            return Check("owner", FAIL, f"{owner.describe()} took this replica over while this "
+                         "workspace's daemon still writes to it",
+                         "stop one of them: 'inv backup.stop' here, or there")
         return Check("owner", WARN, f"the replica was last written by {owner.describe()}",
                      "the next start continues it only if nothing was written there since this restore")
     return Check("owner", OK, f"this database owns {store.where}")

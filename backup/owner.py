@@ -72,6 +72,7 @@ class Local:
     # Set by a restore: the writer and the replica's newest txid it restored from.
     restored_from: str | None = None
     replica_txid: int | None = None
+    replica: str | None = None  # the replica it last claimed or was restored from
     format: int = FORMAT
 
 
@@ -205,7 +206,11 @@ class Ownership:
         owner = read_owner(self.store)
         if owner is None:
             history = self.store.has_history()
-            if history and local is None and not (db.exists() and _has_litestream_state(db)):
+            # History nobody claimed is adopted only by the database that wrote it (from
+            # before owner records: it has litestream's state and no record of ours) or one
+            # restored from that very replica.
+            legacy = local is None and db.exists() and _has_litestream_state(db)
+            if history and not (legacy or (local is not None and local.replica == where)):
                 raise BackupError(
                     f"{where} holds backups that no database has claimed, and {db} has never "
                     f"replicated there: {_fix(self.settings, self.entry)}, or restore them here "
@@ -213,7 +218,7 @@ class Ownership:
                 )
             local = local or Local(lineage=uuid.uuid4().hex, instance=uuid.uuid4().hex)
             if self.store.create(RECORD, _dump(self._me(local))):
-                write_local(db, Local(local.lineage, local.instance))
+                write_local(db, Local(local.lineage, local.instance, replica=where))
                 return Claim(where, "adopted" if history else "claimed")
             owner = read_owner(self.store)  # another start won the race
             if owner is None:
@@ -235,7 +240,7 @@ class Ownership:
             return Claim(where, "continued")
         self._check_takeover(owner, local)
         self.store.write(RECORD, _dump(self._me(local)))
-        write_local(db, Local(local.lineage, local.instance))
+        write_local(db, Local(local.lineage, local.instance, replica=where))
         return Claim(where, "took-over", previous=owner)
 
     def _check_takeover(self, owner: Owner, local: Local) -> None:
@@ -255,11 +260,12 @@ class Ownership:
             )
 
 
-def record_restore(db: Path, owner: Owner | None, replica_txid: int | None) -> None:
+def record_restore(db: Path, owner: Owner | None, replica_txid: int | None, replica: str | None) -> None:
     """A restored database file is a new instance of the replica's lineage."""
     write_local(db, Local(
         lineage=owner.lineage if owner else uuid.uuid4().hex,
         instance=uuid.uuid4().hex,
         restored_from=owner.instance if owner else None,
         replica_txid=replica_txid,
+        replica=replica,
     ))

@@ -467,8 +467,8 @@ def _restore(
     files = replica_files(litestream, entry.path)
     point = _point_args(files, entry.path, timestamp, txid, lambda: daemon.check(settings))
     # A restored live database continues its replica's history: learn whose it is first.
-    owned = is_live and not dry_run and entry.replica_type in STORE_TYPES
-    owner = read_owner(open_store(entry, settings)) if owned else None
+    store = open_store(entry, settings) if is_live and not dry_run and entry.replica_type in STORE_TYPES else None
+    owner = read_owner(store) if store else None
 
     temp = target.with_name(f".{target.name}.restoring-{os.getpid()}")
     if dry_run:
@@ -521,7 +521,8 @@ def _restore(
         _refuse_holders(target, " (opened during the restore)")
         moved_aside, stale = _swap(temp, target)
         if is_live:
-            record_restore(target, owner, max((f.max_txid for f in files), default=None))
+            newest = max((f.max_txid for f in files), default=None)
+            record_restore(target, owner, newest, store.where if store else None)
     finally:
         for leftover in (temp, *(Path(str(temp) + s) for s in (*SIDECARS, ".tmp"))):
             leftover.unlink(missing_ok=True)

@@ -112,7 +112,7 @@ def test_a_restored_copy_takes_over_only_while_the_replica_has_not_moved_on(tmp_
     claim(a_settings, a)
     store = FileStore(replica / "chora.db")
     make_db(b.path)
-    owner.record_restore(b.path, owner.read_owner(store), replica_txid=7)
+    owner.record_restore(b.path, owner.read_owner(store), replica_txid=7, replica=store.where)
     with pytest.raises(BackupError) as err:
         claim(b_settings, b, newest=9)  # a wrote more after b's restore
     assert "moved on since" in err.value.message and "0000000000000007" in err.value.message
@@ -164,3 +164,34 @@ def test_a_url_replica_is_not_taken_for_a_folder(tmp_path):
     path.write_text("dbs:\n  - path: /x.db\n    replica:\n      url: s3://bucket/app.db\n")
     (db,) = read_config(path).databases
     assert db.replica_type == "url"
+
+
+def test_a_record_from_another_replica_adopts_no_unclaimed_history(tmp_path, replica):
+    settings, entry = workspace(tmp_path, "a", replica)
+    make_db(entry.path)
+    claim(settings, entry)  # a's record now names its own replica
+    other = FileStore(tmp_path / "elsewhere" / "chora.db")
+    other.write("ltx/0/0000000000000001-0000000000000001.ltx", b"someone else's history")
+    moved = Database(**{**entry.__dict__, "location": str(tmp_path / "elsewhere" / "chora.db")})
+    with pytest.raises(BackupError) as err:
+        claim(settings, moved)  # BACKUP_REPLICA_PATH pointed at a prefix from before owner records
+    assert "no database has claimed" in err.value.message
+
+
+def test_doctor_fails_when_the_replica_was_taken_over_under_a_running_daemon(tmp_path, replica, monkeypatch):
+    from backup import daemon, doctor
+    from backup.render import LitestreamConfig
+
+    a_settings, a = workspace(tmp_path, "a", replica)
+    make_db(a.path)
+    claim(a_settings, a)
+    store = FileStore(replica / "chora.db")
+    record = owner.read_owner(store)
+    store.write(owner.RECORD, owner._dump(owner.Owner(**{**record.__dict__, "instance": "elsewhere",
+                                                         "host": "laptop"})))
+    config = LitestreamConfig(path=a_settings.config_path, generated=True, databases=(a,), socket=None)
+    monkeypatch.setattr(daemon, "check", lambda settings: daemon.DaemonState("running"))
+    found = doctor._owner(a_settings, config)
+    assert found.state == doctor.FAIL and "took this replica over" in found.detail
+    monkeypatch.setattr(daemon, "check", lambda settings: daemon.DaemonState("stopped"))
+    assert doctor._owner(a_settings, config).state == doctor.WARN
