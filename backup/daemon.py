@@ -31,7 +31,7 @@ from . import logfile
 from .config import LOCAL, R2, Settings, require_r2
 from .errors import BackupError, ConfigError, LitestreamError, translate
 from .files import open_private, private_dir, write_private
-from .litestream import Litestream, check_endpoint, popen_flags
+from .litestream import Litestream, check_endpoint, is_replicate, popen_flags, replicators
 from .owner import Claim, Ownership
 from .store import STORE_TYPES
 from .render import NO_CONFIG, LitestreamConfig, WriteResult, read_config, write_config
@@ -181,13 +181,6 @@ def _alive(proc: psutil.Process) -> bool:
         return False
 
 
-def _is_replicate(cmdline: list[str], config: str) -> bool:
-    """Is ``cmdline`` a ``litestream replicate`` of ``config``, as ``Litestream.argv`` builds it?"""
-    return cmdline[1:2] == ["replicate"] and any(
-        flag == "-config" and value == config for flag, value in zip(cmdline, cmdline[1:])
-    )
-
-
 def check(settings: Settings) -> DaemonState:
     """What the pidfile says, proven against the process table. Signals nothing."""
     record = _read_pidfile(settings.pidfile)
@@ -201,7 +194,7 @@ def check(settings: Settings) -> DaemonState:
         # written by a start; whatever process it names is not ours to signal.
         # A process running that very command line replicates this config, so
         # it is the daemon to report and to stop even if its pid was reused.
-        same = _is_replicate(record.cmdline, record.config) and proc.cmdline() == record.cmdline
+        same = is_replicate(record.cmdline, record.config) and proc.cmdline() == record.cmdline
     except psutil.NoSuchProcess:
         return DaemonState("stale", record, f"process {record.pid} is gone")
     except psutil.AccessDenied:
@@ -270,9 +263,8 @@ def refuse_unrecorded(settings: Settings) -> None:
     see one started with another BACKUP_STATE_DIR, or by hand.
     """
     config = str(settings.config_path)
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info["cmdline"]  # None where access is denied
-        if cmdline and _is_replicate(cmdline, config) and _alive(proc):
+    for proc in replicators(config):
+        if _alive(proc):
             raise BackupError(
                 f"litestream (pid {proc.pid}) already replicates {config} but "
                 f"{settings.pidfile} does not name it (started by hand, or with another "

@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
 
+import psutil
+
 from .config import Settings
 from .errors import BackupError, ConfigError, LitestreamError, missing_bucket, translate
 from .files import write_private
@@ -53,6 +55,21 @@ def popen_flags(detached: bool, platform: str = sys.platform) -> dict[str, Any]:
         flags = CREATE_NEW_PROCESS_GROUP | (CREATE_NO_WINDOW if detached else 0)
         return {"creationflags": flags}
     return {"start_new_session": True}
+
+
+def is_replicate(cmdline: list[str], config: str) -> bool:
+    """Is ``cmdline`` a ``litestream replicate`` of ``config``, as ``Litestream.argv`` builds it?"""
+    return cmdline[1:2] == ["replicate"] and any(
+        flag == "-config" and value == config for flag, value in zip(cmdline, cmdline[1:])
+    )
+
+
+def replicators(config: str) -> list[psutil.Process]:
+    """Every process on this machine replicating ``config`` (where its command line is visible)."""
+    return [
+        proc for proc in psutil.process_iter(["cmdline"])
+        if proc.info["cmdline"] and is_replicate(proc.info["cmdline"], config)
+    ]
 
 
 def packaged_binary() -> Path | None:

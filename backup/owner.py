@@ -30,12 +30,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from .config import Settings
 from .errors import BackupError
 from .files import private_dir, write_private
-from .litestream import local_state_dir
+from .litestream import local_state_dir, replicators
 from .render import Database
 from .store import Store, open_store
 
@@ -135,13 +133,7 @@ def _fix(settings: Settings, entry: Database) -> str:
 
 def _writer_alive(owner: Owner) -> bool:
     """Does the recorded writer's litestream run on this host right now?"""
-    if owner.host != socket.gethostname():
-        return False
-    for proc in psutil.process_iter(["cmdline"]):
-        cmdline = proc.info["cmdline"] or []
-        if cmdline[1:2] == ["replicate"] and owner.config in cmdline:
-            return True
-    return False
+    return owner.host == socket.gethostname() and bool(replicators(owner.config))
 
 
 def _same_instance(db: Path, local: Local) -> bool:
