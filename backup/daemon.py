@@ -212,27 +212,41 @@ def check(settings: Settings) -> DaemonState:
 def _locked(
     settings: Settings, platform: Posix | Windows, timeout: float = LOCK_TIMEOUT, path: Path | None = None
 ) -> Iterator[None]:
-    """Hold the workspace lock (or the lock file ``path`` in the state dir)."""
+    """Hold the workspace lock, or the lock file ``path`` (removed again when released)."""
     # A state dir holding our lock file is ours: one an earlier version made 0755 is tightened.
     private_dir(settings.state_dir, ours=settings.lockfile.exists())
     deadline = time.monotonic() + timeout
     lockfile = path or settings.lockfile
-    with open_private(lockfile, "a+b") as fh:
-        while True:
+    while True:
+        with open_private(lockfile, "a+b") as fh:
+            while True:
+                try:
+                    platform.lock(fh)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise BackupError(
+                            f"another chora-backup command has held {lockfile} for "
+                            f"{timeout:g}s: wait for it, or check 'inv backup.status'"
+                        ) from None
+                    time.sleep(POLL)
+            if path is not None and not _same_file(fh, lockfile):
+                platform.unlock(fh)
+                continue  # its holder removed it meanwhile: lock the file now there
             try:
-                platform.lock(fh)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise BackupError(
-                        f"another chora-backup command has held {lockfile} for "
-                        f"{timeout:g}s: wait for it, or check 'inv backup.status'"
-                    ) from None
-                time.sleep(POLL)
-        try:
-            yield
-        finally:
-            platform.unlock(fh)
+                yield
+                return
+            finally:
+                if path is not None and sys.platform != "win32":
+                    lockfile.unlink(missing_ok=True)  # while still locked: leave nothing behind
+                platform.unlock(fh)
+
+
+def _same_file(fh: IO[bytes], path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fh.fileno()), os.stat(path))
+    except OSError:
+        return False
 
 
 def refuse_unknown(settings: Settings, state: DaemonState) -> None:
