@@ -33,7 +33,7 @@ from .config import START_WAIT, Settings
 from .errors import BackupError, hole_problem
 from .litestream import Litestream, local_state_dir
 from .owner import read_local, write_local
-from .render import Database
+from .render import Database, read_config
 from .restore import SNAPSHOT_LEVEL, LtxFile, configured_database, plan, replica_files
 from .store import open_store
 
@@ -92,11 +92,14 @@ def take_snapshot(settings: Settings, litestream: Litestream, say: Say | None = 
         raise BackupError(f"nothing to snapshot: {entry.path} does not exist yet")
     state = daemon.check(settings)
     daemon.refuse_unknown(settings, state)
-    if daemon.active_config(settings, state).changed:
-        # The snapshot runs the file; the listing and the repair would read the daemon's copy.
+    active = daemon.active_config(settings, state)
+    if active.changed and read_config(settings.config_path).databases != active.config.databases:
+        # The snapshot runs the file; the listing and the repair would read the daemon's copy,
+        # which names other databases or replicas.
         raise BackupError(
-            f"{settings.config_path.name} changed since the daemon started: restart it first "
-            "('inv backup.stop', then 'inv backup.start-bg'), then run 'inv backup.snapshot'"
+            f"{settings.config_path.name} changed since the daemon started and names other "
+            "databases or replicas: restart it first ('inv backup.stop', then "
+            "'inv backup.start-bg'), then run 'inv backup.snapshot'"
         )
     if state.running and state.record and state.record.foreground:
         # Someone watches it in a terminal: stopping it there and starting a

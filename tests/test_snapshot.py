@@ -68,3 +68,15 @@ def test_snapshot_errors_are_one_clean_line(ws: Workspace):
     result = ws.inv("backup.snapshot")
     assert result.returncode == 1
     assert result.stderr.strip() == f"error: nothing to snapshot: {ws.db} does not exist yet"
+
+
+def test_a_snapshot_refuses_a_config_that_now_names_another_replica(ws: Workspace):
+    make_db(ws.db)
+    ws.write_env(BACKUP_LOCAL_DIR=str(ws.root / "backups"))
+    assert ws.inv("backup.local", "--background").returncode == 0
+    pid = ws.daemon_pid()
+    text = ws.config.read_text()
+    ws.config.write_text(text.replace(str(ws.root / "backups"), str(ws.root / "elsewhere")))
+    result = ws.inv("backup.snapshot")
+    assert result.returncode == 1 and "names other databases or replicas" in result.stderr
+    assert ws.daemon_pid() == pid and not (ws.root / "elsewhere").exists()
