@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import psutil
 
@@ -32,9 +32,10 @@ from .config import LOCAL, R2, Settings, require_r2
 from .errors import BackupError, ConfigError, LitestreamError, translate
 from .files import open_private, private_dir, write_private
 from .litestream import Litestream, check_endpoint, is_replicate, popen_flags, replicators
-from .owner import Claim, Ownership
-from .store import STORE_TYPES
 from .render import NO_CONFIG, LitestreamConfig, WriteResult, read_config, write_config
+
+if TYPE_CHECKING:
+    from .owner import Claim
 
 LOCK_TIMEOUT = 120.0  # a start holds the lock until its first sync at most
 STOP_MARGIN = 15.0  # beyond litestream's shutdown-sync-timeout, so a kill never races the final sync
@@ -301,6 +302,9 @@ class Prepared:
 
 def _prepare(settings: Settings, litestream: Litestream) -> Prepared:
     """Read litestream.yml once, check credentials and endpoints, claim every replica."""
+    from .owner import Ownership  # only a replicating start claims: keep status's imports light
+    from .store import STORE_TYPES
+
     path = settings.config_path
     try:
         text = path.read_bytes()

@@ -26,9 +26,7 @@ from .config import Settings, require_r2
 from .errors import SNAPSHOT_FIX, BackupError, ConfigError, hole_message, missing_txids
 from .litestream import Litestream, check_endpoint, local_state_dir
 from .files import temp_beside
-from .owner import read_owner, record_restore
 from .render import Database, LitestreamConfig
-from .store import STORE_TYPES, open_store
 from .timeparse import from_litestream, iso_z, rfc3339
 
 SIDECARS = ("-wal", "-shm")
@@ -467,6 +465,9 @@ def _restore(
     files = replica_files(litestream, entry.path)
     point = _point_args(files, entry.path, timestamp, txid, lambda: daemon.check(settings))
     # A restored live database continues its replica's history: learn whose it is first.
+    from .owner import read_owner, record_restore  # not on status's import path
+    from .store import STORE_TYPES, open_store
+
     store = open_store(entry, settings) if is_live and not dry_run and entry.replica_type in STORE_TYPES else None
     owner = read_owner(store) if store else None
 
