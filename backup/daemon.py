@@ -30,7 +30,7 @@ import psutil
 from . import logfile
 from .config import LOCAL, R2, Settings, require_r2
 from .errors import BackupError, ConfigError, LitestreamError, translate
-from .files import open_private, private_dir, write_private
+from .files import open_private, private_dir, to_null, write_private
 from .litestream import Litestream, check_endpoint, is_replicate, popen_flags, replicators
 from .render import NO_CONFIG, LitestreamConfig, WriteResult, read_config, write_config
 
@@ -644,9 +644,7 @@ class _Output:
     def _detach(self) -> None:
         out, self._out = self._out, None
         with contextlib.suppress(OSError, ValueError, AttributeError):
-            null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, out.fileno())
-            os.close(null)
+            to_null(out)
 
 
 def run_foreground(

@@ -14,6 +14,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # the operation failed, or a check did not pass
 EXIT_CONFIG = 2  # bad input: .env, variables, flags, paths
 EXIT_NOT_RUNNING = 3  # status: no daemon runs for this workspace
+EXIT_BROKEN_PIPE = 141  # our output's reader left ('| head'): what a shell reports for SIGPIPE
 
 
 class BackupError(Exception):

@@ -57,6 +57,16 @@ def write_private(path: Path, data: bytes) -> None:
         raise
 
 
+def to_null(stream: IO[str]) -> None:
+    """Point a stream whose reader has gone (a closed terminal, '| head') at the null device,
+    so later writes and the interpreter's last flush cannot fail."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, stream.fileno())
+    finally:
+        os.close(null)
+
+
 def open_private(path: Path, mode: str = "ab") -> IO[bytes]:
     """Open ``path`` for appending (created 0600; an existing one is made 0600)."""
     flags = os.O_CREAT | os.O_APPEND | (os.O_RDWR if "+" in mode else os.O_WRONLY)

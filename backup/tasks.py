@@ -18,7 +18,9 @@ from typing import Any, TypeVar
 from invoke import Collection, Exit, task
 
 from . import config as cfg
+from .files import to_null
 from .errors import (
+    EXIT_BROKEN_PIPE,
     EXIT_CONFIG,
     EXIT_FAILED,
     BackupError,
@@ -31,7 +33,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 DEBUG_VARIABLE = "CHORA_BACKUP_DEBUG"
-EXIT_BROKEN_PIPE = 141  # what a shell reports for a command killed by SIGPIPE
 
 
 def actionable(body: F) -> F:
@@ -55,8 +56,7 @@ def actionable(body: F) -> F:
             if exc.filename is not None:
                 raise Exit(f"error: {describe_os_error(exc)}", code=EXIT_FAILED) from None
             # Our output went to a reader that left ('| head'): end quietly, as SIGPIPE would.
-            null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, sys.stdout.fileno())
+            to_null(sys.stdout)
             raise Exit(code=EXIT_BROKEN_PIPE) from None
         except OSError as exc:  # the file system said no: name the file and the fix
             raise Exit(f"error: {describe_os_error(exc)}", code=EXIT_FAILED) from None
