@@ -35,7 +35,7 @@ from .litestream import Litestream, local_state_dir
 from .owner import read_local, write_local
 from .render import Database, read_config
 from .restore import SNAPSHOT_LEVEL, LtxFile, configured_database, plan, replica_files
-from .store import open_store
+from .store import ltx_key, open_store
 
 Say = Callable[[str], None]  # one line of progress for people
 
@@ -56,16 +56,6 @@ class SnapshotResult:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def ltx_key(f: LtxFile, replica_type: str) -> str:
-    """Where litestream keeps ``f``, relative to the replica's root.
-
-    The layouts differ (litestream.go's LTXFilePath, s3/replica_client.go): a folder
-    has ``ltx/<level>/<min>-<max>.ltx``, a bucket ``<level, 4 hex digits>/<min>-<max>.ltx``.
-    """
-    name = f"{f.min_txid:016x}-{f.max_txid:016x}.ltx"
-    return f"{f.level:04x}/{name}" if replica_type == "s3" else f"ltx/{f.level}/{name}"
 
 
 def covered(files: list[LtxFile], txid: int) -> list[LtxFile]:

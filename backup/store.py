@@ -6,7 +6,7 @@ to repair a hole, removes LTX files a fresh snapshot covers. Both a folder
 (local mode) and an S3 bucket offer the same small interface, with keys
 relative to the replica's root (``chora-backup-owner.json``; an L0 file is
 ``ltx/0/<min>-<max>.ltx`` in a folder but ``0000/<min>-<max>.ltx`` in a bucket,
-see ``snapshot.ltx_key``).
+see ``ltx_key``; ``has_history`` reads the same layouts).
 
 boto3 is imported only here and only when an S3 replica is opened, so the
 commands that never touch the bucket themselves (status) do not pay for it.
@@ -17,14 +17,27 @@ import contextlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .config import Settings, require_r2
 from .errors import BackupError, missing_bucket, translate
 from .files import private_dir, temp_beside
 from .render import Database
 
+if TYPE_CHECKING:
+    from .restore import LtxFile
+
 STORE_TYPES = ("s3", "file")  # the replica kinds chora-backup can open itself
+
+
+def ltx_key(f: LtxFile, replica_type: str) -> str:
+    """Where litestream keeps ``f``, relative to the replica's root.
+
+    The layouts differ (litestream.go's LTXFilePath, s3/replica_client.go): a folder
+    has ``ltx/<level>/<min>-<max>.ltx``, a bucket ``<level, 4 hex digits>/<min>-<max>.ltx``.
+    """
+    name = f"{f.min_txid:016x}-{f.max_txid:016x}.ltx"
+    return f"{f.level:04x}/{name}" if replica_type == "s3" else f"ltx/{f.level}/{name}"
 
 class Store(Protocol):
     where: str  # for people: the replica's root

@@ -6,7 +6,8 @@ import pytest
 from backup import config
 from backup.errors import LitestreamError
 from backup.litestream import Litestream
-from backup.snapshot import covered, ltx_key, take_snapshot
+from backup.snapshot import covered, take_snapshot
+from backup.store import ltx_key
 
 from conftest import Workspace, make_db, wait_for
 from conftest import ltx_files as files

@@ -28,7 +28,7 @@ def test_read_create_write_delete(store):
     assert store.read("owner.json") == b"first"
     store.write("owner.json", b"third")
     assert store.read("owner.json") == b"third"
-    # Each store in litestream's own layout for it (see snapshot.ltx_key).
+    # Each store in litestream's own layout for it (see store.ltx_key).
     key = ("0000/" if isinstance(store, S3Store) else "ltx/0/") + "0000000000000001-0000000000000001.ltx"
     store.write("other/notes.txt", b"not litestream's")
     assert store.has_history() is False
