@@ -10,8 +10,10 @@ single ``ConfigError``; the result is frozen and passed down.
 """
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
+import posixpath
 import re
 import sys
 import tempfile
@@ -78,12 +80,32 @@ def parse_duration(text: str) -> float:
     return total
 
 
+# What makes a BACKUP_DB file name a glob (litestream's filepath.Match syntax).
+_GLOB = re.compile(r"[*?]|\[.*\]")
+
+
+@dataclass(frozen=True)
+class DbSpec:
+    """One ``BACKUP_DB`` entry: a database file, or a glob of the databases in one folder."""
+
+    written: str  # as in BACKUP_DB
+    path: Path  # the database file; for a glob, the folder it searches
+    replica_path: str  # key prefix in the bucket, or sub-folder of BACKUP_LOCAL_DIR
+    pattern: str | None = None  # a glob's file-name pattern (litestream's folder replication)
+
+    def matches(self, db: Path) -> bool:
+        """Is ``db`` one of this entry's databases (by name; the header is not read)?"""
+        if self.pattern is None:
+            return db == self.path
+        return db.parent == self.path and fnmatch.fnmatchcase(db.name, self.pattern)
+
+
 @dataclass(frozen=True)
 class Settings:
     workspace: Path
     env_file: Path | None
-    db: Path
-    replica_path: str
+    db: Path  # the first BACKUP_DB entry (for a glob: its folder)
+    replica_path: str  # the first entry's replica location
     sync_interval: str | None  # None: the mode's default
     local_dir: Path
     state_dir: Path
@@ -93,6 +115,11 @@ class Settings:
     endpoint: str | None = None
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
+    databases: tuple[DbSpec, ...] = ()  # every BACKUP_DB entry, the first one first
+
+    def __post_init__(self) -> None:
+        if not self.databases:  # built by hand (tests): one database, as before
+            object.__setattr__(self, "databases", (DbSpec(str(self.db), self.db, self.replica_path),))
 
     @property
     def config_path(self) -> Path:
@@ -139,8 +166,10 @@ class Settings:
     def interval(self, mode: str) -> str:
         return self.sync_interval or DEFAULT_SYNC_INTERVAL[mode]
 
-    def local_replica_dir(self) -> Path:
-        return self.local_dir / self.replica_path
+    def local_replica_dir(self, spec: DbSpec | None = None) -> Path:
+        """The folder of a local replica: the first database's, or ``spec``'s."""
+        location = spec.replica_path if spec else self.replica_path
+        return self.local_dir.joinpath(*location.split("/")) if location else self.local_dir
 
     def secrets(self) -> tuple[str, ...]:
         return tuple(s for s in (self.access_key_id, self.secret_access_key) if s)
@@ -248,72 +277,136 @@ def _check_endpoint(value: str) -> str | None:
     return None
 
 
-def load(
-    cwd: Path | None = None,
-    environ: Mapping[str, str] | None = None,
-    overrides: Mapping[str, str | None] | None = None,
-    mode: str | None = None,
-) -> Settings:
-    """Build and validate the Settings for the workspace around ``cwd``.
+def _is_key_prefix(text: str) -> bool:
+    return not (
+        text.strip("/") != text
+        or "//" in text
+        or any(part in (".", "..") for part in text.split("/"))
+    )
 
-    ``mode`` R2 also requires the R2 variables; LOCAL and None do not (runtime
-    commands hand credentials to litestream only when they are present).
+
+def _nested(outer: str, inner: str) -> str | None:
+    """The first part of ``inner`` below ``outer`` ("" when equal); None when not under it."""
+    a = [p for p in outer.split("/") if p]
+    b = [p for p in inner.split("/") if p]
+    if b[: len(a)] != a:
+        return None
+    return b[len(a)] if len(b) > len(a) else ""
+
+
+def _database_entry(written: str, workspace: Path, problems: list[str]) -> tuple[Path, str | None] | None:
+    """(file, None) or (folder, pattern) for one BACKUP_DB entry; None after a problem."""
+    path = Path(written).expanduser()
+    path = path if path.is_absolute() else workspace / path
+    pattern = None
+    if _GLOB.search(path.name):
+        if "**" in path.name:
+            problems.append(f"BACKUP_DB {written}: '**' is not supported; name one folder and a file pattern such as data/*.db")
+            return None
+        pattern, path = path.name, path.parent
+    if any(c in part for part in Path(written).parent.parts for c in "*?"):
+        problems.append(f"BACKUP_DB {written}: only the file name may be a glob (data/*.db), not a folder")
+        return None
+    if _URI_SPECIAL.search(str(path)):
+        problems.append(
+            f"BACKUP_DB {path} contains '#', '?' or '%XX': litestream 0.5 opens the database "
+            "path as a URI and would open another file; rename the database or its folder"
+        )
+    if pattern is None and path.is_dir():
+        problems.append(f"BACKUP_DB {path} is a directory: name the database file, or a glob such as {written.rstrip('/')}/*.db")
+    if pattern is not None and path.exists() and not path.is_dir():
+        problems.append(f"BACKUP_DB {written}: {path} is not a folder")
+    return path, pattern
+
+
+def _databases(
+    text: str, workspace: Path, replica_path: str | None, problems: list[str]
+) -> list[DbSpec]:
+    """Every BACKUP_DB entry with its replica location; problems are appended.
+
+    The first database keeps the location a single-database workspace always had
+    (BACKUP_REPLICA_PATH, default its file name); every other goes under the same
+    workspace prefix (BACKUP_REPLICA_PATH's folder) by its path relative to the
+    workspace. A glob's databases go under its folder's location by their names,
+    as litestream's folder replication places them.
     """
-    cwd = Path.cwd() if cwd is None else Path(cwd)
-    environ = os.environ if environ is None else environ
-    workspace = find_workspace(cwd)
-    env_path = workspace / ENV_FILE
-    dotenv = read_env_file(env_path) if env_path.exists() or env_path.is_symlink() else {}
+    root = posixpath.dirname(replica_path) if replica_path else ""
+    specs: list[DbSpec] = []
+    for index, written in enumerate(part.strip() for part in text.split(",")):
+        if not written:
+            problems.append("BACKUP_DB has an empty entry: separate database paths with single commas")
+            continue
+        found = _database_entry(written, workspace, problems)
+        if found is None:
+            continue
+        path, pattern = found
+        if index == 0 and pattern is None:
+            location = replica_path or path.name
+        else:
+            try:
+                relative = path.relative_to(workspace).as_posix()
+            except ValueError:
+                problems.append(
+                    f"BACKUP_DB {written} is outside the workspace {workspace}: only the first "
+                    "database may live elsewhere; move it into the workspace or list it first"
+                )
+                continue
+            location = posixpath.join(root, relative) if relative != "." else root
+        specs.append(DbSpec(written, path, location, pattern))
+    _check_overlaps(specs, problems)
+    return specs
 
-    cli = {k: v for k, v in (overrides or {}).items() if v is not None}
-    merged = ChainMap(cli, {k: environ[k] for k in VARIABLES if k in environ}, dotenv)
 
-    problems: list[str] = []
+def _check_overlaps(specs: list[DbSpec], problems: list[str]) -> None:
+    """No database listed twice, and no two databases sharing a replica location."""
+    for i, a in enumerate(specs):
+        for b in specs[i + 1:]:
+            if (a.path, a.pattern) == (b.path, b.pattern):
+                problems.append(f"BACKUP_DB lists {a.written} twice: remove one")
+            elif a.pattern is None and b.pattern is None and a.path == b.path:
+                problems.append(f"BACKUP_DB lists {a.path} twice ({a.written}, {b.written}): remove one")
+            elif a.pattern is None and b.matches(a.path) or b.pattern is None and a.matches(b.path):
+                file, glob = (a, b) if a.pattern is None else (b, a)
+                problems.append(
+                    f"BACKUP_DB: {file.written} is also matched by {glob.written}: litestream would "
+                    "replicate it twice; narrow the glob or drop the entry"
+                )
+            elif _shares_location(a, b) or _shares_location(b, a):
+                problems.append(
+                    f"BACKUP_DB: {a.written} and {b.written} would share the replica location "
+                    f"{a.replica_path or '(the root)'}: set BACKUP_REPLICA_PATH so the first "
+                    "database has a location of its own"
+                )
+
+
+def _shares_location(a: DbSpec, b: DbSpec) -> bool:
+    """Would some database of ``b`` replicate at or under a database of ``a``?"""
+    if a.pattern is None:
+        # b's own location (a file) or its databases (a folder) at or under a's.
+        return _nested(a.replica_path, b.replica_path) is not None
+    below = _nested(a.replica_path, b.replica_path)
+    if below is None or below == "":
+        return False  # two globs in one folder: their databases' names differ by pattern
+    return fnmatch.fnmatchcase(below, a.pattern)
+
+
+def _values(merged: Mapping[str, str], problems: list[str]) -> dict[str, str | None]:
+    """Every variable's value, None where unset; empty and control-character values refused."""
     values: dict[str, str | None] = {}
     for name in VARIABLES:
         value = merged.get(name)
-        if value is None:
-            values[name] = None
-        elif not value.strip():
+        if value is not None and not value.strip():
             problems.append(f"{name} is empty (set a value or remove the line)")
-            values[name] = None
-        elif _CONTROL.search(value):
+            value = None
+        elif value is not None and _CONTROL.search(value):
             problems.append(f"{name} contains a control character such as a newline")
-            values[name] = None
-        else:
-            values[name] = value
+            value = None
+        values[name] = value
+    return values
 
-    db = Path(values["BACKUP_DB"] or DEFAULT_DB).expanduser()
-    db = db if db.is_absolute() else workspace / db
-    if _URI_SPECIAL.search(str(db)):
-        problems.append(
-            f"BACKUP_DB {db} contains '#', '?' or '%XX': litestream 0.5 opens the database "
-            "path as a URI and would open another file; rename the database or its folder"
-        )
-    if db.is_dir():
-        problems.append(f"BACKUP_DB {db} is a directory: name the database file")
 
-    replica_path = values["BACKUP_REPLICA_PATH"] or db.name
-    if (
-        replica_path.strip("/") != replica_path
-        or "//" in replica_path
-        or any(part in (".", "..") for part in replica_path.split("/"))
-    ):
-        problems.append(
-            "BACKUP_REPLICA_PATH must be a key prefix without leading, trailing or double '/' "
-            "and without '.' or '..' parts"
-        )
-
-    interval = values["BACKUP_SYNC_INTERVAL"]
-    if interval is not None:
-        try:
-            if parse_duration(interval) <= 0:
-                raise ValueError
-        except ValueError:
-            problems.append(
-                f"BACKUP_SYNC_INTERVAL {interval!r} is not a positive duration (e.g. 10s, 1m)"
-            )
-
+def _check_r2(values: dict[str, str | None], problems: list[str]) -> None:
+    """The shape of the R2 settings that are set (whether all are set is R2 mode's question)."""
     endpoint = values["R2_ENDPOINT"]
     if endpoint is not None:
         reason = _check_endpoint(endpoint)
@@ -331,33 +424,79 @@ def load(
             "starting and ending with a letter or digit"
         )
 
+
+def _interval(value: str | None, problems: list[str]) -> str | None:
+    if value is not None:
+        try:
+            if parse_duration(value) <= 0:
+                raise ValueError
+        except ValueError:
+            problems.append(f"BACKUP_SYNC_INTERVAL {value!r} is not a positive duration (e.g. 10s, 1m)")
+    return value
+
+
+def _folders(values: dict[str, str | None], workspace: Path, problems: list[str]) -> tuple[Path, Path]:
+    """BACKUP_LOCAL_DIR and BACKUP_STATE_DIR, absolute; each must be, or can become, a folder."""
     local_dir = Path(values["BACKUP_LOCAL_DIR"] or DEFAULT_LOCAL_DIR).expanduser()
     local_dir = local_dir if local_dir.is_absolute() else workspace / local_dir
     if not _can_be_folder(local_dir):
         problems.append(f"BACKUP_LOCAL_DIR {local_dir} is, or is inside, a file: name a folder")
-    state_dir = (
-        Path(values["BACKUP_STATE_DIR"]).expanduser()
-        if values["BACKUP_STATE_DIR"]
-        else _default_state_dir(workspace)
-    )
+    state = values["BACKUP_STATE_DIR"]
+    state_dir = Path(state).expanduser() if state else _default_state_dir(workspace)
     state_dir = state_dir if state_dir.is_absolute() else workspace / state_dir
     if not _can_be_folder(state_dir):
         problems.append(f"BACKUP_STATE_DIR {state_dir} is, or is inside, a file: name a folder")
+    return local_dir, state_dir
+
+
+def load(
+    cwd: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, str | None] | None = None,
+    mode: str | None = None,
+) -> Settings:
+    """Build and validate the Settings for the workspace around ``cwd``.
+
+    ``mode`` R2 also requires the R2 variables; LOCAL and None do not (runtime
+    commands hand credentials to litestream only when they are present).
+    """
+    cwd = Path.cwd() if cwd is None else Path(cwd)
+    environ = os.environ if environ is None else environ
+    workspace = find_workspace(cwd)
+    env_path = workspace / ENV_FILE
+    dotenv = read_env_file(env_path) if env_path.exists() or env_path.is_symlink() else {}
+    cli = {k: v for k, v in (overrides or {}).items() if v is not None}
+    merged = ChainMap(cli, {k: environ[k] for k in VARIABLES if k in environ}, dotenv)
+
+    problems: list[str] = []
+    values = _values(merged, problems)
+    replica_path = values["BACKUP_REPLICA_PATH"]
+    if replica_path is not None and not _is_key_prefix(replica_path):
+        problems.append(
+            "BACKUP_REPLICA_PATH must be a key prefix without leading, trailing or double '/' "
+            "and without '.' or '..' parts"
+        )
+        replica_path = None
+    databases = _databases(values["BACKUP_DB"] or DEFAULT_DB, workspace, replica_path, problems)
+    interval = _interval(values["BACKUP_SYNC_INTERVAL"], problems)
+    _check_r2(values, problems)
+    local_dir, state_dir = _folders(values, workspace, problems)
 
     settings = Settings(
         workspace=workspace,
         env_file=env_path if env_path.exists() else None,
-        db=db,
-        replica_path=replica_path,
+        db=databases[0].path if databases else workspace / DEFAULT_DB,
+        replica_path=databases[0].replica_path if databases else DEFAULT_DB,
         sync_interval=interval,
         local_dir=local_dir,
         state_dir=state_dir,
         litestream_bin=values["LITESTREAM_BIN"],
-        account_id=account,
-        bucket=bucket,
-        endpoint=endpoint,
+        account_id=values["R2_ACCOUNT_ID"],
+        bucket=values["R2_BUCKET"],
+        endpoint=values["R2_ENDPOINT"],
         access_key_id=values["R2_ACCESS_KEY_ID"],
         secret_access_key=values["R2_SECRET_ACCESS_KEY"],
+        databases=tuple(databases),
     )
     if mode == R2:
         named = {p.split(" ", 1)[0] for p in problems}

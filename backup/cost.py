@@ -27,8 +27,8 @@ from .config import parse_duration
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from .config import Settings
-    from .litestream import Litestream
+    from .replica import LtxFile
+    from .workspace import Workspace
 
 PRICES_CHECKED = "2026-11-26"  # developers.cloudflare.com/r2/pricing, Standard storage
 PRICE_CLASS_A = 4.50 / 1e6  # PUT, LIST, multipart, CopyObject (and, to be safe, DeleteObjects)
@@ -183,22 +183,23 @@ def estimate(timers: Timers, writes_per_month: float, stored_bytes: int) -> Esti
     return Estimate(per_hour, requests_per_hour(timers, per_hour), stored_bytes)
 
 
-def observed_writes_per_month(files: list[dict[str, Any]], l0_retention: float, now: float) -> float:
+def observed_writes_per_month(files: list[LtxFile], l0_retention: float, now: float) -> float:
     """Syncs that carried a change, from the replica's L0 files of the retention window.
 
     Each such sync leaves one L0 file, kept for ``l0_retention``: their count
     over that window is the rate that drives the bill.
     """
-    from .timeparse import from_litestream
-
-    recent = 0
-    for f in files:
-        if int(f.get("level", -1)) != 0:
-            continue
-        stamp = from_litestream(str(f["timestamp"])).timestamp()
-        if stamp > now - l0_retention:
-            recent += 1
+    recent = sum(1 for f in files if f.level == 0 and f.timestamp.timestamp() > now - l0_retention)
     return recent * 3600 / l0_retention * HOURS_PER_MONTH
+
+
+def combined(estimates: list[Estimate]) -> Estimate:
+    """Several databases' estimates as one bill (the free tier applies to the sum)."""
+    return Estimate(
+        writes_per_hour=sum(e.writes_per_hour for e in estimates),
+        requests=Requests(*(sum(getattr(e.requests, k) for e in estimates) for k in ("put", "list", "delete", "get"))),
+        stored_bytes=sum(e.stored_bytes for e in estimates),
+    )
 
 
 @dataclass(frozen=True)
@@ -206,28 +207,56 @@ class Projection:
     estimate: Estimate | None  # None: a local replica, which costs nothing
     observed: bool  # the write rate came from the replica, not --writes-per-month
     config: Path
+    each: tuple[tuple[str, Estimate], ...] = ()  # per database, where there are several
+
+    def as_dict(self) -> dict[str, Any]:
+        if self.estimate is None:
+            return {"total_usd": 0.0, "replica": "local"}
+        data = self.estimate.as_dict()
+        data["writes_observed"] = self.observed
+        if self.each:
+            data["databases"] = [{"path": path, **e.as_dict()} for path, e in self.each]
+        return data
+
+    def as_lines(self) -> list[str]:
+        if self.estimate is None:
+            return ["local replica: no cloud cost (run 'inv backup.setup' to replicate to R2)"]
+        lines = [f"Estimated monthly cost of {self.config}"]
+        lines += self.estimate.as_lines()
+        if self.each:
+            lines.append("Per database (before the free tier):")
+            for path, e in self.each:
+                lines.append(f"- {path}: ${e.usd(free_tier=False)['total']:.2f}/month, "
+                             f"{e.requests.class_a:.0f} Class A/hour, {e.storage_gb:.4f} GB")
+        if self.observed:
+            lines.append("(write rate observed from the replica's recent files; model another with "
+                         "--writes-per-month)")
+        return lines
 
 
-def project(settings: Settings, litestream: Litestream, writes_per_month: float | None = None) -> Projection:
-    """This workspace's monthly bill from its config, its replica and its write rate."""
+def project(workspace: Workspace, writes_per_month: float | None = None) -> Projection:
+    """This workspace's monthly bill from its config, its replicas and their write rates.
+
+    ``writes_per_month`` (a model) is the workspace's total, spread evenly over its databases.
+    """
     import time
 
-    import yaml
-
-    from .litestream import check_endpoint
-    from .render import read_config
-
-    config = read_config(settings.config_path)
+    config = workspace.config
     if not config.uses_s3:
         return Projection(None, False, config.path)
-    data = yaml.safe_load(config.path.read_text("utf-8")) or {}
-    entry = config.primary(settings.db)
-    check_endpoint(entry.endpoint)
-    files = litestream.replica_files(entry.path)
-    stored = sum(int(f.get("size", 0)) for f in files)
+    data = config.data
     observed = writes_per_month is None
-    if observed:
-        retention = positive_duration("l0-retention", data.get("l0-retention", "5m"))
-        writes_per_month = observed_writes_per_month(files, retention, time.time())
-    timers = Timers.from_config(data, entry.sync_interval)
-    return Projection(estimate(timers, writes_per_month, stored), observed, config.path)
+    retention = positive_duration("l0-retention", data.get("l0-retention", "5m"))
+    now = time.time()
+    each = []
+    databases = workspace.databases
+    for db in databases:
+        files = db.replica.files()
+        if observed:
+            writes = observed_writes_per_month(files, retention, now)
+        else:
+            writes = (writes_per_month or 0.0) / max(1, len(databases))
+        timers = Timers.from_config(data, db.sync_interval)
+        each.append((db.name, estimate(timers, writes, sum(f.size for f in files))))
+    total = combined([e for _, e in each])  # no database yet: litestream asks nothing
+    return Projection(total, observed, config.path, tuple(each) if workspace.several else ())

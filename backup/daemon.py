@@ -11,7 +11,6 @@ and never used to signal anything. Only this module touches the pidfile.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import json
 import os
@@ -303,7 +302,7 @@ class Prepared:
 def _prepare(settings: Settings, litestream: Litestream) -> Prepared:
     """Read litestream.yml once, check credentials and endpoints, claim every replica."""
     from .owner import Ownership  # only a replicating start claims: keep status's imports light
-    from .store import STORE_TYPES
+    from .replica import Replica
 
     path = settings.config_path
     try:
@@ -316,22 +315,24 @@ def _prepare(settings: Settings, litestream: Litestream) -> Prepared:
     litestream.binary  # a missing or outdated binary fails before any claim is written
     if config.uses_s3:
         require_r2(settings)
-    for db in config.databases:
-        check_endpoint(db.endpoint)  # at once, not after litestream's two minutes of retries
+    for entry in config.databases:
+        check_endpoint(entry.endpoint)  # at once, not after litestream's two minutes of retries
+        if entry.pattern and not entry.path.is_dir():
+            # litestream's folder scan fails on a missing folder.
+            raise ConfigError(
+                f"the folder {entry.path} (BACKUP_DB {entry.pattern} in it) does not exist: "
+                "create it, or fix BACKUP_DB"
+            )
     # Only the replicas chora-backup writes (S3, a folder) carry an owner record; a
-    # hand-written config's other kinds are litestream's to check.
-    claims = tuple(
-        Ownership(settings, db, replica_txid=functools.partial(newest_txid, litestream, db.path)).claim()
-        for db in config.databases
-        if db.replica_type in STORE_TYPES
-    )
-    return Prepared(config, text, claims)
-
-
-def newest_txid(litestream: Litestream, db: Path) -> int | None:
-    """The newest txid in ``db``'s replica, across all levels (one listing)."""
-    files = litestream.replica_files(db)
-    return max((int(f["max_txid"], 16) for f in files), default=None)
+    # hand-written config's other kinds are litestream's to check. A database a folder
+    # entry finds later is claimed at the next start.
+    claims = []
+    for entry in config.databases:
+        for one in entry.databases():
+            replica = Replica(settings, one, litestream, path, found=entry.pattern is not None)
+            if replica.has_store:
+                claims.append(Ownership(settings, one, replica.store(), replica.newest_txid).claim())
+    return Prepared(config, text, tuple(claims))
 
 
 def _private_socket_folder(settings: Settings, socket: Path | None) -> None:
@@ -428,6 +429,20 @@ class StartResult:
     waiting: tuple[Path, ...] = ()  # databases that do not exist yet
     claims: tuple[Claim, ...] = ()
     syncing: tuple[Path, ...] = ()  # databases whose first sync was still running at the timeout
+    timeout: float = 0.0  # how long the start waited for first syncs
+
+    def as_lines(self) -> list[str]:
+        if self.already_running:
+            return [f"already running (pid {self.pid})"]
+        lines = [f"replaced a stale pidfile ({self.stale.reason})"] if self.stale else []
+        lines += [claim.describe() for claim in self.claims if claim.describe()]
+        lines += [f"waiting for {path}: it does not exist yet; litestream replicates it once it does"
+                  for path in self.waiting]
+        lines.append(f"started (pid {self.pid})")
+        lines += [f"  first sync of {path} still in progress after {self.timeout:g}s (a large database "
+                  "or a slow link): litestream goes on in the background; 'inv backup.status' says "
+                  "when it is done, 'inv backup.logs --follow' shows it" for path in self.syncing]
+        return lines + [f"  log   {self.log}", "  stop  inv backup.stop"]
 
 
 def start_background(
@@ -472,6 +487,7 @@ def start_background(
             waiting=waiting,
             claims=prepared.claims,
             syncing=syncing,
+            timeout=timeout,
         )
 
 
@@ -548,8 +564,8 @@ def _wait_healthy(
         error = _startup_error(settings, offset, "litestream reported an error")
         if error:
             raise failure(f"litestream failed to start: {error}")
-        waiting = tuple(db.path for db in config.databases if not db.path.exists())
-        pending = [db.path for db in config.databases if db.path.exists()]
+        waiting = tuple(db.path for db in config.databases if not db.pattern and not db.path.exists())
+        pending = [one.path for db in config.databases for one in db.databases() if one.path.exists()]
         synced: set[Path] | None = None
         if config.socket:
             synced = _synced(litestream, config.socket)
@@ -720,6 +736,14 @@ class StopResult:
     stale: DaemonState | None = None
     timeout: float = 0.0  # how long the final sync was given
 
+    def as_lines(self) -> list[str]:
+        lines = [f"removed a stale pidfile ({self.stale.reason})"] if self.stale else []
+        if not self.was_running:
+            return lines + ["not running"]
+        if self.forced:
+            return lines + [f"killed (pid {self.pid}) after {self.timeout:g}s without a clean stop"]
+        return lines + [f"stopped (pid {self.pid})"]
+
 
 def stop_timeout(settings: Settings, state: DaemonState) -> float:
     """Litestream's own shutdown-sync-timeout (from the config it runs) plus a margin."""
@@ -809,7 +833,9 @@ def rewrite_config(settings: Settings, text: str, force: bool = False) -> WriteR
         return write_config(settings, text, force=force)
 
 
-def ensure_config(settings: Settings, write_missing: bool = False) -> str | None:
+def ensure_config(
+    settings: Settings, write_missing: bool = False, config: LitestreamConfig | None = None
+) -> str | None:
     """Write litestream.yml where .env alone must do; say what was written, if anything.
 
     - none yet, ``write_missing``, and .env has every R2 setting (a restore on a new
@@ -826,7 +852,7 @@ def ensure_config(settings: Settings, write_missing: bool = False) -> str | None
         rewrite_config(settings, render(settings, R2))
         return f"wrote {path} from {settings.env_location()} (as 'inv backup.setup' does)"
     try:
-        config = read_config(path)
+        config = config or read_config(path)  # the caller's, when it has read the file already
     except ConfigError:
         return None  # every command reports it in its own words
     named = [db.path for db in config.databases]

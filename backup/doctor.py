@@ -10,12 +10,11 @@ from typing import Any
 from . import daemon
 from .config import LOCAL, R2, Settings
 from .errors import SNAPSHOT_FIX, BackupError, hole_problem
-from .litestream import Litestream, check_endpoint
+from .litestream import Litestream
 from .owner import read_local, read_owner
-from .store import STORE_TYPES, open_store
-from .render import LitestreamConfig, read_config, render
-from .restore import parse_files, plan
-from .status import gather, is_wal, max_age
+from .render import LitestreamConfig, render
+from .status import gather, is_wal
+from .workspace import Database, Workspace
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 LOW_DISK = 1 << 30  # warn below 1 GiB free
@@ -31,6 +30,20 @@ class Check:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class Report:
+    checks: list[Check]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"ok": all(c.state != FAIL for c in self.checks), "checks": [c.as_dict() for c in self.checks]}
+
+    def as_lines(self) -> list[str]:
+        return [
+            f"  {c.state:<4}  {c.name:<20} {c.detail}" + (f" — {c.fix}" if c.fix else "")
+            for c in self.checks
+        ]
 
 
 def _binary(litestream: Litestream) -> Check:
@@ -55,28 +68,38 @@ def _env(settings: Settings, config: LitestreamConfig | None) -> Check:
     return Check(".env", OK, f"R2 settings complete (from {where})")
 
 
-def _config(settings: Settings) -> tuple[Check, LitestreamConfig | None]:
-    try:
-        config = read_config(settings.config_path)
-    except BackupError as exc:
-        return Check("config", FAIL, exc.message, "run 'inv backup.setup' (or 'inv backup.local')"), None
-    if not config.generated:
-        return Check("config", WARN, f"{config.path} was written by hand", "'inv backup.setup --force' regenerates it"), config
-    mode = R2 if config.uses_s3 else LOCAL
+def _config(settings: Settings, workspace: Workspace | None, problem: BackupError | None) -> Check:
+    if workspace is None or not workspace.configured:
+        why = problem.message if problem else "no litestream.yml yet"
+        return Check("config", FAIL, why, "run 'inv backup.setup' (or 'inv backup.local')")
+    path = settings.config_path
+    from .render import is_generated
+
+    if not is_generated(path):
+        return Check("config", WARN, f"{path} was written by hand", "'inv backup.setup --force' regenerates it")
+    mode = R2 if workspace.config.uses_s3 else LOCAL
     try:
         expected = render(settings, mode)
     except BackupError as exc:
-        return Check("config", FAIL, f"cannot regenerate it: {exc.message}"), config
-    if config.path.read_text("utf-8") != expected:
+        return Check("config", FAIL, f"cannot regenerate it: {exc.message}")
+    if path.read_text("utf-8") != expected:
         command = "inv backup.setup" if mode == R2 else "inv backup.local --no-start"
         return Check(
-            "config", FAIL, f"{config.path} is stale: it no longer matches .env",
+            "config", FAIL, f"{path} is stale: it no longer matches .env",
             f"re-run '{command}'",
-        ), config
-    return Check("config", OK, f"{config.path} matches .env ({'R2' if mode == R2 else 'local'} mode)"), config
+        )
+    return Check("config", OK, f"{path} matches .env ({'R2' if mode == R2 else 'local'} mode)")
 
 
-def _database(db: Path) -> Check:
+def _database(db: Path, name: str = "database") -> Check:
+    return replace_name(_database_check(db), name)
+
+
+def replace_name(check: Check, name: str) -> Check:
+    return Check(name, check.state, check.detail, check.fix)
+
+
+def _database_check(db: Path) -> Check:
     if not db.exists():
         return Check("database", WARN, f"{db} does not exist yet", "litestream replicates it once it does")
     wal = is_wal(db)
@@ -98,38 +121,37 @@ def _database(db: Path) -> Check:
     return Check("database", OK, f"{db} exists, WAL mode, not locked")
 
 
-def _replica(litestream: Litestream, config: LitestreamConfig) -> Check:
-    entry = config.primary(litestream.settings.db)
+def _replica(db: Database) -> Check:
+    replica = db.replica
     try:
-        check_endpoint(entry.endpoint)
-        files = parse_files(litestream.replica_files(entry.path))
+        files = replica.files()
     except BackupError as exc:
         return Check("replica", FAIL, exc.message)
-    hole = plan(files).hole
+    hole = replica.plan().hole
     if hole:
-        return Check("replica", FAIL, f"{hole_problem(hole.from_txid, hole.to_txid)} ({entry.replica})", SNAPSHOT_FIX)
-    what = "the bucket answers to these credentials" if entry.replica_type == "s3" else "the replica folder is readable"
+        return Check("replica", FAIL, f"{hole_problem(hole.from_txid, hole.to_txid)} ({replica.where})", SNAPSHOT_FIX)
+    what = "the bucket answers to these credentials" if replica.kind == "s3" else "the replica folder is readable"
     level0 = sum(1 for f in files if f.level == 0)
-    return Check("replica", OK, f"{what} ({level0} L0 file(s) at {entry.replica})")
+    return Check("replica", OK, f"{what} ({level0} L0 file(s) at {replica.where})")
 
 
-def _owner(settings: Settings, config: LitestreamConfig) -> Check:
+def _owner(settings: Settings, db: Database) -> Check:
     """Does this database own its replica (one GET of the owner record)?"""
-    entry = config.primary(settings.db)
-    if entry.replica_type not in STORE_TYPES:
+    replica = db.replica
+    if not replica.has_store:
         return Check("owner", WARN, f"not checked: chora-backup keeps no owner record in a "
-                     f"{entry.replica_type!r} replica", "use an S3 or file replica")
+                     f"{replica.kind!r} replica", "use an S3 or file replica")
     try:
-        store = open_store(entry, settings)
+        store = replica.store()
         owner = read_owner(store)
-        local = read_local(entry.path)
+        local = read_local(db.path)
     except BackupError as exc:
         return Check("owner", FAIL, exc.message)
     if owner is None:
         return Check("owner", OK, "no database has claimed the replica yet; the next start claims it")
     if local is None or local.lineage != owner.lineage:
         return Check(
-            "owner", FAIL, f"the replica holds the backups of {owner.describe()}, not of {entry.path}",
+            "owner", FAIL, f"the replica holds the backups of {owner.describe()}, not of {db.path}",
             "set BACKUP_REPLICA_PATH (local mode: BACKUP_LOCAL_DIR) to a place of its own, or "
             "restore that backup with 'inv backup.restore'",
         )
@@ -145,8 +167,9 @@ def _owner(settings: Settings, config: LitestreamConfig) -> Check:
     return Check("owner", OK, f"this database owns {store.where}")
 
 
-def _daemon(settings: Settings, litestream: Litestream) -> Check:
-    state = daemon.check(settings)
+def _daemon(workspace: Workspace) -> Check:
+    settings = workspace.settings
+    state = workspace.state
     if state.state == "unknown":
         return Check("daemon", FAIL, f"unknown: {state.reason}",
                      f"check that process as its owner; delete {settings.pidfile} only if it is not litestream")
@@ -154,7 +177,7 @@ def _daemon(settings: Settings, litestream: Litestream) -> Check:
         return Check("daemon", WARN, f"stale pidfile ({state.reason})", "'inv backup.start-bg' replaces it")
     if not state.running:
         return Check("daemon", WARN, "not running", "start it with 'inv backup.start-bg'")
-    status = gather(settings, litestream)
+    status = gather(workspace)  # the replicas' listings are the ones read above
     if status.config_changed:
         return Check(
             "daemon", FAIL, f"pid {state.pid} still runs the litestream.yml it started with; the file changed since",
@@ -163,10 +186,10 @@ def _daemon(settings: Settings, litestream: Litestream) -> Check:
     for db in status.databases:
         if db.error:
             return Check("daemon", FAIL, f"pid {state.pid} running, but {db.error}")
-        if db.exists and (db.lag_seconds is None or db.lag_seconds > max_age(db.sync_interval)):
+        if db.failing:
             return Check(
-                "daemon", FAIL, f"pid {state.pid} running, but the replica has not moved with the database",
-                "see 'inv backup.logs'",
+                "daemon", FAIL, f"pid {state.pid} running, but the replica of {db.name or db.path} has "
+                "not moved with the database", "see 'inv backup.logs'",
             )
     return Check("daemon", OK, f"pid {state.pid} running; the replica keeps up")
 
@@ -185,15 +208,24 @@ def _disk(settings: Settings, config: LitestreamConfig | None) -> list[Check]:
     return checks
 
 
-def run_checks(settings: Settings, litestream: Litestream) -> list[Check]:
+def run_checks(
+    settings: Settings, litestream: Litestream, workspace: Workspace | None,
+    problem: BackupError | None = None,
+) -> list[Check]:
+    """Every check, in the order a person would make them; one set per database."""
     binary = _binary(litestream)
-    config_check, config = _config(settings)
-    checks = [binary, _env(settings, config), config_check]
-    if config is not None:
-        checks.append(_database(config.primary(settings.db).path))
-        if binary.state == OK and checks[1].state == OK:
-            checks.append(_replica(litestream, config))
-            checks.append(_owner(settings, config))
-            checks.append(_daemon(settings, litestream))
+    config = workspace.config if workspace is not None and workspace.configured else None
+    env = _env(settings, config)
+    checks = [binary, env, _config(settings, workspace, problem)]
+    if workspace is not None and config is not None:
+        several = workspace.several
+        for db in workspace.databases:
+            named = (lambda c, db=db: replace_name(c, f"{c.name} ({db.name})")) if several else (lambda c: c)
+            checks.append(named(_database(db.path)))
+            if binary.state == OK and env.state == OK:
+                checks.append(named(_replica(db)))
+                checks.append(named(_owner(settings, db)))
+        if binary.state == OK and env.state == OK:
+            checks.append(_daemon(workspace))
     checks += _disk(settings, config)
     return checks

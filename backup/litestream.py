@@ -283,10 +283,6 @@ class Litestream:
         except ValueError:
             raise LitestreamError(f"litestream {command} printed something that is not JSON") from None
 
-    def replica_files(self, db: Path) -> list[dict[str, Any]]:
-        """Every LTX file in ``db``'s replica, all levels (``ltx -level all -json``)."""
-        return list(self.json("ltx", "-level", "all", str(db), timeout=120) or [])
-
     def listing(self, socket: Path) -> list[dict[str, Any]] | None:
         """The running daemon's databases (``list -json``), or None if it does not answer."""
         proc = self.run("list", "-json", "-socket", str(socket), timeout=5, check=False)

@@ -34,7 +34,7 @@ from .config import Settings
 from .errors import BackupError
 from .files import private_dir, write_private
 from .litestream import local_state_dir, replicators
-from .render import Database
+from .render import Entry
 from .store import Store, open_store
 
 RECORD = "chora-backup-owner.json"
@@ -125,7 +125,7 @@ def _has_litestream_state(db: Path) -> bool:
     return ltx.is_dir() and any(ltx.rglob("*.ltx"))
 
 
-def _fix(settings: Settings, entry: Database) -> str:
+def _fix(settings: Settings, entry: Entry) -> str:
     if entry.replica_type == "s3":
         return "set BACKUP_REPLICA_PATH to a prefix of its own"
     return "set BACKUP_LOCAL_DIR (or BACKUP_REPLICA_PATH) to a folder of its own"
@@ -165,7 +165,7 @@ class Claim:
 class Ownership:
     """Claims of one database's replica, for one workspace command."""
 
-    def __init__(self, settings: Settings, entry: Database, store: Store | None = None,
+    def __init__(self, settings: Settings, entry: Entry, store: Store | None = None,
                  replica_txid: Any = None):
         self.settings = settings
         self.entry = entry

@@ -14,7 +14,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,172 +22,18 @@ from typing import Any
 import psutil
 
 from . import daemon
-from .config import Settings, require_r2
-from .errors import SNAPSHOT_FIX, BackupError, ConfigError, hole_message, missing_txids
-from .litestream import Litestream, check_endpoint, local_state_dir
+from .config import Settings
+from .errors import EXIT_CONFIG, SNAPSHOT_FIX, BackupError, ConfigError, missing_txids
 from .files import temp_beside
-from .render import Database, LitestreamConfig
-from .timeparse import from_litestream, iso_z, rfc3339
+from .litestream import local_state_dir
+from .replica import LtxFile, Window, plan, window
+from .timeparse import iso_z, rfc3339
+from .workspace import Database, Workspace
 
 SIDECARS = ("-wal", "-shm")
-SNAPSHOT_LEVEL = 9
 NOTHING_YET = "nothing to restore yet: the replica holds no backup of {db} (start replication with 'inv backup.start-bg')"
 
 Progress = Callable[[int, float], None]  # (bytes written so far, seconds elapsed)
-
-
-@dataclass(frozen=True)
-class LtxFile:
-    level: int
-    min_txid: int
-    max_txid: int
-    size: int
-    timestamp: datetime
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "level": self.level,
-            "min_txid": f"{self.min_txid:016x}",
-            "max_txid": f"{self.max_txid:016x}",
-            "size": self.size,
-            "timestamp": iso_z(self.timestamp),
-        }
-
-
-@dataclass(frozen=True)
-class Hole:
-    """Txids no file of the replica holds: a restore stops before them."""
-
-    from_txid: int
-    to_txid: int
-
-    def message(self) -> str:
-        return hole_message(self.from_txid, self.to_txid)
-
-    def as_dict(self) -> dict[str, str]:
-        return {"from_txid": f"{self.from_txid:016x}", "to_txid": f"{self.to_txid:016x}"}
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The files a restore of the latest state reads, and the hole it stops at, if any."""
-
-    files: tuple[LtxFile, ...]
-    hole: Hole | None
-
-    @property
-    def max_txid(self) -> int | None:
-        return self.files[-1].max_txid if self.files else None
-
-    @property
-    def restorable(self) -> bool:
-        return bool(self.files) and self.hole is None
-
-
-def _reaches_further(new: LtxFile, old: LtxFile) -> bool:
-    """litestream's restoreCandidateBetter: further, then wider, then higher level, then older."""
-    return (new.max_txid, -new.min_txid, new.level, -new.timestamp.timestamp()) > (
-        old.max_txid, -old.min_txid, old.level, -old.timestamp.timestamp()
-    )
-
-
-def plan(files: Iterable[LtxFile]) -> Plan:
-    """How litestream plans a restore of the latest state (replica.go's CalcRestorePlan).
-
-    The newest snapshot (level 9) starts the chain; then, again and again, the file
-    from any level 0-8 that starts no later than the next txid and reaches furthest
-    extends it. A file left over that starts past the chain's end is a hole:
-    litestream refuses that restore ("non-contiguous ltx files"). Files the chain
-    has passed are never useful again, so one walk in order of first txid suffices.
-    Where litestream names the next file of the highest level, the hole here ends
-    at the first file of any level: the txids really missing.
-    """
-    files = list(files)
-    snapshots = [f for f in files if f.level == SNAPSHOT_LEVEL]
-    chain = [max(snapshots, key=lambda f: (f.min_txid, f.max_txid))] if snapshots else []
-    reach = chain[0].max_txid if chain else 0
-    rest = sorted((f for f in files if f.level < SNAPSHOT_LEVEL), key=lambda f: (f.min_txid, f.max_txid))
-    i = 0
-    while True:
-        best = None
-        while i < len(rest) and rest[i].min_txid <= reach + 1:
-            if rest[i].max_txid > reach and (best is None or _reaches_further(rest[i], best)):
-                best = rest[i]
-            i += 1
-        if best is None:
-            break
-        chain.append(best)
-        reach = best.max_txid
-    hole = Hole(reach + 1, rest[i].min_txid - 1) if i < len(rest) else None
-    return Plan(tuple(chain), hole)
-
-
-@dataclass(frozen=True)
-class Window:
-    """The earliest and latest point a restore can reach, across all levels."""
-
-    earliest: datetime
-    latest: datetime
-    min_txid: int
-    max_txid: int
-    hole: Hole | None = None  # the txids after ``max_txid`` that no file holds
-
-    def describe(self) -> str:
-        text = (
-            f"{iso_z(self.earliest)} to {iso_z(self.latest)} "
-            f"(txid {self.min_txid:016x} to {self.max_txid:016x})"
-        )
-        if self.hole:
-            text += f"; then {missing_txids(self.hole.from_txid, self.hole.to_txid)}"
-        return text
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "earliest": iso_z(self.earliest),
-            "latest": iso_z(self.latest),
-            "min_txid": f"{self.min_txid:016x}",
-            "max_txid": f"{self.max_txid:016x}",
-            "hole": self.hole.as_dict() if self.hole else None,
-        }
-
-
-def replica_files(litestream: Litestream, db: Path) -> list[LtxFile]:
-    """Every LTX file in the replica, all levels (one listing per level)."""
-    return parse_files(litestream.replica_files(db))
-
-
-def parse_files(raw: Iterable[dict[str, Any]]) -> list[LtxFile]:
-    """``ltx -json`` elements as LtxFile."""
-    return [
-        LtxFile(
-            level=int(f["level"]),
-            min_txid=int(f["min_txid"], 16),
-            max_txid=int(f["max_txid"], 16),
-            size=int(f["size"]),
-            timestamp=from_litestream(f["timestamp"]),
-        )
-        for f in raw
-    ]
-
-
-def window(files: list[LtxFile]) -> Window | None:
-    """Restorable window: from the first file that starts the chain to the newest it reaches.
-
-    Files past a hole are out of reach (see ``plan``): the window ends before it.
-    """
-    starts = [f for f in files if f.min_txid == 1]
-    if not starts:
-        return None
-    hole = plan(files).hole
-    reached = [f for f in files if hole is None or f.max_txid < hole.from_txid]
-    first = min(starts, key=lambda f: (f.timestamp, f.max_txid))
-    return Window(
-        earliest=first.timestamp,
-        latest=max(f.timestamp for f in reached),
-        min_txid=first.max_txid,
-        max_txid=max(f.max_txid for f in reached),
-        hole=hole,
-    )
 
 
 def nothing_yet(db: Path, state: daemon.DaemonState) -> str:
@@ -202,6 +48,7 @@ def nothing_yet(db: Path, state: daemon.DaemonState) -> str:
 
 @dataclass
 class Snapshots:
+    path: str
     snapshots: list[LtxFile]
     window: Window | None
 
@@ -213,24 +60,61 @@ class Snapshots:
             "window": self.window.as_dict() if self.window else None,
         }
 
+    def as_lines(self) -> list[str]:
+        lines = []
+        if not self.snapshots:
+            lines.append("no snapshots yet")
+        else:
+            lines.append(f"{'time':<22} {'txids':<35} {'size':>10}")
+            for s in self.snapshots:
+                d = s.as_dict()
+                lines.append(f"{d['timestamp']:<22} {d['min_txid']}-{d['max_txid']} {s.size:>10}")
+        if self.window:
+            lines.append(f"restorable: {self.window.describe()}")
+        else:
+            lines.append("restorable: nothing yet (start replication with 'inv backup.start-bg')")
+        return lines
 
-def configured_database(settings: Settings, litestream: Litestream) -> tuple[LitestreamConfig, Database]:
-    """The config that describes replication now (a running daemon's own), and BACKUP_DB's entry."""
-    config = daemon.active_config(settings, litestream=litestream).config
-    if config.uses_s3:
-        require_r2(settings)
-    entry = config.primary(settings.db)
-    check_endpoint(entry.endpoint)
-    return config, entry
+
+@dataclass
+class Each:
+    """One result per database: printed as it always was for one, as a list for several."""
+
+    items: list[Any]
+    names: list[str]
+    several: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        if not self.several:
+            return asdict_of(self.items[0])
+        return {"databases": [
+            {"path": getattr(item, "path", None) or str(name), **asdict_of(item)} if isinstance(item, Snapshots)
+            else asdict_of(item)
+            for item, name in zip(self.items, self.names)
+        ]}
+
+    def as_lines(self) -> list[str]:
+        if not self.several:
+            return self.items[0].as_lines()
+        lines: list[str] = []
+        for item, name in zip(self.items, self.names):
+            if lines:
+                lines.append("")
+            lines.append(f"database  {name}")
+            lines += [f"  {line}" for line in item.as_lines()]
+        return lines
 
 
-def snapshots(settings: Settings, litestream: Litestream) -> Snapshots:
-    _, entry = configured_database(settings, litestream)
-    files = replica_files(litestream, entry.path)
-    return Snapshots(
-        snapshots=sorted((f for f in files if f.level == 9), key=lambda f: f.timestamp),
-        window=window(files),
-    )
+def asdict_of(item: Any) -> dict[str, Any]:
+    return item.as_dict() if hasattr(item, "as_dict") else asdict(item)
+
+
+def snapshots(workspace: Workspace, databases: tuple[Database, ...]) -> Each:
+    """Each database's snapshots and restorable window: one listing each."""
+    items = [
+        Snapshots(str(db.path), db.replica.snapshots(), db.replica.window()) for db in databases
+    ]
+    return Each(items, [db.name for db in databases], workspace.listed_apart(databases))
 
 
 @dataclass
@@ -246,6 +130,16 @@ class RestoreResult:
     check_seconds: float = 0.0
     stale_sidecars_moved: list[str] = field(default_factory=list)
 
+    def as_lines(self) -> list[str]:
+        lines = []
+        if self.moved_aside:
+            lines.append(f"moved the old database aside to {self.moved_aside}")
+        for path in self.stale_sidecars_moved:
+            lines.append(f"moved a stale {path.rsplit('-', 1)[-1]} file aside to {path}")
+        lines.append(f"restored {self.path} (txid {self.txid}, {self.bytes} bytes) in "
+                     f"{self.duration_seconds:.1f}s; integrity check: {self.integrity}")
+        return lines
+
 
 @dataclass
 class RestorePlan:
@@ -256,6 +150,18 @@ class RestorePlan:
     files: list[dict[str, Any]]
     bytes: int
     replaces_existing: bool
+
+    def as_lines(self) -> list[str]:
+        lines = [
+            f"plan: restore {self.source} to {self.target}",
+            f"  txids  {self.min_txid} to {self.max_txid}",
+            f"  files  {len(self.files)}, {self.bytes} bytes to download",
+        ]
+        for f in self.files:
+            lines.append(f"    L{f.get('level')} {f.get('name')}  {f.get('size')} B  {f.get('timestamp')}")
+        if self.replaces_existing:
+            lines.append("  the existing file would be moved aside (--force)")
+        return lines
 
 
 def connect_readonly(path: Path) -> sqlite3.Connection:
@@ -311,8 +217,12 @@ def _aside(path: Path, stamp: str) -> Path:
 
 
 def _check_target(
-    settings: Settings, target: Path, force: bool, is_live: bool, dry_run: bool = False
+    settings: Settings, target: Path, force: bool, is_live: bool, dry_run: bool = False,
+    in_folder: bool = False,
 ) -> None:
+    if is_live and in_folder and not dry_run and not target.parent.exists():
+        # A folder entry's database on a new machine: its folder is part of the workspace.
+        target.parent.mkdir(parents=True)
     if not target.parent.is_dir():
         raise ConfigError(
             f"--output {target}: folder {target.parent} does not exist; create it first"
@@ -418,26 +328,52 @@ def _watch(paths: list[Path], progress: Progress, done: threading.Event, started
 
 
 def restore(
-    settings: Settings,
-    litestream: Litestream,
+    workspace: Workspace,
+    databases: tuple[Database, ...],
     output: Path | None = None,
     timestamp: datetime | None = None,
     txid: int | None = None,
     force: bool = False,
     dry_run: bool = False,
     progress: Progress | None = None,
-) -> RestoreResult | RestorePlan:
-    """Restore the configured database to ``output`` (default: its own path)."""
-    config, entry = configured_database(settings, litestream)
+) -> Each:
+    """Restore each of ``databases`` (to ``output``, for one) to one point in time.
+
+    Every target is checked before the first download, so a refusal leaves every
+    file as it was; each database is then restored and swapped in on its own.
+    """
+    if not databases:
+        raise BackupError(
+            "no database to restore: none is listed by BACKUP_DB, and no replica names one yet"
+        )
+    if output is not None and len(databases) != 1:
+        known = ", ".join(db.name for db in databases)
+        raise BackupError(
+            f"--output names one file, but this workspace has {len(databases)} databases "
+            f"({known}): add --db PATH to choose one", code=EXIT_CONFIG,
+        )
     # Resolved, so another spelling of the live database (a/../app.db, a link) is seen as it.
-    target = Path(os.path.realpath(output if output is not None else entry.path))
-    is_live = any(Path(os.path.realpath(db.path)) == target for db in config.databases)
-    # No daemon may start, and no other restore may move files, until this one is in place;
+    live = {Path(os.path.realpath(db.path)) for db in workspace.databases}
+    targets = [(db, Path(os.path.realpath(output if output is not None else db.path))) for db in databases]
+    any_live = any(target in live for _, target in targets)
+    # No daemon may start, and no other restore may move files, until these are in place;
     # a copy elsewhere locks only its own path.
-    lock = daemon.exclusive(settings, of=None if is_live else target)
+    lock = workspace.lock(of=None if any_live else targets[0][1])
     with lock if not dry_run else contextlib.nullcontext():
-        return _restore(settings, litestream, entry, target, is_live, timestamp, txid, force,
-                        dry_run, progress)
+        for db, target in targets:
+            _check_target(workspace.settings, target, force, target in live, dry_run, db.folder is not None)
+        done: list[Any] = []
+        for db, target in targets:
+            try:
+                done.append(_restore(workspace.settings, db, target, target in live, timestamp, txid,
+                                     dry_run, progress))
+            except BackupError as exc:
+                if not done or dry_run:
+                    raise
+                restored = ", ".join(d.path for d in done)
+                raise BackupError(f"{db.name}: {exc.message} (already restored: {restored})",
+                                  code=exc.code, details=exc.details) from None
+    return Each(done, [db.name for db in databases], workspace.listed_apart(databases))
 
 
 def _restored_time(files: list[LtxFile], timestamp: datetime | None, txid: int | None) -> datetime | None:
@@ -451,33 +387,23 @@ def _restored_time(files: list[LtxFile], timestamp: datetime | None, txid: int |
 
 def _restore(
     settings: Settings,
-    litestream: Litestream,
-    entry: Database,
+    db: Database,
     target: Path,
     is_live: bool,
     timestamp: datetime | None,
     txid: int | None,
-    force: bool,
     dry_run: bool,
     progress: Progress | None,
 ) -> RestoreResult | RestorePlan:
-    _check_target(settings, target, force, is_live, dry_run)
-    files = replica_files(litestream, entry.path)
-    point = _point_args(files, entry.path, timestamp, txid, lambda: daemon.check(settings))
-    # A restored live database continues its replica's history: learn whose it is first.
-    from .owner import read_owner, record_restore  # not on status's import path
-    from .store import STORE_TYPES, open_store
-
-    store = open_store(entry, settings) if is_live and not dry_run and entry.replica_type in STORE_TYPES else None
-    owner = read_owner(store) if store else None
-
+    """One database: plan from the listing, restore beside the target, check, swap in."""
+    replica = db.replica
+    files = replica.files()
+    point = _point_args(files, db.path, timestamp, txid, lambda: daemon.check(settings))
     temp = target.with_name(f".{target.name}.restoring-{os.getpid()}")
     if dry_run:
-        plan = litestream.json(
-            "restore", "-dry-run", "-o", str(temp), *point, str(entry.path), timeout=120
-        )
+        plan = replica.json("restore", "-dry-run", "-o", str(temp), *point)
         return RestorePlan(
-            source=entry.replica,
+            source=replica.where,
             target=str(target),
             min_txid=plan.get("min_txid", ""),
             max_txid=plan.get("max_txid", ""),
@@ -485,35 +411,23 @@ def _restore(
             bytes=sum(int(f.get("size", 0)) for f in plan.get("files") or []),
             replaces_existing=target.exists(),
         )
+    # A restored live database continues its replica's history: learn whose it is first.
+    from .owner import read_owner, record_restore  # not on status's import path
+
+    store = replica.store() if is_live and replica.has_store else None
+    owner = read_owner(store) if store else None
 
     started = time.monotonic()
-    done = threading.Event()
-    watcher = None
-    if progress:
-        watcher = threading.Thread(
-            target=_watch, args=([temp, temp.with_name(temp.name + ".tmp")], progress, done, started),
-            daemon=True,
-        )
-        watcher.start()
     try:
-        try:
-            summary = litestream.json(
-                "restore", "-o", str(temp), *point, str(entry.path), timeout=None
-            )
-        finally:
-            done.set()
-            if watcher:
-                watcher.join()
+        summary = _download(replica, temp, point, progress, started)
         duration = time.monotonic() - started
-        if progress:
-            progress(_written([temp]), duration)
         checked = time.monotonic()
         verdict = integrity_check(temp)
         check_seconds = time.monotonic() - checked
         if verdict != "ok":
             raise BackupError(
-                f"the restored copy failed SQLite's integrity check ({verdict}); nothing was "
-                "replaced — the replica may be damaged, try an earlier --timestamp"
+                f"the restored copy of {db.name} failed SQLite's integrity check ({verdict}); nothing "
+                "was replaced — the replica may be damaged, try an earlier --timestamp"
             )
         size = temp.stat().st_size
         _same_access(temp, target)
@@ -522,8 +436,7 @@ def _restore(
         _refuse_holders(target, " (opened during the restore)")
         moved_aside, stale = _swap(temp, target)
         if is_live:
-            newest = max((f.max_txid for f in files), default=None)
-            record_restore(target, owner, newest, store.where if store else None)
+            record_restore(target, owner, replica.newest_txid(), store.where if store else None)
     finally:
         for leftover in (temp, *(Path(str(temp) + s) for s in (*SIDECARS, ".tmp"))):
             leftover.unlink(missing_ok=True)
@@ -535,12 +448,33 @@ def _restore(
         timestamp=iso_z(when) if when else None,
         integrity="ok",
         moved_aside=str(moved_aside) if moved_aside else None,
-        source=entry.replica,
+        source=replica.where,
         duration_seconds=round(duration, 3),
         bytes=size,
         check_seconds=round(check_seconds, 3),
         stale_sidecars_moved=[str(p) for p in stale],
     )
+
+
+def _download(replica: Any, temp: Path, point: list[str], progress: Progress | None, started: float) -> Any:
+    """litestream restore into ``temp``, reporting bytes written while it runs."""
+    done = threading.Event()
+    watcher = None
+    if progress:
+        watcher = threading.Thread(
+            target=_watch, args=([temp, temp.with_name(temp.name + ".tmp")], progress, done, started),
+            daemon=True,
+        )
+        watcher.start()
+    try:
+        summary = replica.json("restore", "-o", str(temp), *point, timeout=None)
+    finally:
+        done.set()
+        if watcher:
+            watcher.join()
+    if progress:
+        progress(_written([temp]), time.monotonic() - started)
+    return summary
 
 
 def _same_access(temp: Path, target: Path) -> None:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from . import daemon
@@ -33,9 +33,10 @@ from .config import START_WAIT, Settings
 from .errors import BackupError, hole_problem
 from .litestream import Litestream, local_state_dir
 from .owner import read_local, write_local
-from .render import Database, read_config
-from .restore import SNAPSHOT_LEVEL, LtxFile, configured_database, plan, replica_files
-from .store import ltx_key, open_store
+from .render import read_config
+from .replica import SNAPSHOT_LEVEL, LtxFile, plan
+from .store import ltx_key
+from .workspace import Database, Workspace
 
 Say = Callable[[str], None]  # one line of progress for people
 
@@ -52,10 +53,26 @@ class SnapshotResult:
     restorable_txid: str  # the newest txid a restore reaches now
     stopped_pid: int | None = None  # the daemon stopped for the snapshot
     started_pid: int | None = None  # the daemon started again after it
-    steps: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class Snapshotted:
+    """One snapshot run: every database's result, and the steps taken for all."""
+
+    results: list[SnapshotResult]
+    steps: list[str]
+    several: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        if not self.several:
+            return {**self.results[0].as_dict(), "steps": self.steps}
+        return {"databases": [r.as_dict() for r in self.results], "steps": self.steps}
+
+    def as_lines(self) -> list[str]:
+        return [f"snapshot: ok, a restore of {r.database} reaches txid {r.restorable_txid}" for r in self.results]
 
 
 def covered(files: list[LtxFile], txid: int) -> list[LtxFile]:
@@ -68,8 +85,9 @@ def covered(files: list[LtxFile], txid: int) -> list[LtxFile]:
     return [f for f in files if f.level < SNAPSHOT_LEVEL and f.max_txid <= txid and f is not newest]
 
 
-def take_snapshot(settings: Settings, litestream: Litestream, say: Say | None = None) -> SnapshotResult:
-    """Stop the daemon if it runs, snapshot, repair a hole, start it again."""
+def take_snapshot(workspace: Workspace, say: Say | None = None) -> Snapshotted:
+    """Stop the daemon if it runs, snapshot every database, repair holes, start it again."""
+    settings, litestream = workspace.settings, workspace.litestream
     steps: list[str] = []
 
     def step(line: str) -> None:
@@ -77,13 +95,15 @@ def take_snapshot(settings: Settings, litestream: Litestream, say: Say | None = 
         if say:
             say(line)
 
-    _, entry = configured_database(settings, litestream)
-    if not entry.path.is_file():
-        raise BackupError(f"nothing to snapshot: {entry.path} does not exist yet")
+    databases = [db for db in workspace.databases if db.path.is_file()]
+    if not databases:
+        names = ", ".join(str(db.path) for db in workspace.databases)
+        raise BackupError(f"nothing to snapshot: {names or 'no database of BACKUP_DB'} does not exist yet")
+    for db in databases:
+        db.replica.check()  # credentials and endpoint, before the daemon is stopped
     state = daemon.check(settings)
     daemon.refuse_unknown(settings, state)
-    active = daemon.active_config(settings, state)
-    if active.changed and read_config(settings.config_path).databases != active.config.databases:
+    if workspace.config_changed and read_config(settings.config_path).databases != workspace.config.databases:
         # The snapshot runs the file; the listing and the repair would read the daemon's copy,
         # which names other databases or replicas.
         raise BackupError(
@@ -111,27 +131,26 @@ def take_snapshot(settings: Settings, litestream: Litestream, say: Say | None = 
         stopped = result.pid if result.was_running else None
     try:
         # The lock keeps any start-bg or restore out while litestream runs here.
-        with daemon.exclusive(settings):
+        with workspace.lock():
             meanwhile = daemon.check(settings)
             if meanwhile.running:
                 raise BackupError(
                     f"a daemon started meanwhile (pid {meanwhile.pid}): run 'inv backup.snapshot' again"
                 )
-            outcome = _snapshot(settings, litestream, entry, step)
+            results = _snapshot(settings, litestream, databases, step)
     except BaseException as exc:
         if stopped is not None:
             _restart_after_failure(settings, litestream, step, exc)
         raise
-    outcome.steps = steps
     if stopped is not None:
-        outcome.stopped_pid = stopped
         started = daemon.start_background(settings, litestream, START_WAIT)
-        outcome.started_pid = started.pid
+        for r in results:
+            r.stopped_pid, r.started_pid = stopped, started.pid
         again = "was started meanwhile" if started.already_running else "started again"
         step(f"the daemon {again} (pid {started.pid})")
     else:
         step("no daemon was running: 'inv backup.start-bg' starts one")
-    return outcome
+    return Snapshotted(results, steps, workspace.several)
 
 
 def _restart_after_failure(settings: Settings, litestream: Litestream, step: Say, exc: BaseException) -> None:
@@ -147,52 +166,70 @@ def _restart_after_failure(settings: Settings, litestream: Litestream, step: Say
     step(f"the daemon runs again (pid {started.pid})")
 
 
-def _snapshot(settings: Settings, litestream: Litestream, entry: Database, step: Say) -> SnapshotResult:
-    db = entry.path
-    before = replica_files(litestream, db)
-    hole = plan(before).hole
-    if hole:
-        step(hole_problem(hole.from_txid, hole.to_txid))
-    reset = False
+def _snapshot(settings: Settings, litestream: Litestream, databases: list[Database], step: Say) -> list[SnapshotResult]:
+    """One ``replicate -once -force-snapshot`` for every database, each prepared and repaired."""
+    before = {db.path: db.replica.files() for db in databases}
+    holes = {db.path: plan(before[db.path]).hole for db in databases}
     daemon.refuse_unrecorded(settings)  # nothing local is touched beside a replicator
-    if not before:
-        local = local_state_dir(db)
-        if local.exists():
-            mine = read_local(db)  # who this database is survives the reset
-            try:
-                shutil.rmtree(local)
-            except OSError as exc:
-                raise BackupError(f"cannot clear litestream's local state {local}: {exc.strerror}") from None
-            if mine:
-                write_local(db, mine)
-            reset = True
-            step(f"the replica holds nothing: cleared litestream's local state ({local}) so the "
-                 "snapshot starts a new history")
+    several = len(databases) > 1
+    reset = {db.path: _prepare(db, before[db.path], holes[db.path], step, several) for db in databases}
     step("taking a snapshot: litestream replicate -once -force-snapshot")
     # Claimed like any replicating start; the caller holds the workspace lock.
     if daemon.replicate_once(settings, litestream, "-force-snapshot", timeout=None, lock=False) is None:
         raise BackupError("a daemon started meanwhile: run 'inv backup.snapshot' again")
-    after = replica_files(litestream, db)
+    results = []
+    for db in databases:
+        db.replica.forget()  # the snapshot changed the replica: list it again
+        results.append(_repair(db, holes[db.path], reset[db.path], step, several))
+    return results
+
+
+def _prepare(db: Database, files: list[LtxFile], hole: Any, step: Say, several: bool) -> bool:
+    """Name a hole; clear litestream's local state when the replica holds nothing."""
+    tag = f"{db.name}: " if several else ""
+    if hole:
+        step(f"{tag}{hole_problem(hole.from_txid, hole.to_txid)}")
+    if files:
+        return False
+    local = local_state_dir(db.path)
+    if not local.exists():
+        return False
+    mine = read_local(db.path)  # who this database is survives the reset
+    try:
+        shutil.rmtree(local)
+    except OSError as exc:
+        raise BackupError(f"cannot clear litestream's local state {local}: {exc.strerror}") from None
+    if mine:
+        write_local(db.path, mine)
+    step(f"{tag}the replica holds nothing: cleared litestream's local state ({local}) so "
+         "the snapshot starts a new history")
+    return True
+
+
+def _repair(db: Database, hole: Any, reset: bool, step: Say, several: bool) -> SnapshotResult:
+    """After the snapshot: delete what it covers past a hole; prove a restore reaches it."""
+    tag = f"{db.name}: " if several else ""
+    after = db.replica.files()
     snapshots = [f for f in after if f.level == SNAPSHOT_LEVEL]
     if not snapshots:
-        raise BackupError(f"litestream reported success but {entry.replica} holds no snapshot: see 'inv backup.doctor'")
+        raise BackupError(f"litestream reported success but {db.replica.where} holds no snapshot: see 'inv backup.doctor'")
     newest = max(snapshots, key=lambda f: f.max_txid)
-    step(f"took a snapshot up to txid {newest.max_txid:016x} ({newest.size} bytes)")
+    step(f"{tag}took a snapshot up to txid {newest.max_txid:016x} ({newest.size} bytes)")
     removed: list[LtxFile] = []
     if hole:
         removed = covered(after, newest.max_txid)
-        open_store(entry, settings).delete(ltx_key(f, entry.replica_type) for f in removed)
-        step(f"deleted {len(removed)} file(s) the snapshot covers, so compaction no longer trips "
-             "over the hole")
+        db.replica.store().delete(ltx_key(f, db.replica.kind) for f in removed)
+        step(f"{tag}deleted {len(removed)} file(s) the snapshot covers, so compaction no "
+             "longer trips over the hole")
     gone = set(removed)
     final = plan(f for f in after if f not in gone)
     if not final.restorable or final.max_txid is None:
         # Not expected: the snapshot itself reaches its txid.
-        raise BackupError("the replica is still not restorable after the snapshot: see 'inv backup.doctor'")
-    step(f"a restore now reaches txid {final.max_txid:016x}")
+        raise BackupError(f"the replica of {db.name} is still not restorable after the snapshot: see 'inv backup.doctor'")
+    step(f"{tag}a restore now reaches txid {final.max_txid:016x}")
     return SnapshotResult(
-        database=str(db),
-        replica=entry.replica,
+        database=str(db.path),
+        replica=db.replica.where,
         txid=f"{newest.max_txid:016x}",
         size=newest.size,
         hole=hole.as_dict() if hole else None,

@@ -16,10 +16,10 @@ import psutil
 from . import daemon
 from .config import Settings, parse_duration
 from .errors import EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_OK, SNAPSHOT_FIX, BackupError
-from .litestream import Litestream, check_endpoint, local_state_dir
-from .render import Database
-from .restore import SNAPSHOT_LEVEL, parse_files, plan
+from .litestream import local_state_dir
+from .replica import SNAPSHOT_LEVEL, LtxFile, local_txid
 from .timeparse import from_litestream
+from .workspace import Database, Workspace
 
 MIN_MAX_AGE = 60.0  # seconds; see max_age()
 
@@ -50,9 +50,11 @@ class DatabaseStatus:
     restorable: bool | None = None
     hole: dict[str, str] | None = None  # {"from_txid", "to_txid"}: what a restore cannot cross
     error: str | None = None  # why this database is failing, with the fix
+    name: str = ""  # as people name it: relative to the workspace where it lies inside
 
     @property
     def failing(self) -> bool:
+        """The one rule for "replication of this database is failing"."""
         if self.error or self.first_sync_pending:
             return True
         if not self.exists:
@@ -85,6 +87,9 @@ class Status:
         data["healthy"] = self.exit_code == EXIT_OK
         data["exit_code"] = self.exit_code
         return data
+
+    def as_lines(self) -> list[str]:
+        return _lines(self)
 
 
 def _hex(txid: int | None) -> str | None:
@@ -147,37 +152,26 @@ def unsynced_since(db: Path, replica_txid: int) -> float | None:
     return min(times) if times else None
 
 
-def local_txids(litestream: Litestream) -> dict[str, int | None]:
-    """Each configured database's local txid (``status -json``); None before litestream saw it."""
-    txids: dict[str, int | None] = {}
-    for row in litestream.json("status", timeout=30) or []:
-        raw = row.get("local_txid")
-        txids[row["database"]] = int(raw, 16) if raw and raw != "-" else None
-    return txids
-
-
-def _replica_files(entry: Database, litestream: Litestream) -> list[dict[str, Any]] | BackupError:
+def _listing(db: Database) -> list[LtxFile] | BackupError:
     """The replica's LTX files across all levels, or the error reading them."""
     try:
-        check_endpoint(entry.endpoint)
-        return litestream.replica_files(entry.path)
+        return db.replica.files()
     except BackupError as exc:
         return exc
 
 
 def _database_status(
-    entry: Database,
-    replica: list[dict[str, Any]] | BackupError | None,
-    local: dict[str, int | None],
+    unit: Database,
+    replica: list[LtxFile] | BackupError | None,
     synced: dict[str, str] | None,
     now: float,
     running: bool,
 ) -> DatabaseStatus:
     """One database's status; ``synced`` is the daemon's last sync per path (None: not known)."""
-    db = entry.path
+    db = unit.path
     status = DatabaseStatus(
-        path=str(db), replica=entry.replica, exists=db.is_file(), sync_interval=entry.sync_interval,
-        last_sync_at=(synced or {}).get(str(db)),
+        path=str(db), replica=unit.replica.where, name=unit.name, exists=db.is_file(),
+        sync_interval=unit.sync_interval, last_sync_at=(synced or {}).get(str(db)),
     )
     if not status.exists:
         return status
@@ -185,32 +179,32 @@ def _database_status(
     status.first_sync_pending = running and synced is not None and not status.last_sync_at
     status.size_bytes = db.stat().st_size
     status.wal_mode = is_wal(db)
-    local_txid = local.get(str(db))
-    status.local_txid = _hex(local_txid)
+    local = local_txid(db)
+    status.local_txid = _hex(local)
     if isinstance(replica, BackupError):
         status.error = replica.message
         if status.last_sync_at:
             # The replica cannot be asked; the daemon's last good sync bounds the lag.
             status.lag_seconds = round(max(0.0, now - _parse_time(status.last_sync_at)), 1)
         return status
-    files = parse_files(replica or [])
+    files = replica or []
     replica_txid = max((f.max_txid for f in files), default=None)
     status.replica_txid = _hex(replica_txid)
     if files:
         status.replica_time = _iso(max(f.timestamp for f in files).timestamp())
     snapshots = [f.timestamp.timestamp() for f in files if f.level == SNAPSHOT_LEVEL]
     status.latest_snapshot = _iso(max(snapshots)) if snapshots else None
-    chain = plan(files)
+    chain = unit.replica.plan()
     status.restorable = chain.restorable
     if chain.hole:
         status.hole = chain.hole.as_dict()
         status.error = chain.hole.message()
-    elif not files and running and status.last_sync_at and local_txid is not None:
+    elif not files and running and status.last_sync_at and local is not None:
         # litestream uploaded this database and believes the replica holds it: the
         # backup was deleted (or the replica moved), and nothing re-uploads it.
         status.error = (
             f"the replica holds nothing, although litestream has synced {db} "
-            f"(local txid {local_txid:016x}): {SNAPSHOT_FIX}"
+            f"(local txid {local:016x}): {SNAPSHOT_FIX}"
         )
     unseen = None if running else unseen_since(db)
     if unseen is not None:
@@ -218,16 +212,16 @@ def _database_status(
         status.unseen_changes = True
         status.lag_seconds = round(max(0.0, now - unseen), 1) if unseen else None
         return status
-    if local_txid is None:
+    if local is None:
         return status  # litestream has never seen this database
     if replica_txid is None:
-        status.lag_txids = local_txid
+        status.lag_txids = local
         since = unsynced_since(db, 0)
-    elif replica_txid >= local_txid:
+    elif replica_txid >= local:
         status.lag_txids, status.lag_seconds = 0, 0.0
         return status
     else:
-        status.lag_txids = local_txid - replica_txid
+        status.lag_txids = local - replica_txid
         since = unsynced_since(db, replica_txid)
     status.lag_seconds = round(max(0.0, now - since), 1) if since else None
     return status
@@ -256,28 +250,21 @@ def _daemon_info(state: daemon.DaemonState, settings: Settings, now: float) -> d
     return info
 
 
-def gather(settings: Settings, litestream: Litestream | None = None) -> Status:
+def gather(workspace: Workspace) -> Status:
     """Read every fact status reports. Starts nothing, writes nothing."""
     from concurrent.futures import ThreadPoolExecutor
 
-    litestream = litestream or Litestream(settings)
-    state = daemon.check(settings)
+    state, config, litestream = workspace.state, workspace.config, workspace.litestream
     now = time.time()
-    active = daemon.active_config(settings, state, litestream)  # what the daemon runs, not what the file says
-    config = active.config
-    litestream.binary  # found and version-checked once, before the threads share it
+    present = [db for db in workspace.databases if db.path.is_file()]
+    if present:
+        litestream.binary  # found and version-checked once, before the threads share it
     # The litestream calls are independent: run them side by side.
-    with ThreadPoolExecutor(max_workers=2 + len(config.databases)) as pool:
-        local_call = pool.submit(local_txids, litestream)
+    with ThreadPoolExecutor(max_workers=1 + max(1, len(present))) as pool:
         listing_call = (
             pool.submit(litestream.listing, config.socket) if state.running and config.socket else None
         )
-        replica_calls = {
-            e.path: pool.submit(_replica_files, e, litestream)
-            for e in config.databases
-            if e.path.is_file()
-        }
-        local = local_call.result()
+        replica_calls = {db.path: pool.submit(_listing, db) for db in present}
         listing = listing_call.result() if listing_call else None
         replicas = {path: call.result() for path, call in replica_calls.items()}
     synced = None if listing is None else {
@@ -287,11 +274,11 @@ def gather(settings: Settings, litestream: Litestream | None = None) -> Status:
         running=state.running,
         pid=state.pid,
         config=str(config.path),
-        config_changed=active.changed,
-        daemon=_daemon_info(state, settings, now),
+        config_changed=workspace.config_changed,
+        daemon=_daemon_info(state, workspace.settings, now),
         databases=[
-            _database_status(e, replicas.get(e.path), local, synced, now, state.running)
-            for e in config.databases
+            _database_status(db, replicas.get(db.path), synced, now, state.running)
+            for db in workspace.databases
         ],
     )
 
@@ -306,7 +293,7 @@ def _size(n: int | None) -> str:
     return str(n)
 
 
-def as_table(status: Status) -> list[str]:
+def _lines(status: Status) -> list[str]:
     d = status.daemon
     if status.running:
         line = f"daemon    running (pid {status.pid}"
@@ -327,7 +314,7 @@ def as_table(status: Status) -> list[str]:
         )
     for db in status.databases:
         lines.append("")
-        lines.append(f"database  {db.path}")
+        lines.append(f"database  {db.name or db.path}")
         lines.append(f"  replica        {db.replica}")
         if not db.exists:
             lines.append("  state          does not exist yet (litestream waits for it)")

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .config import Settings, require_r2
 from .errors import BackupError, missing_bucket, translate
 from .files import private_dir, temp_beside
-from .render import Database
+from .render import Entry
 
 if TYPE_CHECKING:
-    from .restore import LtxFile
+    from .replica import LtxFile
 
 STORE_TYPES = ("s3", "file")  # the replica kinds chora-backup can open itself
 
@@ -53,6 +53,10 @@ class Store(Protocol):
 
     def has_history(self) -> bool:
         """Does the replica hold any LTX file (litestream's history), at any level?"""
+
+    def children(self) -> list[str]:
+        """The names of the folders (key prefixes) right under the root: where litestream's
+        folder replication keeps each database it found."""
 
 
 class FileStore:
@@ -110,11 +114,19 @@ class FileStore:
         folder = self._path("ltx")
         return folder.is_dir() and any(folder.rglob("*.ltx"))
 
+    def children(self) -> list[str]:
+        try:
+            return sorted(p.name for p in self.root.iterdir() if p.is_dir())
+        except FileNotFoundError:
+            return []
+        except OSError as exc:
+            raise BackupError(f"cannot read {self.root}: {exc.strerror}") from None
+
 
 class S3Store:
     """An S3 bucket and key prefix (Cloudflare R2, or any S3-compatible store)."""
 
-    def __init__(self, entry: Database, settings: Settings, client: Any = None):
+    def __init__(self, entry: Entry, settings: Settings, client: Any = None):
         self.bucket = entry.bucket or ""
         self.prefix = entry.location.strip("/")
         self.where = f"s3://{self.bucket}/{self.prefix}"
@@ -185,7 +197,19 @@ class S3Store:
         return any(len(level) == 4 and all(c in "0123456789abcdef" for c in level) for level in levels)
 
 
-def _client(entry: Database, settings: Settings) -> Any:
+    def children(self) -> list[str]:
+        root = self._key("")
+        names: list[str] = []
+        token: dict[str, str] = {}
+        while True:
+            answer = self._call("list_objects_v2", Prefix=root, Delimiter="/", **token)
+            names += [p["Prefix"][len(root):].rstrip("/") for p in answer.get("CommonPrefixes") or []]
+            if not answer.get("IsTruncated"):
+                return sorted(names)
+            token = {"ContinuationToken": answer["NextContinuationToken"]}
+
+
+def _client(entry: Entry, settings: Settings) -> Any:
     """A boto3 S3 client that uses exactly our credentials, and nothing from the machine."""
     import boto3
     from botocore.config import Config
@@ -226,7 +250,7 @@ def _bare_session() -> Any:
     return botocore.session.Session(session_vars={"profile": (None, None, None, None)})
 
 
-def open_store(entry: Database, settings: Settings) -> Store:
+def open_store(entry: Entry, settings: Settings) -> Store:
     """The store behind one database's replica, as litestream.yml names it."""
     if entry.replica_type == "s3":
         return S3Store(entry, settings)

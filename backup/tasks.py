@@ -90,6 +90,23 @@ def _number(value: Any, flag: str, minimum: float = 0) -> float:
     return number
 
 
+def _workspace(settings: cfg.Settings | None = None, draft: bool = False) -> Any:
+    """The command's world, built once: settings, the config that runs, every database."""
+    from .workspace import Workspace
+
+    return Workspace.load(settings or cfg.load(), draft=draft)
+
+
+def _show(result: Any, as_json: bool) -> None:
+    """The one place a task prints its result: JSON for scripts, or lines for people."""
+    if as_json:
+        import json as jsonlib
+
+        print(jsonlib.dumps(result.as_dict(), indent=2))
+    else:
+        print("\n".join(result.as_lines()))
+
+
 def _print_rows(rows: list[tuple[str, str]]) -> None:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
@@ -112,12 +129,14 @@ def _write(settings: cfg.Settings, mode: str, force: bool, dry_run: bool) -> Non
     _print_rows(config_summary(settings, mode))
 
 
-def _ensure_config(settings: cfg.Settings, write_missing: bool = False) -> None:
+def _ensure_config(settings: cfg.Settings, write_missing: bool = False, config: Any = None) -> bool:
+    """Write litestream.yml where .env alone must do (see daemon.ensure_config); True if written."""
     from .daemon import ensure_config
 
-    note = ensure_config(settings, write_missing)
+    note = ensure_config(settings, write_missing, config)
     if note:
         print(note)
+    return bool(note)
 
 
 @task(
@@ -178,24 +197,7 @@ def _start_background(settings: cfg.Settings, timeout: float = cfg.START_WAIT) -
     from .litestream import Litestream
 
     _ensure_config(settings)
-    result = start_background(settings, Litestream(settings), timeout=timeout)
-    if result.already_running:
-        print(f"already running (pid {result.pid})")
-        return
-    if result.stale:
-        print(f"replaced a stale pidfile ({result.stale.reason})")
-    for claim in result.claims:
-        if claim.describe():
-            print(claim.describe())
-    for path in result.waiting:
-        print(f"waiting for {path}: it does not exist yet; litestream replicates it once it does")
-    print(f"started (pid {result.pid})")
-    for path in result.syncing:
-        print(f"  first sync of {path} still in progress after {timeout:g}s (a large database or a "
-              "slow link): litestream goes on in the background; 'inv backup.status' says when "
-              "it is done, 'inv backup.logs --follow' shows it")
-    print(f"  log   {result.log}")
-    print("  stop  inv backup.stop")
+    _show(start_background(settings, Litestream(settings), timeout=timeout), False)
 
 
 @task(
@@ -224,30 +226,17 @@ def stop(c, timeout=None):
 
     seconds = None if timeout is None else _number(timeout, "--timeout")
     settings = cfg.load()
-    result = stop_daemon(settings, timeout=seconds)
-    if result.stale:
-        print(f"removed a stale pidfile ({result.stale.reason})")
-    if not result.was_running:
-        print("not running")
-    elif result.forced:
-        print(f"killed (pid {result.pid}) after {result.timeout:g}s without a clean stop")
-    else:
-        print(f"stopped (pid {result.pid})")
+    _show(stop_daemon(settings, timeout=seconds), False)
 
 
 @task(help={"json": "print JSON for scripts instead of a table; default off"})
 @actionable
 def status(c, json=False):
-    """Show the daemon, the replica and how far behind it is; exit 0 only when healthy."""
-    import json as jsonlib
+    """Show the daemon, each database's replica and how far behind it is; exit 0 only when healthy."""
+    from .status import gather
 
-    from .status import as_table, gather
-
-    result = gather(cfg.load())
-    if json:
-        print(jsonlib.dumps(result.as_dict(), indent=2))
-    else:
-        print("\n".join(as_table(result)))
+    result = gather(_workspace())
+    _show(result, json)
     if result.exit_code:
         raise Exit(code=result.exit_code)
 
@@ -295,40 +284,46 @@ def _show_progress(written: int, elapsed: float) -> None:
     print(f"  restoring… {written / 1e6:.1f} MB written, {elapsed:.1f}s", file=sys.stderr)
 
 
+DB_HELP = ("one database: its path as written in BACKUP_DB, relative, or absolute; "
+           "default: every database")
+
+
 @task(
     help={
         "output": "restore to this path instead of the database's own; its folder must "
-        "exist; default: the configured database",
+        "exist; needs --db when there are several databases; default: the database's own path",
         "timestamp": "point in time: RFC 3339 (2026-11-25T14:00:00Z), a local date-time "
-        "(\"2026-11-25 14:00\") or an age (15m, 2h, 1d); default: the latest state",
+        "(\"2026-11-25 14:00\") or an age (15m, 2h, 1d); every database is restored to the same "
+        "one; default: the latest state",
         "txid": "restore up to this litestream txid (16 hex digits); default: the latest",
         "force": "replace an existing file; it is moved aside to "
         "<name>.pre-restore-<UTC time>, never deleted; default off",
         "dry-run": "print the plan (files, txid range, bytes to download) and change "
         "nothing; default off",
-        "json": "print the result as JSON; default off",
+        "json": "print the result as JSON ({\"databases\": [...]} when there are several); default off",
+        "db": DB_HELP,
     }
 )
 @actionable
-def restore(c, output=None, timestamp=None, txid=None, force=False, dry_run=False, json=False):
-    """Restore the database from its replica, checked by SQLite before it replaces anything."""
-    import json as jsonlib
-    from dataclasses import asdict
+def restore(c, output=None, timestamp=None, txid=None, force=False, dry_run=False, json=False, db=None):
+    """Restore the databases from their replicas, each checked by SQLite before it replaces anything."""
     from pathlib import Path
 
-    from .litestream import Litestream
-    from .restore import RestorePlan
     from .restore import restore as do_restore
 
     when, upto = _point_in_time(timestamp, txid)
     if output is not None and not output.strip():
         raise BackupError("--output is empty: name the file to restore to", code=EXIT_CONFIG)
     settings = cfg.load()
-    if not dry_run:
-        _ensure_config(settings, write_missing=True)
+    workspace = _workspace(settings, draft=True)
+    if not dry_run and _ensure_config(settings, True, workspace.config if workspace.configured else None):
+        workspace = _workspace(settings)  # the config just written
+    elif not workspace.configured:
+        workspace = _workspace(settings)  # raises: how to write one
+    workspace = workspace.with_replicas()  # a glob's databases that are not here (a new machine)
     result = do_restore(
-        settings,
-        Litestream(settings),
+        workspace,
+        workspace.select(db),
         output=Path(output).expanduser() if output is not None else None,
         timestamp=when,
         txid=upto,
@@ -336,67 +331,31 @@ def restore(c, output=None, timestamp=None, txid=None, force=False, dry_run=Fals
         dry_run=dry_run,
         progress=None if json else _show_progress,
     )
-    if json:
-        print(jsonlib.dumps(asdict(result), indent=2))
-    elif isinstance(result, RestorePlan):
-        print(f"plan: restore {result.source} to {result.target}")
-        print(f"  txids  {result.min_txid} to {result.max_txid}")
-        print(f"  files  {len(result.files)}, {result.bytes} bytes to download")
-        for f in result.files:
-            print(f"    L{f.get('level')} {f.get('name')}  {f.get('size')} B  {f.get('timestamp')}")
-        if result.replaces_existing:
-            print("  the existing file would be moved aside (--force)")
-    else:
-        if result.moved_aside:
-            print(f"moved the old database aside to {result.moved_aside}")
-        for path in result.stale_sidecars_moved:
-            print(f"moved a stale {path.rsplit('-', 1)[-1]} file aside to {path}")
-        print(f"restored {result.path} (txid {result.txid}, {result.bytes} bytes) in "
-              f"{result.duration_seconds:.1f}s; integrity check: {result.integrity}")
+    _show(result, json)
 
 
-@task(help={"json": "print JSON (snapshots and window) instead of a table; default off"})
+@task(help={
+    "json": "print JSON (snapshots and window; {\"databases\": [...]} when there are several) "
+    "instead of a table; default off",
+    "db": DB_HELP,
+})
 @actionable
-def snapshots(c, json=False):
-    """List the replica's snapshots and the restorable window (earliest to latest)."""
-    import json as jsonlib
-
-    from .litestream import Litestream
+def snapshots(c, json=False, db=None):
+    """List each replica's snapshots and the restorable window (earliest to latest)."""
     from .restore import snapshots as list_snapshots
 
-    settings = cfg.load()
-    result = list_snapshots(settings, Litestream(settings))
-    if json:
-        print(jsonlib.dumps(result.as_dict(), indent=2))
-        return
-    if not result.snapshots:
-        print("no snapshots yet")
-    else:
-        print(f"{'time':<22} {'txids':<35} {'size':>10}")
-        for s in result.snapshots:
-            d = s.as_dict()
-            print(f"{d['timestamp']:<22} {d['min_txid']}-{d['max_txid']} {s.size:>10}")
-    if result.window:
-        print(f"restorable: {result.window.describe()}")
-    else:
-        print("restorable: nothing yet (start replication with 'inv backup.start-bg')")
+    workspace = _workspace()
+    _show(list_snapshots(workspace, workspace.select(db)), json)
 
 
 @task(help={"json": "print the result as JSON instead of each step; default off"})
 @actionable
 def snapshot(c, json=False):
-    """Take a fresh snapshot now (stops and restarts a running daemon); repairs a replica with a hole."""
-    import json as jsonlib
-
-    from .litestream import Litestream
+    """Take a fresh snapshot of every database now (stops and restarts a running daemon); repairs a replica with a hole."""
     from .snapshot import take_snapshot
 
-    settings = cfg.load()
-    result = take_snapshot(settings, Litestream(settings), say=None if json else print)
-    if json:
-        print(jsonlib.dumps(result.as_dict(), indent=2))
-    else:
-        print(f"snapshot: ok, a restore of {result.database} reaches txid {result.restorable_txid}")
+    result = take_snapshot(_workspace(), say=None if json else print)
+    _show(result, json)
 
 
 @task(
@@ -406,13 +365,13 @@ def snapshot(c, json=False):
         "strict": "fail (exit 1) when no backup is configured in this workspace; default off",
         "require-running": "fail (exit 1) when no daemon replicates this workspace (continuous "
         "backup is off) instead of warning; default off",
+        "db": DB_HELP,
     }
 )
 @actionable
-def verify(c, max_age=None, strict=False, require_running=False):
-    """Restore the latest backup to a temp dir and prove it holds the live database's data."""
+def verify(c, max_age=None, strict=False, require_running=False, db=None):
+    """Restore each database's latest backup to a temp dir and prove it holds the live database's data."""
     from .config import parse_duration
-    from .litestream import Litestream
     from .verify import verify as run_verify
 
     limit = None
@@ -421,33 +380,28 @@ def verify(c, max_age=None, strict=False, require_running=False):
             limit = parse_duration(max_age)
         except ValueError:
             raise BackupError(f"--max-age {max_age!r} is not a duration (e.g. 90s, 10m)", code=EXIT_CONFIG) from None
-    settings = cfg.load()
-    result = run_verify(settings, Litestream(settings), max_age=limit, require_running=require_running)
-    if not result.configured:
-        message = "no backup configured in this workspace (no litestream.yml): nothing to verify"
-        if strict:
-            raise Exit(f"error: {message}", code=EXIT_FAILED)
-        print(message)
-        return
-    for check in result.checks:
-        print(f"  {'ok  ' if check.ok else 'FAIL'}  {check.name:<9} {check.detail}")
+    workspace = _workspace(draft=True)  # no litestream.yml: "nothing to verify", not an error
+    result = run_verify(workspace, workspace.select(db), max_age=limit, require_running=require_running)
+    if not result.configured and strict:
+        raise Exit(f"error: {result.as_lines()[0]}", code=EXIT_FAILED)
+    _show(result, False)
     sys.stdout.flush()  # the warning follows the checks even where both streams are one pipe
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    failed = result.failed
-    if failed:
-        raise Exit(f"error: verify failed at {failed.name}: {failed.detail}", code=EXIT_FAILED)
-    print("verify: ok")
+    failure = result.failure()
+    if failure:
+        raise Exit(f"error: {failure}", code=EXIT_FAILED)
+    if result.configured:
+        print("verify: ok")
 
 
 @task(help={"json": "print the checks as JSON; default off"})
 @actionable
 def doctor(c, json=False):
-    """Check everything backups depend on; one line each with its fix; exit 1 on any failure."""
-    import json as jsonlib
-
-    from .doctor import FAIL, run_checks
+    """Check everything backups depend on, for every database; one line each with its fix; exit 1 on any failure."""
+    from .doctor import FAIL, Report, run_checks
     from .litestream import Litestream
+    from .workspace import Workspace
 
     try:
         settings = cfg.load()
@@ -455,54 +409,36 @@ def doctor(c, json=False):
         # Nothing else can be checked without settings: report this one and stop.
         print(f"  fail  {'.env':<20} {exc.message}")
         raise Exit("error: 1 check(s) failed: .env", code=EXIT_FAILED) from None
-    checks = run_checks(settings, Litestream(settings))
-    failed = [c for c in checks if c.state == FAIL]
-    if json:
-        print(jsonlib.dumps({"ok": not failed, "checks": [c.as_dict() for c in checks]}, indent=2))
-    else:
-        for check in checks:
-            fix = f" — {check.fix}" if check.fix else ""
-            print(f"  {check.state:<4}  {check.name:<20} {check.detail}{fix}")
+    litestream = Litestream(settings)
+    workspace, problem = None, None
+    try:
+        workspace = Workspace.load(settings, litestream)
+    except ConfigError as exc:
+        problem = exc  # the config check reports it; the others run without it
+    report = Report(run_checks(settings, litestream, workspace, problem))
+    _show(report, json)
+    failed = [c for c in report.checks if c.state == FAIL]
     if failed:
         raise Exit(f"error: {len(failed)} check(s) failed: {', '.join(c.name for c in failed)}", code=EXIT_FAILED)
 
 
 @task(
     help={
-        "writes-per-month": "model this many writes a month instead of the rate observed "
-        "in the replica; default: observed",
-        "json": "print JSON (total_usd and the parts) instead of the estimate; default off",
+        "writes-per-month": "model this many writes a month (the whole workspace's) instead of "
+        "the rate observed in the replicas; default: observed",
+        "json": "print JSON (total_usd and the parts; per database under \"databases\" when "
+        "there are several) instead of the estimate; default off",
     }
 )
 @actionable
 def cost(c, writes_per_month=None, json=False):
-    """Project this workspace's monthly Cloudflare R2 bill from its replica and config."""
-    import json as jsonlib
-
+    """Project this workspace's monthly Cloudflare R2 bill from its replicas and config."""
     from .cost import project
-    from .litestream import Litestream
 
     writes = None
     if writes_per_month is not None:
         writes = _number(writes_per_month, "--writes-per-month")
-    settings = cfg.load()
-    result = project(settings, Litestream(settings), writes)
-    if result.estimate is None:
-        if json:
-            print(jsonlib.dumps({"total_usd": 0.0, "replica": "local"}, indent=2))
-        else:
-            print("local replica: no cloud cost (run 'inv backup.setup' to replicate to R2)")
-        return
-    if json:
-        data = result.estimate.as_dict()
-        data["writes_observed"] = result.observed
-        print(jsonlib.dumps(data, indent=2))
-        return
-    print(f"Estimated monthly cost of {result.config}")
-    print("\n".join(result.estimate.as_lines()))
-    if result.observed:
-        print("(write rate observed from the replica's recent files; model another with "
-              "--writes-per-month)")
+    _show(project(_workspace(), writes), json)
 
 
 ns = Collection("backup")

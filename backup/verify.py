@@ -20,13 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import daemon
-from .config import Settings
 from .errors import NOTHING_TO_RESTORE, SNAPSHOT_FIX, BackupError
-from .litestream import Litestream
-from .render import Database
-from .restore import configured_database, connect_readonly, integrity_check, nothing_yet
-from .status import local_txids, unsynced_since
+from .replica import local_txid
+from .restore import connect_readonly, integrity_check, nothing_yet
 from .status import max_age as default_max_age
+from .status import unsynced_since
+from .workspace import Database, Workspace
 
 CONTENT_METHOD = "sha256 per table, rowid order"
 START_DAEMON = "start it with 'inv backup.start-bg'"
@@ -50,6 +49,7 @@ class Check:
     name: str
     ok: bool
     detail: str
+    database: str = ""  # which database, where the workspace has several
 
 
 @dataclass
@@ -69,6 +69,25 @@ class VerifyResult:
     @property
     def failed(self) -> Check | None:
         return next((c for c in self.checks if not c.ok), None)
+
+    def as_lines(self) -> list[str]:
+        if not self.configured:
+            return ["no backup configured in this workspace (no litestream.yml): nothing to verify"]
+        width = max((len(c.database) for c in self.checks), default=0)
+        return [
+            f"  {'ok  ' if c.ok else 'FAIL'}  " + (f"{c.database:<{width}}  " if width else "")
+            + f"{c.name:<9} {c.detail}"
+            for c in self.checks
+        ]
+
+    def failure(self) -> str | None:
+        """The one-line verdict when a check failed, naming every database that failed."""
+        failed = [c for c in self.checks if not c.ok]
+        if not failed:
+            return None
+        first = failed[0]
+        where = f" for {', '.join(dict.fromkeys(c.database for c in failed))}" if first.database else ""
+        return f"verify failed{where} at {first.name}: {first.detail}"
 
 
 @dataclass(frozen=True)
@@ -163,17 +182,50 @@ class _Synced:
     current: bool  # the replica was made to hold the live state
 
 
-def _sync(settings: Settings, litestream: Litestream, db: Path, socket: Path | None) -> _Synced:
-    """Make the replica hold the live state before comparing; say how, and whether a daemon runs."""
-    state = daemon.check(settings)
-    if state.running:
-        if not socket:
-            return _Synced("daemon running without a control socket: compared as replicated so far", True, False)
-        litestream.run("sync", "-wait", "-json", "-socket", str(socket), str(db), timeout=120)
-        return _Synced(f"asked the daemon (pid {state.pid}) to sync", True, True)
-    if daemon.replicate_once(settings, litestream) is None:  # one started meanwhile: it syncs on its own
-        return _Synced("a daemon started meanwhile", True, False)
-    return _Synced("no daemon running: synced once with 'litestream replicate -once'", False, True)
+class _Syncer:
+    """Makes a replica hold the live state before a comparison; says how.
+
+    A running daemon is asked per database (its control socket); without one,
+    one ``replicate -once`` syncs every database, so it runs once per round.
+    """
+
+    def __init__(self, workspace: Workspace):
+        self.workspace = workspace
+        self._once: _Synced | BackupError | None = None
+
+    def again(self) -> None:
+        self._once = None  # a second round syncs anew
+
+    def __call__(self, db: Database) -> _Synced:
+        ws = self.workspace
+        state = daemon.check(ws.settings)
+        if state.running:
+            socket = ws.config.socket
+            if not socket:
+                return _Synced("daemon running without a control socket: compared as replicated so far", True, False)
+            ws.litestream.run("sync", "-wait", "-json", "-socket", str(socket), str(db.path), timeout=120)
+            return _Synced(f"asked the daemon (pid {state.pid}) to sync", True, True)
+        if self._once is None:
+            try:
+                if daemon.replicate_once(ws.settings, ws.litestream) is None:  # one started meanwhile
+                    self._once = _Synced("a daemon started meanwhile", True, False)
+                else:
+                    self._once = _Synced("no daemon running: synced once with 'litestream replicate -once'", False, True)
+            except BackupError as exc:
+                self._once = exc
+        if isinstance(self._once, BackupError):
+            return self._failed(db, self._once)
+        return self._once
+
+    def _failed(self, db: Database, error: BackupError) -> _Synced:
+        """One sync for all failed: it fails the database it names, not the others."""
+        named = [d for d in self.workspace.databases if str(d.path) in error.message]
+        if not named or db in named:
+            raise error
+        return _Synced(
+            f"'litestream replicate -once' failed on {', '.join(d.name for d in named)}: "
+            "compared as replicated so far", False, False,
+        )
 
 
 @dataclass
@@ -195,14 +247,11 @@ class _Attempt:
         return self.local_txid is not None and self.local_txid > self.restored_txid
 
 
-def _attempt(
-    settings: Settings, litestream: Litestream, entry: Database, socket: Path | None,
-    folder: Path, running: bool,
-) -> _Attempt:
-    db = entry.path
+def _attempt(unit: Database, sync: _Syncer, folder: Path, running: bool) -> _Attempt:
+    db = unit.path
     attempt = _Attempt([], running)
     try:
-        synced = _sync(settings, litestream, db, socket)
+        synced = sync(unit)
     except BackupError as exc:
         attempt.checks.append(Check("sync", False, f"could not sync: {exc.message}"))
         return attempt
@@ -213,15 +262,15 @@ def _attempt(
     folder.mkdir()
     restored = folder / db.name
     try:
-        summary = litestream.json("restore", "-o", str(restored), str(db), timeout=None)
+        summary = unit.replica.json("restore", "-o", str(restored), timeout=None)
     except BackupError as exc:
         # An empty replica: whether to start a daemon depends on whether one runs.
-        why = nothing_yet(db, daemon.check(settings)) if exc.message == NOTHING_TO_RESTORE else exc.message
+        why = nothing_yet(db, daemon.check(sync.workspace.settings)) if exc.message == NOTHING_TO_RESTORE else exc.message
         attempt.checks.append(Check("restore", False, f"restore failed: {why}"))
         return attempt
     attempt.restored_txid = int(summary["txid"], 16) if summary.get("txid") else 0
     attempt.checks.append(Check(
-        "restore", True, f"restored txid {attempt.restored_txid:016x} from {entry.replica}",
+        "restore", True, f"restored txid {attempt.restored_txid:016x} from {unit.replica.where}",
     ))
 
     verdict = integrity_check(restored)
@@ -238,7 +287,7 @@ def _attempt(
         attempt.checks.append(Check("compare", False, f"could not read the live database {db}: {exc}"))
         return attempt
     attempt.moved = _fingerprint(db) != before
-    attempt.local_txid = local_txids(litestream).get(str(db))
+    attempt.local_txid = local_txid(db)
     try:
         attempt.copy = digest(restored)
     except sqlite3.Error as exc:
@@ -365,34 +414,51 @@ def _continuity(result: VerifyResult, running: bool, require_running: bool) -> N
 
 
 def verify(
-    settings: Settings, litestream: Litestream, max_age: float | None = None, require_running: bool = False,
+    workspace: Workspace, databases: tuple[Database, ...], max_age: float | None = None,
+    require_running: bool = False,
 ) -> VerifyResult:
-    if not settings.config_path.exists():
+    """Restore each database's latest backup and compare it with the live one."""
+    if not workspace.configured:
         return VerifyResult(configured=False)
-    config, entry = configured_database(settings, litestream)
     result = VerifyResult(configured=True)
-    db = entry.path
+    sync = _Syncer(workspace)
+    running = workspace.running
+    for unit in databases:
+        before = len(result.checks)
+        running = _verify_one(unit, sync, result, max_age, running)
+        if workspace.listed_apart(databases):
+            for check in result.checks[before:]:
+                check.database = unit.name
+    if not databases:
+        result.checks.append(Check("database", False, "no database to verify: BACKUP_DB names none that exists yet"))
+    _continuity(result, running, require_running)
+    return result
+
+
+def _verify_one(
+    unit: Database, sync: _Syncer, result: VerifyResult, max_age: float | None, running: bool,
+) -> bool:
+    """One database: up to two rounds of sync, restore and comparison; whether a daemon runs."""
+    db = unit.path
     if not db.is_file():
         result.checks.append(Check(
             "database", False, f"{db} does not exist: check BACKUP_DB, or restore it with 'inv backup.restore'"
         ))
-        return result
-    limit = default_max_age(entry.sync_interval) if max_age is None else max_age
-
-    running = daemon.check(settings).running
+        return running
+    limit = default_max_age(unit.sync_interval) if max_age is None else max_age
     retried = None
     folder = Path(tempfile.mkdtemp(prefix="chora-verify-"))
     try:
         for n in (1, 2):
-            attempt = _attempt(settings, litestream, entry, config.socket, folder / str(n), running)
+            attempt = _attempt(unit, sync, folder / str(n), running)
             running = attempt.running
             why = _why_again(attempt)
             if n == 2 or why is None:
                 break
             retried = why
+            sync.again()
             shutil.rmtree(folder / str(n), ignore_errors=True)  # a large copy need not wait
-        _judge(attempt, retried, result, db, entry.replica, limit)
+        _judge(attempt, retried, result, db, unit.replica.where, limit)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    _continuity(result, running, require_running)
-    return result
+    return running

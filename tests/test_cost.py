@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from backup import config, cost
+from backup.replica import parse_files
 from backup.render import render
 
 from conftest import Workspace, insert, make_db, r2_settings, wait_for
@@ -56,8 +57,11 @@ def test_observed_write_rate_counts_recent_l0_files():
     def stamp(t: float) -> str:
         return datetime.fromtimestamp(t, timezone.utc).isoformat()
 
-    files = [{"level": 0, "timestamp": stamp(now - 60 * i)} for i in range(10)]
-    files += [{"level": 0, "timestamp": stamp(now - 7200)}, {"level": 1, "timestamp": stamp(now)}]
+    def ltx(level: int, ts: float) -> dict:
+        return {"level": level, "min_txid": "1", "max_txid": "1", "size": 1, "timestamp": stamp(ts)}
+
+    files = [ltx(0, now - 60 * i) for i in range(10)] + [ltx(0, now - 7200), ltx(1, now)]
+    files = parse_files(files)
     per_month = cost.observed_writes_per_month(files, 3600, now)
     assert per_month == pytest.approx(10 * cost.HOURS_PER_MONTH)
 

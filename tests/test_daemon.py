@@ -628,10 +628,12 @@ def test_status_says_unknown_and_is_not_healthy(unknown_pidfile, tmp_path):
 
     settings = unknown_pidfile
     settings.config_path.write_text("dbs:\n  - path: /nonexistent/x.db\n    replica:\n      type: file\n      path: /nonexistent/r\n")
-    result = status.gather(settings)
+    from backup.workspace import Workspace as Loaded
+
+    result = status.gather(Loaded.load(settings))
     assert result.exit_code == 1
     assert result.as_dict()["daemon"]["state"] == "unknown"
-    assert "daemon    unknown (access denied)" in "\n".join(status.as_table(result))
+    assert "daemon    unknown (access denied)" in "\n".join(result.as_lines())
 
 
 def mode(path: Path) -> int:

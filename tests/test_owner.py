@@ -9,17 +9,17 @@ import pytest
 from conftest import make_db
 from backup import config, owner
 from backup.errors import BackupError
-from backup.render import Database
+from backup.render import Entry
 from backup.store import FileStore
 
 
-def workspace(tmp_path, name: str, replica) -> tuple[config.Settings, Database]:
+def workspace(tmp_path, name: str, replica) -> tuple[config.Settings, Entry]:
     folder = tmp_path / name
     folder.mkdir()
     settings = config.load(cwd=folder, environ={
         "BACKUP_STATE_DIR": str(tmp_path / f"state-{name}"), "BACKUP_LOCAL_DIR": str(replica),
     })
-    entry = Database(path=settings.db, replica_type="file", replica=str(replica / "chora.db"),
+    entry = Entry(path=settings.db, replica_type="file", replica=str(replica / "chora.db"),
                      sync_interval="1s", location=str(replica / "chora.db"))
     return settings, entry
 
@@ -87,7 +87,7 @@ def test_a_moved_database_continues_and_the_record_follows(tmp_path, replica):
     claim(a_settings, a)
     (tmp_path / "a").rename(tmp_path / "moved")
     settings, entry = workspace(tmp_path, "moved2", replica)
-    moved = Database(**{**entry.__dict__, "path": tmp_path / "moved" / "chora.db"})
+    moved = Entry(**{**entry.__dict__, "path": tmp_path / "moved" / "chora.db"})
     assert claim(settings, moved).action == "continued"
     assert record(FileStore(replica / "chora.db"))["database"] == str(moved.path)
 
@@ -172,7 +172,7 @@ def test_a_record_from_another_replica_adopts_no_unclaimed_history(tmp_path, rep
     claim(settings, entry)  # a's record now names its own replica
     other = FileStore(tmp_path / "elsewhere" / "chora.db")
     other.write("ltx/0/0000000000000001-0000000000000001.ltx", b"someone else's history")
-    moved = Database(**{**entry.__dict__, "location": str(tmp_path / "elsewhere" / "chora.db")})
+    moved = Entry(**{**entry.__dict__, "location": str(tmp_path / "elsewhere" / "chora.db")})
     with pytest.raises(BackupError) as err:
         claim(settings, moved)  # BACKUP_REPLICA_PATH pointed at a prefix from before owner records
     assert "no database has claimed" in err.value.message
@@ -180,7 +180,6 @@ def test_a_record_from_another_replica_adopts_no_unclaimed_history(tmp_path, rep
 
 def test_doctor_fails_when_the_replica_was_taken_over_under_a_running_daemon(tmp_path, replica, monkeypatch):
     from backup import daemon, doctor
-    from backup.render import LitestreamConfig
 
     a_settings, a = workspace(tmp_path, "a", replica)
     make_db(a.path)
@@ -189,9 +188,13 @@ def test_doctor_fails_when_the_replica_was_taken_over_under_a_running_daemon(tmp
     record = owner.read_owner(store)
     store.write(owner.RECORD, owner._dump(owner.Owner(**{**record.__dict__, "instance": "elsewhere",
                                                          "host": "laptop"})))
-    config = LitestreamConfig(path=a_settings.config_path, generated=True, databases=(a,), socket=None)
+    from backup.litestream import Litestream
+    from backup.replica import Replica
+    from backup.workspace import Database
+
+    db = Database(a.path, "chora.db", a, Replica(a_settings, a, Litestream(a_settings), a_settings.config_path))
     monkeypatch.setattr(daemon, "check", lambda settings: daemon.DaemonState("running"))
-    found = doctor._owner(a_settings, config)
+    found = doctor._owner(a_settings, db)
     assert found.state == doctor.FAIL and "took this replica over" in found.detail
     monkeypatch.setattr(daemon, "check", lambda settings: daemon.DaemonState("stopped"))
-    assert doctor._owner(a_settings, config).state == doctor.WARN
+    assert doctor._owner(a_settings, db).state == doctor.WARN

@@ -42,7 +42,8 @@ def test_paths_round_trip_through_the_rendered_config(tmp_path, value):
     name = value.replace("\\", "_").replace("/", "_") + ".db"
     # litestream reads the database path as a URI: '#' is refused there (see
     # test_config), so it is exercised in the replica path and folder only.
-    db_name = name.replace("#", "_")
+    # '*', '?' and '[' in a BACKUP_DB file name make it a glob (test_config).
+    db_name = name.replace("#", "_").replace("*", "_").replace("?", "_").replace("[", "_")
     settings = r2_settings(tmp_path, BACKUP_DB=db_name, BACKUP_REPLICA_PATH=f"p/{name}")
     for mode in (config.R2, config.LOCAL):
         data = yaml.safe_load(render(settings, mode))

@@ -15,6 +15,7 @@ from backup import config, timeparse
 from backup.errors import ConfigError
 from backup.litestream import Litestream
 from backup.restore import restore as do_restore
+from backup.workspace import Workspace as Loaded
 
 from conftest import BIN, REPO, Workspace, insert, make_db, rows, wait_for
 
@@ -220,8 +221,9 @@ def test_progress_is_reported_with_the_final_size(ws: Workspace):
     replicated(ws, 2000)
     settings = config.load(cwd=ws.path, environ=ws.env)
     seen: list[tuple[int, float]] = []
-    result = do_restore(settings, Litestream(settings, environ=ws.env),
-                        output=ws.root / "p.db", progress=lambda b, s: seen.append((b, s)))
+    workspace = Loaded.load(settings, Litestream(settings, environ=ws.env))
+    result = do_restore(workspace, workspace.databases,
+                        output=ws.root / "p.db", progress=lambda b, s: seen.append((b, s))).items[0]
     assert seen and seen[-1][0] == result.bytes > 0
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from conftest import Workspace, insert, make_db, rows
 from backup import config, restore
+from backup.workspace import Workspace as Loaded
 from backup.errors import BackupError
 from backup.litestream import Litestream
 
@@ -67,7 +68,7 @@ def test_a_swap_that_fails_half_way_puts_the_original_back(backed_up, monkeypatc
     monkeypatch.setattr(restore.os, "replace", full_disk)
     settings = settings_of(ws)
     with pytest.raises(BackupError) as err:
-        restore.restore(settings, Litestream(settings), force=True)
+        _restore(settings, force=True)
     message = err.value.message
     assert "could not put the restored copy in place (No space left on device" in message
     assert f"{ws.db} is as it was" in message and "\n" not in message
@@ -88,7 +89,7 @@ def test_an_unwritable_output_folder_is_refused_before_any_download(backed_up, m
     monkeypatch.setattr(restore, "temp_beside", refuse)
     (ws.root / "ro").mkdir()
     with pytest.raises(BackupError) as err:
-        restore.restore(settings, Litestream(settings), output=ws.root / "ro" / "x.db")
+        _restore(settings, output=ws.root / "ro" / "x.db")
     assert err.value.message.startswith(f"cannot write in {ws.root / 'ro'} (Permission denied)")
     assert not (ws.root / "ro" / "x.db").exists()
 
@@ -100,7 +101,7 @@ def test_a_process_that_opens_the_file_during_the_download_stops_the_swap(backed
     monkeypatch.setattr(restore, "holders", lambda path: next(seen))
     settings = settings_of(ws)
     with pytest.raises(BackupError) as err:
-        restore.restore(settings, Litestream(settings), force=True)
+        _restore(settings, force=True)
     assert "is open in process 4242 (opened during the restore)" in err.value.message
     assert ws.db.read_bytes() == before
     assert not [p for p in ws.path.iterdir() if "pre-restore" in p.name or "restoring" in p.name]
@@ -119,6 +120,11 @@ def test_a_restore_elsewhere_holds_up_no_start_or_stop(backed_up, monkeypatch):
         return check(path)
 
     monkeypatch.setattr(restore, "integrity_check", meanwhile)
-    restore.restore(settings, Litestream(settings), output=ws.root / "copy.db")
+    _restore(settings, output=ws.root / "copy.db")
     assert answers == [0, 0]
     assert rows(ws.root / "copy.db") == rows(ws.db)
+
+
+def _restore(settings, **kwargs):
+    workspace = Loaded.load(settings, Litestream(settings))
+    return restore.restore(workspace, workspace.databases, **kwargs)

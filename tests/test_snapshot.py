@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from backup import config
+from backup.workspace import Workspace as Loaded
 from backup.errors import LitestreamError
 from backup.litestream import Litestream
 from backup.snapshot import covered, take_snapshot
@@ -53,7 +54,7 @@ def test_a_failed_snapshot_starts_the_stopped_daemon_again(ws: Workspace):
     settings = config.load(cwd=ws.path, environ=ws.env)
     steps: list[str] = []
     with pytest.raises(LitestreamError, match="the storage endpoint went away"):
-        take_snapshot(settings, SnapshotFails(settings, environ=ws.env), say=steps.append)
+        take_snapshot(Loaded.load(settings, SnapshotFails(settings, environ=ws.env)), say=steps.append)
     again = ws.daemon_pid()
     assert again not in (None, pid)
     assert steps[-1] == f"the daemon runs again (pid {again})"

@@ -90,7 +90,8 @@ def test_status_path_keeps_heavy_imports_away(ws: Workspace):
     probe = (
         "import sys\n"
         "from backup import config, status\n"
-        "status.gather(config.load())\n"
+        "from backup.workspace import Workspace\n"
+        "status.gather(Workspace.load(config.load()))\n"
         "heavy = [m for m in ('jinja2', 'boto3', 'botocore') if m in sys.modules]\n"
         "print(heavy)\n"
     )

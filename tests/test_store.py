@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from conftest import r2_settings
-from backup.render import Database
+from backup.render import Entry
 from backup.store import FileStore, S3Store, open_store
 from backup.errors import BackupError
 
@@ -15,7 +15,7 @@ from backup.errors import BackupError
 def store(request, tmp_path, s3_endpoint, bucket):
     if request.param == "file":
         return FileStore(tmp_path / "replica" / "chora.db")
-    entry = Database(path=tmp_path / "chora.db", replica_type="s3", replica="", sync_interval="1s",
+    entry = Entry(path=tmp_path / "chora.db", replica_type="s3", replica="", sync_interval="1s",
                      endpoint=s3_endpoint, bucket=bucket, location="team/chora.db", region="auto")
     return S3Store(entry, r2_settings(tmp_path, R2_ENDPOINT=s3_endpoint, R2_BUCKET=bucket))
 
@@ -57,7 +57,7 @@ def test_concurrent_creates_have_one_winner(store):
 
 
 def test_a_missing_bucket_is_named(tmp_path, s3_endpoint):
-    entry = Database(path=tmp_path / "chora.db", replica_type="s3", replica="", sync_interval="1s",
+    entry = Entry(path=tmp_path / "chora.db", replica_type="s3", replica="", sync_interval="1s",
                      endpoint=s3_endpoint, bucket="no-such-bucket", location="chora.db")
     settings = r2_settings(tmp_path, R2_ENDPOINT=s3_endpoint, R2_BUCKET="no-such-bucket")
     with pytest.raises(BackupError) as err:
@@ -66,7 +66,7 @@ def test_a_missing_bucket_is_named(tmp_path, s3_endpoint):
 
 
 def test_an_unreachable_endpoint_is_one_line(tmp_path):
-    entry = Database(path=tmp_path / "chora.db", replica_type="s3", replica="", sync_interval="1s",
+    entry = Entry(path=tmp_path / "chora.db", replica_type="s3", replica="", sync_interval="1s",
                      endpoint="http://127.0.0.1:9", bucket="chora-backup", location="chora.db")
     with pytest.raises(BackupError) as err:
         open_store(entry, r2_settings(tmp_path)).read("owner.json")
@@ -75,7 +75,7 @@ def test_an_unreachable_endpoint_is_one_line(tmp_path):
 
 def test_aws_profile_of_the_shell_is_ignored(tmp_path, s3_endpoint, bucket, monkeypatch):
     monkeypatch.setenv("AWS_PROFILE", "no-such-profile")
-    entry = Database(path=tmp_path / "chora.db", replica_type="s3", replica="", sync_interval="1s",
+    entry = Entry(path=tmp_path / "chora.db", replica_type="s3", replica="", sync_interval="1s",
                      endpoint=s3_endpoint, bucket=bucket, location="chora.db")
     store = open_store(entry, r2_settings(tmp_path, R2_ENDPOINT=s3_endpoint, R2_BUCKET=bucket))
     assert store.read("owner.json") is None

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from backup import config
+from backup.workspace import Workspace as Loaded
 from backup.litestream import Litestream
 from backup.verify import digest, verify
 
@@ -166,7 +167,8 @@ def test_a_database_that_moves_is_checked_again_then_by_counts(ws: Workspace, sq
     replicated_once(ws, ["a", "b"])
     settings = config.load(cwd=ws.path, environ=ws.env)
     litestream = WritingLitestream(settings, ws.env, ws.db, sql, times)
-    result = verify(settings, litestream)
+    workspace = Loaded.load(settings, litestream)
+    result = verify(workspace, workspace.databases)
     by_name = {c.name: c for c in result.checks}
     assert "checked twice, because the live database changed during the first check" in by_name["sync"].detail
     assert by_name[check].detail == detail

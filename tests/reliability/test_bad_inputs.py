@@ -332,7 +332,8 @@ def test_at_least_thirty_bad_inputs():
 
 # A valid file name on Linux and macOS, full of what a shell or a YAML parser would act
 # on; litestream would expand $HOME and ${USER} without -no-expand-env.
-SHELL_YAML_NAME = "$(id); rm -rf ~ `id` $HOME ${USER} x: [a] {b} &anchor *alias !tag.db"
+# No '*', '?', '[…]' or ',': in BACKUP_DB those make a glob or a list (test_config covers them).
+SHELL_YAML_NAME = "$(id); rm -rf ~ `id` $HOME ${USER} x: {b} &anchor !tag |pipe >gt.db"
 # Quotes, a backslash and a Unicode line separator, which YAML must escape.
 QUOTED_NAME = "it's \"quoted\" \\ back\u2028slash é.db"
 REPLICA_PREFIX = "x: y/$(id)/[a] &b *c #d %41 ?e"
@@ -386,8 +387,8 @@ def test_hostile_but_legitimate_values_round_trip_exactly(rws, tally, where, nam
     tally.round_trips += 1
 
 
-@pytest.mark.parametrize("name", ["notes#1.db", "what?.db", "100%41.db"],
-                         ids=["hash", "question-mark", "percent-escape"])
+# '?' in a BACKUP_DB file name makes it a glob; in a folder name it is refused (test_config).
+@pytest.mark.parametrize("name", ["notes#1.db", "100%41.db"], ids=["hash", "percent-escape"])
 def test_a_db_name_litestream_would_read_as_a_uri_round_trips_or_is_refused(rws, tally, name):
     """Either it works exactly, or setup refuses it cleanly before anything is written."""
     tally.misread += 1  # taken back below once it passes

@@ -1,0 +1,188 @@
+"""Workspace: everything one command works on, built once in the task layer.
+
+The settings (.env and the environment), the litestream.yml that describes
+replication now (a running daemon's own copy of it, else the file), the one
+litestream runner, the daemon's state, the workspace lock, and one
+``Database`` per database — a folder entry (``BACKUP_DB=data/*.db``) counts
+each database it finds — each with its ``Replica``. Capability functions take
+a Workspace or one of its databases; nothing below the tasks reads the config
+or lists a replica on its own.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import daemon
+from .config import Settings
+from .errors import EXIT_CONFIG, BackupError, ConfigError
+from .litestream import Litestream
+from .render import Entry, LitestreamConfig, read_config
+from .replica import Replica
+
+@dataclass(frozen=True)
+class Database:
+    """One database of the workspace, and its replica."""
+
+    path: Path
+    name: str  # for people: relative to the workspace where it lies inside it
+    entry: Entry  # its litestream.yml entry (for a found one, resolved to it)
+    replica: Replica
+    folder: Entry | None = None  # the folder entry that found it, if any
+
+    @property
+    def sync_interval(self) -> str:
+        return self.entry.sync_interval
+
+
+def _name(path: Path, workspace: Path) -> str:
+    try:
+        return path.relative_to(workspace).as_posix()
+    except ValueError:
+        return str(path)
+
+
+@dataclass(frozen=True)
+class Workspace:
+    settings: Settings
+    config: LitestreamConfig
+    litestream: Litestream
+    state: daemon.DaemonState
+    databases: tuple[Database, ...]
+    configured: bool = True  # litestream.yml exists (else ``config`` is what .env would render)
+    config_changed: bool = False  # litestream.yml moved on since the running daemon started
+
+    @classmethod
+    def load(cls, settings: Settings, litestream: Litestream | None = None, draft: bool = False) -> Workspace:
+        """Read the daemon's state and the config once; find every database.
+
+        Without a litestream.yml this raises the error that says how to write one;
+        with ``draft`` it uses the config .env would render instead (``configured``
+        then says so).
+        """
+        litestream = litestream or Litestream(settings)
+        state = daemon.check(settings)
+        configured = settings.config_path.exists()
+        if configured or not draft:
+            active = daemon.active_config(settings, state, litestream)
+            config, changed = active.config, active.changed
+        else:
+            config, changed = cls._unwritten(settings), False
+        source = litestream.config_file
+        databases: list[Database] = []
+        for entry in config.databases:
+            if entry.pattern is None:
+                replica = Replica(settings, entry, litestream, source)
+                databases.append(Database(entry.path, _name(entry.path, settings.workspace), entry, replica))
+                continue
+            for resolved in entry.databases():
+                replica = Replica(settings, resolved, litestream, source, found=True)
+                databases.append(Database(resolved.path, _name(resolved.path, settings.workspace),
+                                          resolved, replica, entry))
+        return cls(settings, config, litestream, state, tuple(databases), configured, changed)
+
+    @staticmethod
+    def _unwritten(settings: Settings) -> LitestreamConfig:
+        """The config .env would render: with no R2 settings at all, local mode's."""
+        from .config import LOCAL, R2
+        from .render import render
+
+        mode = R2 if settings.bucket or settings.access_key_id else LOCAL
+        try:
+            text = render(settings, mode)
+        except BackupError:
+            raise ConfigError(
+                "no replicas configured: run 'inv backup.setup' (or 'inv backup.local')"
+            ) from None
+        return read_config(settings.config_path, text.encode("utf-8"))
+
+    @property
+    def running(self) -> bool:
+        return self.state.running
+
+    @property
+    def several(self) -> bool:
+        """More than one database, or a folder entry (whose count may change)."""
+        return len(self.databases) != 1 or any(e.pattern for e in self.config.databases)
+
+    def with_replicas(self) -> Workspace:
+        """This workspace plus each database a folder entry's replica holds that is not here
+        (a new machine): one listing of each folder entry's place in the replica."""
+        import fnmatch
+        from dataclasses import replace
+
+        from .store import STORE_TYPES, open_store
+
+        have = {db.path for db in self.databases}
+        extra: list[Database] = []
+        for entry in self.config.databases:
+            if not entry.pattern or entry.replica_type not in STORE_TYPES:
+                continue
+            probe = Replica(self.settings, entry, self.litestream, self.litestream.config_file)
+            probe.check()
+            for name in open_store(entry, self.settings).children():
+                path = entry.path / name
+                if path in have or not fnmatch.fnmatchcase(name, entry.pattern):
+                    continue
+                resolved = entry.found(path)
+                replica = Replica(self.settings, resolved, self.litestream, self.litestream.config_file, found=True)
+                extra.append(Database(path, _name(path, self.settings.workspace), resolved, replica, entry))
+        return replace(self, databases=self.databases + tuple(extra)) if extra else self
+
+    def listed_apart(self, chosen: tuple[Database, ...]) -> bool:
+        """Print ``chosen`` one by one (JSON: a "databases" list)? Yes for several, and for
+        every database of a workspace that has several; one chosen by --db prints alone."""
+        return len(chosen) > 1 or (self.several and chosen == self.databases)
+
+    def lock(self, of: Path | None = None) -> contextlib.AbstractContextManager[None]:
+        """The workspace lock: no daemon starts or stops meanwhile (see daemon.exclusive)."""
+        return daemon.exclusive(self.settings, of=of)
+
+    def select(self, name: str | None) -> tuple[Database, ...]:
+        """Every database, or the ones ``--db name`` means (a glob as written: all it finds)."""
+        if name is None:
+            return self.databases
+        if not name.strip():
+            raise BackupError("--db is empty: name one of the databases", code=EXIT_CONFIG)
+        for entry in self.config.databases:
+            if entry.pattern and name.strip() in self._written(entry):
+                return tuple(db for db in self.databases if db.folder == entry)
+        wanted = self._candidates(name.strip())
+        chosen = tuple(
+            db for db in self.databases
+            if name.strip() in (db.name, str(db.path)) or _real(db.path) in wanted
+        )
+        if not chosen:
+            known = ", ".join(db.name for db in self.databases) or "none yet"
+            raise BackupError(f"--db {name}: no such database in this workspace (known: {known})",
+                              code=EXIT_CONFIG)
+        return chosen
+
+    def database(self, name: str) -> Database:
+        """The one database ``--db name`` names."""
+        chosen = self.select(name)
+        if len(chosen) != 1:
+            raise BackupError(
+                f"--db {name} names {len(chosen)} databases ({', '.join(d.name for d in chosen)}): "
+                "name one of them", code=EXIT_CONFIG,
+            )
+        return chosen[0]
+
+    def _written(self, entry: Entry) -> set[str]:
+        """How BACKUP_DB may spell a folder entry: as written, or its folder/pattern."""
+        spelled = {str(entry.path / (entry.pattern or "")), f"{_name(entry.path, self.settings.workspace)}/{entry.pattern}"}
+        spelled |= {s.written for s in self.settings.databases if s.pattern and s.path == entry.path}
+        return spelled
+
+    def _candidates(self, name: str) -> set[str]:
+        path = Path(name).expanduser()
+        if path.is_absolute():
+            return {_real(path)}
+        return {_real(self.settings.workspace / path), _real(Path.cwd() / path)}
+
+
+def _real(path: Path) -> str:
+    return os.path.normcase(os.path.realpath(path))
+
