@@ -80,8 +80,9 @@ def parse_duration(text: str) -> float:
     return total
 
 
-# What makes a BACKUP_DB file name a glob (litestream's filepath.Match syntax).
-_GLOB = re.compile(r"[*?]|\[.*\]")
+# What makes a BACKUP_DB file name a glob. Only '*' and '?': Go's filepath.Match (litestream)
+# and Python's fnmatch read '[!x]' and '\\' differently, and 'app[1].db' is a real name.
+_GLOB = re.compile(r"[*?]")
 
 
 @dataclass(frozen=True)
@@ -296,12 +297,18 @@ def _nested(outer: str, inner: str) -> str | None:
 
 def _database_entry(written: str, workspace: Path, problems: list[str]) -> tuple[Path, str | None] | None:
     """(file, None) or (folder, pattern) for one BACKUP_DB entry; None after a problem."""
-    path = Path(written).expanduser()
-    path = path if path.is_absolute() else workspace / path
+    try:
+        path = Path(written).expanduser()
+    except RuntimeError:  # ~user that does not exist
+        problems.append(f"BACKUP_DB {written}: no such user's home folder; write the full path")
+        return None
+    # Normalised, so x/../chora.db is chora.db (and cannot be listed twice unnoticed).
+    path = Path(os.path.normpath(path if path.is_absolute() else workspace / path))
     pattern = None
     if _GLOB.search(path.name):
-        if "**" in path.name:
-            problems.append(f"BACKUP_DB {written}: '**' is not supported; name one folder and a file pattern such as data/*.db")
+        if "**" in path.name or "[" in path.name or "\\" in path.name:
+            problems.append(f"BACKUP_DB {written}: a glob may use only '*' and '?' in the file name, "
+                            "such as data/*.db")
             return None
         pattern, path = path.name, path.parent
     if any(c in part for part in Path(written).parent.parts for c in "*?"):
@@ -347,11 +354,21 @@ def _databases(
                 relative = path.relative_to(workspace).as_posix()
             except ValueError:
                 problems.append(
-                    f"BACKUP_DB {written} is outside the workspace {workspace}: only the first "
-                    "database may live elsewhere; move it into the workspace or list it first"
+                    f"BACKUP_DB {written} is outside the workspace {workspace}: "
+                    + ("only a single database file may live elsewhere; move it into the workspace"
+                       if index == 0 else
+                       "only the first database may live elsewhere; move it into the workspace or list it first")
                 )
                 continue
             location = posixpath.join(root, relative) if relative != "." else root
+            if pattern is not None and not location:
+                problems.append(
+                    f"BACKUP_DB {written}: a glob at the workspace's top would replicate to the top of "
+                    "the bucket or backup folder, among other workspaces' backups: set "
+                    "BACKUP_REPLICA_PATH to a prefix of this workspace's (myapp/chora.db), or move "
+                    "the databases into a folder"
+                )
+                continue
         specs.append(DbSpec(written, path, location, pattern))
     _check_overlaps(specs, problems)
     return specs
@@ -363,6 +380,11 @@ def _check_overlaps(specs: list[DbSpec], problems: list[str]) -> None:
         for b in specs[i + 1:]:
             if (a.path, a.pattern) == (b.path, b.pattern):
                 problems.append(f"BACKUP_DB lists {a.written} twice: remove one")
+            elif a.pattern is not None and b.pattern is not None and a.path == b.path:
+                problems.append(
+                    f"BACKUP_DB: {a.written} and {b.written} are two globs on one folder: a database "
+                    "both match would be replicated twice; use one glob per folder"
+                )
             elif a.pattern is None and b.pattern is None and a.path == b.path:
                 problems.append(f"BACKUP_DB lists {a.path} twice ({a.written}, {b.written}): remove one")
             elif a.pattern is None and b.matches(a.path) or b.pattern is None and a.matches(b.path):
@@ -385,9 +407,9 @@ def _shares_location(a: DbSpec, b: DbSpec) -> bool:
         # b's own location (a file) or its databases (a folder) at or under a's.
         return _nested(a.replica_path, b.replica_path) is not None
     below = _nested(a.replica_path, b.replica_path)
-    if below is None or below == "":
-        return False  # two globs in one folder: their databases' names differ by pattern
-    return fnmatch.fnmatchcase(below, a.pattern)
+    if below is None:
+        return False
+    return below == "" or fnmatch.fnmatchcase(below, a.pattern)
 
 
 def _values(merged: Mapping[str, str], problems: list[str]) -> dict[str, str | None]:

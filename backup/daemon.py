@@ -299,19 +299,24 @@ class Prepared:
         return hashlib.sha256(self.text).hexdigest()
 
 
-def _prepare(settings: Settings, litestream: Litestream) -> Prepared:
-    """Read litestream.yml once, check credentials and endpoints, claim every replica."""
+def _prepare(settings: Settings, litestream: Litestream, given: LitestreamConfig | None = None) -> Prepared:
+    """Read litestream.yml once, check credentials and endpoints, claim every replica.
+
+    ``given``: the file as the caller has already read it (a run with -once keeps no copy).
+    """
     from .owner import Ownership  # only a replicating start claims: keep status's imports light
     from .replica import Replica
 
     path = settings.config_path
-    try:
-        text = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(NO_CONFIG) from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
-    config = read_config(path, text)
+    text = b""
+    if given is None:
+        try:
+            text = path.read_bytes()
+        except FileNotFoundError:
+            raise ConfigError(NO_CONFIG) from None
+        except OSError as exc:
+            raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    config = given or read_config(path, text)
     litestream.binary  # a missing or outdated binary fails before any claim is written
     if config.uses_s3:
         require_r2(settings)
@@ -394,7 +399,8 @@ def active_config(
                 current = None
             if litestream is not None:
                 litestream.config_file = settings.running_config
-            return Active(read_config(path, copy), state, changed=current != record.config_sha256)
+            return Active(read_config(path, copy, "the running daemon's copy"), state,
+                          changed=current != record.config_sha256)
     return Active(read_config(path), state)
 
 
@@ -790,7 +796,7 @@ def stop(
 
 def replicate_once(
     settings: Settings, litestream: Litestream, *args: str, timeout: float | None = 300,
-    platform: Posix | Windows | None = None, lock: bool = True,
+    platform: Posix | Windows | None = None, lock: bool = True, config: LitestreamConfig | None = None,
 ) -> Prepared | None:
     """``litestream replicate -once`` (plus ``args``), claimed like a start; None if a daemon runs.
 
@@ -804,7 +810,7 @@ def replicate_once(
         if state.running:
             return None
         refuse_unrecorded(settings)
-        prepared = _prepare(settings, litestream)
+        prepared = _prepare(settings, litestream, config)
         litestream.run("replicate", "-once", *args, config=settings.config_path, timeout=timeout)
         return prepared
 

@@ -252,7 +252,7 @@ def _duration(path: Path, key: str, value: object, of: object = None) -> str:
     )
 
 
-def read_config(path: Path, text: bytes | None = None) -> LitestreamConfig:
+def read_config(path: Path, text: bytes | None = None, label: str = "") -> LitestreamConfig:
     """What litestream.yml replicates, parsed the way litestream reads it here.
 
     ``text``, when given, is parsed instead of the file (a running daemon's copy
@@ -260,7 +260,7 @@ def read_config(path: Path, text: bytes | None = None) -> LitestreamConfig:
     """
     import yaml
 
-    log.debug("reading %s%s", path, "" if text is None else " (the running daemon's copy)")
+    log.debug("reading %s%s", path, f" ({label})" if label else "")
     if text is None:
         if not path.is_file():
             raise ConfigError(NO_CONFIG)

@@ -217,7 +217,7 @@ class Replica:
         self.litestream = litestream
         self._config = config
         self._found = found  # discovered in a folder entry's dir
-        self._files: list[LtxFile] | None = None
+        self._files: list[LtxFile] | BackupError | None = None
         self._checked: BackupError | bool = False
         self._store: Store | None = None
 
@@ -285,7 +285,12 @@ class Replica:
     def files(self) -> list[LtxFile]:
         """Every LTX file of the replica, all levels: listed once per command."""
         if self._files is None:
-            self._files = parse_files(self.json("ltx", "-level", "all") or [])
+            try:
+                self._files = parse_files(self.json("ltx", "-level", "all") or [])
+            except BackupError as exc:
+                self._files = exc  # asked again in this command: the same answer, not a second wait
+        if isinstance(self._files, BackupError):
+            raise self._files
         return self._files
 
     def forget(self) -> None:

@@ -220,8 +220,10 @@ def _check_target(
     settings: Settings, target: Path, force: bool, is_live: bool, dry_run: bool = False,
     in_folder: bool = False,
 ) -> None:
-    if is_live and in_folder and not dry_run and not target.parent.exists():
+    if is_live and in_folder and not target.parent.exists():
         # A folder entry's database on a new machine: its folder is part of the workspace.
+        if dry_run:
+            return
         target.parent.mkdir(parents=True)
     if not target.parent.is_dir():
         raise ConfigError(
@@ -360,13 +362,23 @@ def restore(
     # a copy elsewhere locks only its own path.
     lock = workspace.lock(of=None if any_live else targets[0][1])
     with lock if not dry_run else contextlib.nullcontext():
+        points = {}
         for db, target in targets:
             _check_target(workspace.settings, target, force, target in live, dry_run, db.folder is not None)
+        for db, _ in targets:  # every database can reach the point, before the first download
+            try:
+                points[db.path] = _point_args(db.replica.files(), db.path, timestamp, txid,
+                                              lambda: daemon.check(workspace.settings))
+            except BackupError as exc:
+                if len(targets) == 1:
+                    raise
+                raise BackupError(f"{db.name}: {exc.message} — nothing was restored",
+                                  code=exc.code, details=exc.details) from None
         done: list[Any] = []
         for db, target in targets:
             try:
-                done.append(_restore(workspace.settings, db, target, target in live, timestamp, txid,
-                                     dry_run, progress))
+                done.append(_restore(workspace.settings, db, target, target in live, points[db.path],
+                                     timestamp, txid, dry_run, progress))
             except BackupError as exc:
                 if not done or dry_run:
                     raise
@@ -390,6 +402,7 @@ def _restore(
     db: Database,
     target: Path,
     is_live: bool,
+    point: list[str],
     timestamp: datetime | None,
     txid: int | None,
     dry_run: bool,
@@ -398,7 +411,6 @@ def _restore(
     """One database: plan from the listing, restore beside the target, check, swap in."""
     replica = db.replica
     files = replica.files()
-    point = _point_args(files, db.path, timestamp, txid, lambda: daemon.check(settings))
     temp = target.with_name(f".{target.name}.restoring-{os.getpid()}")
     if dry_run:
         plan = replica.json("restore", "-dry-run", "-o", str(temp), *point)

@@ -137,7 +137,9 @@ def take_snapshot(workspace: Workspace, say: Say | None = None) -> Snapshotted:
                 raise BackupError(
                     f"a daemon started meanwhile (pid {meanwhile.pid}): run 'inv backup.snapshot' again"
                 )
-            results = _snapshot(settings, litestream, databases, step)
+            # The file as this command read it, unless it changed under the daemon since.
+            results = _snapshot(settings, litestream, databases, step,
+                                None if workspace.config_changed else workspace.config)
     except BaseException as exc:
         if stopped is not None:
             _restart_after_failure(settings, litestream, step, exc)
@@ -166,7 +168,8 @@ def _restart_after_failure(settings: Settings, litestream: Litestream, step: Say
     step(f"the daemon runs again (pid {started.pid})")
 
 
-def _snapshot(settings: Settings, litestream: Litestream, databases: list[Database], step: Say) -> list[SnapshotResult]:
+def _snapshot(settings: Settings, litestream: Litestream, databases: list[Database], step: Say,
+              config: Any = None) -> list[SnapshotResult]:
     """One ``replicate -once -force-snapshot`` for every database, each prepared and repaired."""
     before = {db.path: db.replica.files() for db in databases}
     holes = {db.path: plan(before[db.path]).hole for db in databases}
@@ -175,7 +178,8 @@ def _snapshot(settings: Settings, litestream: Litestream, databases: list[Databa
     reset = {db.path: _prepare(db, before[db.path], holes[db.path], step, several) for db in databases}
     step("taking a snapshot: litestream replicate -once -force-snapshot")
     # Claimed like any replicating start; the caller holds the workspace lock.
-    if daemon.replicate_once(settings, litestream, "-force-snapshot", timeout=None, lock=False) is None:
+    if daemon.replicate_once(settings, litestream, "-force-snapshot", timeout=None, lock=False,
+                             config=config) is None:
         raise BackupError("a daemon started meanwhile: run 'inv backup.snapshot' again")
     results = []
     for db in databases:

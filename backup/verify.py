@@ -207,7 +207,9 @@ class _Syncer:
             return _Synced(f"asked the daemon (pid {state.pid}) to sync", True, True)
         if self._once is None:
             try:
-                if daemon.replicate_once(ws.settings, ws.litestream) is None:  # one started meanwhile
+                # The file as this command read it, unless it changed under a daemon since.
+                config = None if ws.config_changed else ws.config
+                if daemon.replicate_once(ws.settings, ws.litestream, config=config) is None:  # one started meanwhile
                     self._once = _Synced("a daemon started meanwhile", True, False)
                 else:
                     self._once = _Synced("no daemon running: synced once with 'litestream replicate -once'", False, True)

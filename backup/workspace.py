@@ -149,11 +149,18 @@ class Workspace:
         for entry in self.config.databases:
             if entry.pattern and name.strip() in self._written(entry):
                 return tuple(db for db in self.databases if db.folder == entry)
-        wanted = self._candidates(name.strip())
-        chosen = tuple(
-            db for db in self.databases
-            if name.strip() in (db.name, str(db.path)) or _real(db.path) in wanted
-        )
+        exact = tuple(db for db in self.databases if name.strip() in (db.name, str(db.path)))
+        by_place = [
+            tuple(db for db in self.databases if _real(db.path) == place)
+            for place in self._candidates(name.strip())
+        ]
+        found = [c for c in by_place if c]
+        if not exact and len(found) > 1:
+            raise BackupError(
+                f"--db {name} could mean {found[0][0].name} (in the workspace) or {found[1][0].name} "
+                "(here): write it as BACKUP_DB does, or give an absolute path", code=EXIT_CONFIG,
+            )
+        chosen = exact or (found[0] if found else ())
         if not chosen:
             known = ", ".join(db.name for db in self.databases) or "none yet"
             raise BackupError(f"--db {name}: no such database in this workspace (known: {known})",
@@ -173,14 +180,17 @@ class Workspace:
     def _written(self, entry: Entry) -> set[str]:
         """How BACKUP_DB may spell a folder entry: as written, or its folder/pattern."""
         spelled = {str(entry.path / (entry.pattern or "")), f"{_name(entry.path, self.settings.workspace)}/{entry.pattern}"}
-        spelled |= {s.written for s in self.settings.databases if s.pattern and s.path == entry.path}
+        spelled |= {s.written for s in self.settings.databases
+                    if s.pattern == entry.pattern and s.path == entry.path}
         return spelled
 
-    def _candidates(self, name: str) -> set[str]:
-        path = Path(name).expanduser()
+    def _candidates(self, name: str) -> list[str]:
+        """Where ``name`` may point: itself if absolute, else in the workspace, then here."""
+        path = Path(os.path.expanduser(name))
         if path.is_absolute():
-            return {_real(path)}
-        return {_real(self.settings.workspace / path), _real(Path.cwd() / path)}
+            return [_real(path)]
+        places = [_real(self.settings.workspace / path), _real(Path.cwd() / path)]
+        return places[:1] if places[0] == places[1] else places
 
 
 def _real(path: Path) -> str:

@@ -42,17 +42,26 @@ def test_one_database_keeps_its_place_and_others_go_by_their_path(tmp_path):
     [
         ("chora.db,,x.db", "BACKUP_DB has an empty entry"),
         ("chora.db,chora.db", "BACKUP_DB lists chora.db twice"),
-        ("chora.db,*.db", "chora.db is also matched by *.db"),
+        ("data/chora.db,data/*.db", "data/chora.db is also matched by data/*.db"),
         ("a/*/b.db", "only the file name may be a glob"),
-        ("data/**.db", "'**' is not supported"),
+        ("data/**.db", "a glob may use only '*' and '?'"),
         ("chora.db,/elsewhere/x.db", "is outside the workspace"),
         ("x,x/*.db", "would share the replica location x"),
+        ("data/*.db,data/a*", "are two globs on one folder"),
+        ("chora.db,x/../chora.db", "BACKUP_DB lists chora.db twice"),
+        ("*.db", "a glob at the workspace's top"),
+        ("data/[!a]*.db", "a glob may use only '*' and '?'"),
     ],
 )
 def test_bad_backup_db_entries_are_one_clear_error(tmp_path, value, expected):
     with pytest.raises(ConfigError) as err:
         config.load(cwd=tmp_path, environ={"BACKUP_DB": value})
     assert expected in err.value.message
+
+
+def test_brackets_name_a_file_and_a_prefix_makes_a_top_level_glob_safe(tmp_path):
+    assert locations(tmp_path, BACKUP_DB="app[1].db") == [("app[1].db", "app[1].db", None)]
+    assert locations(tmp_path, BACKUP_DB="*.db", BACKUP_REPLICA_PATH="myapp/x") == [(".", "myapp", "*.db")]
 
 
 def test_a_glob_renders_as_litestreams_folder_replication(tmp_path):
@@ -154,3 +163,18 @@ def test_a_new_machine_restores_the_databases_a_glob_replicated(tmp_path):
     finally:
         old.cleanup()
         new.cleanup()
+
+
+def test_a_restore_of_all_that_one_database_cannot_reach_restores_none(ws: Workspace):
+    ws.write_env(BACKUP_DB="chora.db,data/*.db", BACKUP_LOCAL_DIR=str(ws.root / "backups"))
+    (ws.path / "data").mkdir()
+    make_db(ws.db)
+    assert ws.inv("backup.local", "--background").returncode == 0
+    assert ws.inv("backup.stop").returncode == 0
+    make_db(ws.path / "data" / "late.db")  # never replicated
+    before = ws.db.read_bytes()
+    result = ws.inv("backup.restore", "--force")
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: data/late.db: nothing to restore yet")
+    assert result.stderr.rstrip().endswith("nothing was restored")
+    assert ws.db.read_bytes() == before and not list(ws.path.glob("*.pre-restore-*"))

@@ -161,7 +161,9 @@ def test_one_daemon_replicates_a_glob_and_restores_each_database(several, report
     restored(ws, "--force")
     assert {name: rows(ws.path / name) for name in NAMES} == latest
 
-    # One damaged replica: verify fails, naming that database and no other.
+    # One damaged replica: verify fails, naming that database and no other. With the daemon
+    # running again (each restored database continues its replica), as verify usually meets it.
+    start_bg(ws)
     damaged = list((ws.backups / "data" / "y.db").rglob("*.ltx"))
     assert damaged
     for ltx in damaged:  # past the header, as a bad disk would (deleted, verify's sync could upload anew)
@@ -178,6 +180,7 @@ def test_one_daemon_replicates_a_glob_and_restores_each_database(several, report
     last = check.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and named("data/y.db", last), last
     assert not any(named(name, last) for name in NAMES if name != "data/y.db"), last
+    stop(ws)
     report(f"several databases: chora.db + data/*.db (one created while running), 4 replica folders, "
            f"restored one, all, and all at a point in time; verify named the damaged one; "
            f"{time.monotonic() - began:.1f}s")
