@@ -194,6 +194,21 @@ def _daemon(workspace: Workspace) -> Check:
     return Check("daemon", OK, f"pid {state.pid} running; the replica keeps up")
 
 
+def _service(workspace: Workspace) -> Check:
+    from .service import find
+
+    installed = find(workspace.settings)
+    if installed is None:
+        if workspace.running:
+            return Check("service", WARN, "the daemon runs without a service: backups stop at the "
+                         "next reboot", "inv backup.install-service")
+        return Check("service", OK, "none installed ('inv backup.install-service' keeps replication running)")
+    if installed.enabled is False:
+        return Check("service", WARN, f"{installed.name} ({installed.manager}) is installed but "
+                     "disabled", "inv backup.install-service enables it again")
+    return Check("service", OK, f"{installed.name} ({installed.manager}) keeps replication running")
+
+
 def _disk(settings: Settings, config: LitestreamConfig | None) -> list[Check]:
     places = {"state dir": settings.state_dir}
     if config is not None and not config.uses_s3:
@@ -219,6 +234,11 @@ def run_checks(
     checks = [binary, env, _config(settings, workspace, problem)]
     if workspace is not None and config is not None:
         several = workspace.several
+        for entry in config.databases:
+            if entry.pattern and not entry.path.is_dir():
+                checks.append(Check(f"folder ({entry.pattern})", FAIL,
+                                    f"{entry.path} does not exist: litestream cannot watch it",
+                                    f"create it (mkdir -p '{entry.path}'), or fix BACKUP_DB"))
         for db in workspace.databases:
             named = (lambda c, db=db: replace_name(c, f"{c.name} ({db.name})")) if several else (lambda c: c)
             checks.append(named(_database(db.path)))
@@ -227,5 +247,6 @@ def run_checks(
                 checks.append(named(_owner(settings, db)))
         if binary.state == OK and env.state == OK:
             checks.append(_daemon(workspace))
+        checks.append(_service(workspace))
     checks += _disk(settings, config)
     return checks

@@ -71,6 +71,8 @@ class Status:
     databases: list[DatabaseStatus] = field(default_factory=list)
     # litestream.yml differs from the copy the running daemon was started with.
     config_changed: bool = False
+    # The per-user service that manages replication: manager, name, file, enabled, active.
+    service: dict[str, Any] | None = None
 
     @property
     def exit_code(self) -> int:
@@ -270,10 +272,14 @@ def gather(workspace: Workspace) -> Status:
     synced = None if listing is None else {
         db["path"]: db["last_sync_at"] for db in listing if db.get("last_sync_at")
     }
+    from .service import find
+
+    installed = find(workspace.settings)
     return Status(
         running=state.running,
         pid=state.pid,
         config=str(config.path),
+        service=installed.as_dict() if installed else None,
         config_changed=workspace.config_changed,
         daemon=_daemon_info(state, workspace.settings, now),
         databases=[
@@ -306,6 +312,14 @@ def _lines(status: Status) -> list[str]:
         lines = [f"daemon    stopped (stale pidfile: {d.get('stale_reason')})"]
     else:
         lines = ["daemon    stopped"]
+    service = status.service
+    if service:
+        state = {True: "active", False: "inactive", None: "state unknown"}[service["active"]]
+        enabled = {True: "enabled", False: "disabled", None: "unknown"}[service["enabled"]]
+        lines.append(f"service   {service['name']} ({service['manager']}, {enabled}, {state})")
+    else:
+        lines.append("service   none: replication stops at the next reboot or logout "
+                     "('inv backup.install-service' keeps it running)")
     lines += [f"log       {d['log']}", f"config    {status.config}"]
     if status.config_changed:
         lines.append(

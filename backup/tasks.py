@@ -127,6 +127,10 @@ def _write(settings: cfg.Settings, mode: str, force: bool, dry_run: bool) -> Non
     verb = "wrote" if result.changed else "unchanged:"
     print(f"{verb} {result.path}")
     _print_rows(config_summary(settings, mode))
+    for spec in settings.databases:
+        if spec.pattern and not spec.path.is_dir():
+            print(f"warning: the folder {spec.path} ({spec.written}) does not exist: create it before "
+                  "replication starts")
 
 
 def _ensure_config(settings: cfg.Settings, write_missing: bool = False, config: Any = None) -> bool:
@@ -181,6 +185,8 @@ def _run_foreground(settings: cfg.Settings) -> None:
 
     _ensure_config(settings)
     code = run_foreground(settings, Litestream(settings), sys.stdout)
+    if code < 0:  # killed by a signal: the shell's convention, so a service manager restarts it
+        raise Exit(f"error: litestream was killed by signal {-code}", code=128 - code)
     if code != 0:
         raise Exit(f"error: litestream exited with code {code}", code=code)
 
@@ -188,7 +194,7 @@ def _run_foreground(settings: cfg.Settings) -> None:
 @task
 @actionable
 def start(c):
-    """Replicate in the foreground until Ctrl-C (litestream makes a final sync)."""
+    """Replicate in the foreground until Ctrl-C or SIGTERM (final sync, exit 0); non-zero when litestream dies."""
     _run_foreground(cfg.load())
 
 
@@ -197,7 +203,19 @@ def _start_background(settings: cfg.Settings, timeout: float = cfg.START_WAIT) -
     from .litestream import Litestream
 
     _ensure_config(settings)
+    installed = _installed_service(settings)
+    if installed is not None and installed.enabled is not None:  # a manager that answers
+        from .service import start_service
+
+        _show(start_service(settings, installed, timeout), False)
+        return
     _show(start_background(settings, Litestream(settings), timeout=timeout), False)
+
+
+def _installed_service(settings: cfg.Settings) -> Any:
+    from .service import find
+
+    return find(settings)
 
 
 @task(
@@ -226,6 +244,12 @@ def stop(c, timeout=None):
 
     seconds = None if timeout is None else _number(timeout, "--timeout")
     settings = cfg.load()
+    installed = _installed_service(settings)
+    if installed is not None and installed.active:
+        from .service import stop_service
+
+        _show(stop_service(settings, installed, seconds), False)  # else it would start it again
+        return
     _show(stop_daemon(settings, timeout=seconds), False)
 
 
@@ -441,9 +465,65 @@ def cost(c, writes_per_month=None, json=False):
     _show(project(_workspace(), writes), json)
 
 
+MANAGER_HELP = ("systemd, launchd or task-scheduler; default: this system's (with --dry-run any "
+                "of them can be reviewed on any system)")
+
+
+def _unit(settings: cfg.Settings, manager: str | None) -> Any:
+    from . import service
+    from .render import read_config
+
+    stop_after = 30.0
+    if settings.config_path.exists():
+        stop_after = read_config(settings.config_path).shutdown_sync_timeout
+    return service.unit_for(settings, manager or service.default_manager(), stop_after)
+
+
+@task(
+    help={
+        "manager": MANAGER_HELP,
+        "dry-run": "print the file that would be written and the commands that would run, and "
+        "change nothing; default off",
+        "force": "replace a file of that name that chora-backup did not write (kept as .bak); "
+        "default off",
+        "linger": "systemd: also run 'loginctl enable-linger', so it runs without a login "
+        "session; default off",
+        "json": "print the result as JSON; default off",
+    }
+)
+@actionable
+def install_service(c, manager=None, dry_run=False, force=False, linger=False, json=False):
+    """Install replication as a per-user service that starts at login or boot and restarts on failure."""
+    from . import service
+
+    settings = cfg.load()
+    if not dry_run and not settings.config_path.exists():
+        raise ConfigError("no litestream.yml yet: run 'inv backup.setup' (or 'inv backup.local "
+                          "--no-start') first — nothing was installed")
+    unit = _unit(settings, manager)
+    _show(service.install(settings, unit, service.Runner(), force=force, dry_run=dry_run,
+                          linger=linger), json)
+
+
+@task(
+    help={
+        "manager": MANAGER_HELP,
+        "dry-run": "print the commands that would run, and change nothing; default off",
+        "json": "print the result as JSON; default off",
+    }
+)
+@actionable
+def uninstall_service(c, manager=None, dry_run=False, json=False):
+    """Stop and disable this workspace's service and remove its file (only one chora-backup wrote)."""
+    from . import service
+
+    settings = cfg.load()
+    _show(service.uninstall(_unit(settings, manager), service.Runner(), dry_run=dry_run), json)
+
+
 ns = Collection("backup")
 for _task in (
     setup, local, start, start_bg, stop, status, logs, restore, snapshots, snapshot, verify, doctor,
-    cost,
+    cost, install_service, uninstall_service,
 ):
     ns.add_task(_task)
