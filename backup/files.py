@@ -77,3 +77,28 @@ def open_private(path: Path, mode: str = "ab") -> IO[bytes]:
         except PermissionError:
             pass  # not ours to change: still usable
     return os.fdopen(fd, mode)
+
+
+def read_json(path: Path) -> dict:
+    """A small JSON record of ours, or {} when it is missing or unreadable (a cache)."""
+    import json
+
+    try:
+        data = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def update_json(path: Path, key: str, value: object) -> None:
+    """Set ``key`` in a JSON record of ours (0600, atomic); a cache that cannot be written
+    only costs a request next time."""
+    import json
+
+    data = read_json(path)
+    data[key] = value
+    try:
+        if path.parent.is_dir():
+            write_private(path, json.dumps(data, indent=1, sort_keys=True).encode("utf-8"))
+    except OSError:
+        pass

@@ -7,6 +7,7 @@ environment only, and routes around litestream 0.5's ``AWS_CA_BUNDLE`` bug.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import os
@@ -144,6 +145,66 @@ def check_endpoint(endpoint: str | None, timeout: float = 5.0) -> None:
 def parse_version(text: str) -> tuple[int, ...] | None:
     match = re.search(r"(\d+)\.(\d+)\.(\d+)", text)
     return tuple(int(p) for p in match.groups()) if match else None
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float):
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(os.fspath(self._path))
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class ControlSocket:
+    """A running daemon's control socket: HTTP over a Unix socket, answered in
+    milliseconds with no litestream process started and no request to the bucket.
+
+    ``GET /list`` (each database's last successful replica sync), ``POST /sync``
+    without waiting (the local and the replicated txid; it syncs the WAL into
+    litestream's local state first, so any pending change is uploaded early —
+    callers rate-limit it).
+    """
+
+    def __init__(self, path: Path, timeout: float = 5.0):
+        self.path = path
+        self.timeout = timeout
+
+    def _ask(self, method: str, target: str, body: dict[str, Any] | None = None) -> Any:
+        log.debug("asking the daemon: %s %s", method, target)
+        if not hasattr(socket, "AF_UNIX"):
+            return None
+        connection = _UnixHTTPConnection(self.path, self.timeout)
+        try:
+            payload = json.dumps(body).encode("utf-8") if body is not None else None
+            headers = {"Content-Type": "application/json"} if payload else {}
+            connection.request(method, target, body=payload, headers=headers)
+            response = connection.getresponse()
+            data = response.read()
+            if response.status != 200:
+                log.debug("the daemon answered %s: %s", response.status, data[:200])
+                return None
+            return json.loads(data or b"null")
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            log.debug("no answer from the daemon's socket: %s", exc)
+            return None
+        finally:
+            connection.close()
+
+    def get(self, target: str) -> Any:
+        return self._ask("GET", target)
+
+    def sync(self, db: Path) -> dict[str, Any] | None:
+        """``{"txid", "replicated_txid", "status"}`` for ``db``, without waiting for an upload."""
+        answer = self._ask("POST", "/sync", {"path": str(db)})
+        return answer if isinstance(answer, dict) else None
 
 
 class Litestream:
@@ -284,14 +345,11 @@ class Litestream:
             raise LitestreamError(f"litestream {command} printed something that is not JSON") from None
 
     def listing(self, socket: Path) -> list[dict[str, Any]] | None:
-        """The running daemon's databases (``list -json``), or None if it does not answer."""
-        proc = self.run("list", "-json", "-socket", str(socket), timeout=5, check=False)
-        if proc.returncode != 0:
+        """The running daemon's databases (``GET /list``), or None if it does not answer."""
+        answer = ControlSocket(socket).get("/list")
+        if not isinstance(answer, dict):
             return None
-        try:
-            return list(json.loads(proc.stdout).get("databases") or [])
-        except (ValueError, AttributeError):
-            return None
+        return list(answer.get("databases") or [])
 
     def spawn(
         self,

@@ -184,6 +184,18 @@ def window(files: list[LtxFile]) -> Window | None:
     )
 
 
+def listings_file(settings: Settings) -> Path:
+    """What each replica's last listing in this workspace said (see Replica._remember)."""
+    return settings.state_dir / "replica-listings.json"
+
+
+def last_listing(settings: Settings, db: Path) -> dict[str, Any] | None:
+    from .files import read_json
+
+    found = read_json(listings_file(settings)).get(str(db))
+    return found if isinstance(found, dict) else None
+
+
 def local_txid(db: Path) -> int | None:
     """The newest txid litestream has captured locally (as ``litestream status`` reads it:
     the highest in its level-0 folder), or None before it saw the database."""
@@ -211,12 +223,13 @@ class Replica:
     """
 
     def __init__(self, settings: Settings, entry: Entry, litestream: Litestream,
-                 config: Path, found: bool = False):
+                 config: Path, found: bool = False, remember: bool = True):
         self.settings = settings
         self.entry = entry
         self.litestream = litestream
         self._config = config
         self._found = found  # discovered in a folder entry's dir
+        self._remember_listing = remember  # keep what a listing said, for status (see _remember)
         self._files: list[LtxFile] | BackupError | None = None
         self._checked: BackupError | bool = False
         self._store: Store | None = None
@@ -287,11 +300,32 @@ class Replica:
         if self._files is None:
             try:
                 self._files = parse_files(self.json("ltx", "-level", "all") or [])
+                if self._remember_listing:
+                    self._remember(self._files)
             except BackupError as exc:
                 self._files = exc  # asked again in this command: the same answer, not a second wait
         if isinstance(self._files, BackupError):
             raise self._files
         return self._files
+
+    def _remember(self, files: list[LtxFile]) -> None:
+        """Keep what this listing said, so status can tell it while a daemon runs, without
+        listing the bucket again (a billed request on R2)."""
+        from datetime import timezone
+
+        from .files import update_json
+
+        chain = plan(files)
+        snapshots = [f.timestamp for f in files if f.level == SNAPSHOT_LEVEL]
+        update_json(listings_file(self.settings), str(self.entry.path), {
+            "listed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "replica": self.where,
+            "newest_txid": f"{max(f.max_txid for f in files):016x}" if files else None,
+            "newest_time": iso_z(max(f.timestamp for f in files)) if files else None,
+            "latest_snapshot": iso_z(max(snapshots)) if snapshots else None,
+            "restorable": chain.restorable,
+            "hole": chain.hole.as_dict() if chain.hole else None,
+        })
 
     def forget(self) -> None:
         """Drop the listing: this command has just changed the replica (a snapshot)."""

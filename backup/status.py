@@ -5,6 +5,7 @@ answer well under a second for a small database on a local replica.
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -15,7 +16,9 @@ import psutil
 
 from . import daemon
 from .config import Settings, parse_duration
-from .errors import EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_OK, SNAPSHOT_FIX, BackupError
+from .errors import (
+    EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_OK, SNAPSHOT_FIX, BackupError, hole_message, missing_bucket,
+)
 from .litestream import local_state_dir
 from .replica import SNAPSHOT_LEVEL, LtxFile, local_txid
 from .timeparse import from_litestream
@@ -50,6 +53,12 @@ class DatabaseStatus:
     restorable: bool | None = None
     hole: dict[str, str] | None = None  # {"from_txid", "to_txid"}: what a restore cannot cross
     error: str | None = None  # why this database is failing, with the fix
+    # Where replica_txid came from: "daemon" (its control socket: no request to the
+    # bucket) or "listing" (the replica listed now). With "daemon", latest_snapshot,
+    # replica_time, restorable and hole come from this workspace's last listing, made
+    # at listed_at (None: never listed here yet).
+    replica_source: str = "listing"
+    listed_at: str | None = None
     name: str = ""  # as people name it: relative to the workspace where it lies inside
 
     @property
@@ -208,24 +217,157 @@ def _database_status(
             f"the replica holds nothing, although litestream has synced {db} "
             f"(local txid {local:016x}): {SNAPSHOT_FIX}"
         )
+    _lag(status, db, local, replica_txid, now, running)
+    return status
+
+
+def _lag(status: DatabaseStatus, db: Path, local: int | None, replica_txid: int | None,
+         now: float, running: bool) -> None:
+    """How far behind the replica is: in txids, and since when it misses local changes."""
     unseen = None if running else unseen_since(db)
     if unseen is not None:
         # Upper bound: the replica has missed these changes at most since then.
         status.unseen_changes = True
         status.lag_seconds = round(max(0.0, now - unseen), 1) if unseen else None
-        return status
+        return
     if local is None:
-        return status  # litestream has never seen this database
+        return  # litestream has never seen this database
     if replica_txid is None:
         status.lag_txids = local
         since = unsynced_since(db, 0)
     elif replica_txid >= local:
         status.lag_txids, status.lag_seconds = 0, 0.0
-        return status
+        return
     else:
         status.lag_txids = local - replica_txid
         since = unsynced_since(db, replica_txid)
     status.lag_seconds = round(max(0.0, now - since), 1) if since else None
+
+
+def stalled_after(sync_interval: str) -> float:
+    """How long a running daemon may go without a successful replica sync (it syncs every
+    interval, changes or not) before its replica counts as unreachable."""
+    return max(3 * parse_duration(sync_interval), 10.0)
+
+
+def _daemon_view(workspace: Workspace, unit: Database, now: float) -> tuple[int | None, BackupError | None]:
+    """The replica's txid as the running daemon knows it: no request to the bucket.
+
+    ``POST /sync`` answers with it, but first syncs the WAL into litestream's local
+    state, so a pending change is uploaded early: asked at most once per sync interval
+    per database; in between, the last answer stands.
+    """
+    from .files import update_json
+    from .litestream import ControlSocket
+
+    try:
+        unit.replica.check()  # a TCP connect to the endpoint: free, and says at once it is cut
+    except BackupError as exc:
+        return None, exc
+    record_file = workspace.settings.state_dir / "daemon-sync.json"
+    from .files import read_json
+
+    last = read_json(record_file).get(str(unit.path))
+    if isinstance(last, dict) and now - float(last.get("at", 0)) < parse_duration(unit.sync_interval) \
+            and last.get("pid") == workspace.state.pid:
+        return last.get("replicated_txid"), None
+    answer = ControlSocket(workspace.config.socket).sync(unit.path) if workspace.config.socket else None
+    if answer is None:
+        return None, None
+    replicated = int(answer.get("replicated_txid") or 0) or None
+    update_json(record_file, str(unit.path), {"at": now, "pid": workspace.state.pid,
+                                              "replicated_txid": replicated})
+    return replicated, None
+
+
+_LOG_TIME = re.compile(r"\btime=(\S+)")
+_LOG_DB = re.compile(r'\bdb=("(?:[^"\\]|\\.)*"|\S+)')
+
+
+def daemon_errors(settings: Settings, tail_bytes: int = 65536) -> list[tuple[float, str | None, str]]:
+    """The background daemon's recent errors from its log (a local file: free to read):
+    (when, the database path it names or None, the line)."""
+    from . import logfile
+
+    path = settings.logfile
+    end = logfile.size(path)
+    found = []
+    for line in logfile.read_since(path, max(0, end - tail_bytes)).splitlines():
+        if "level=ERROR" not in line:
+            continue
+        when = _LOG_TIME.search(line)
+        try:
+            stamp = from_litestream(when.group(1)).timestamp() if when else None
+        except ValueError:
+            stamp = None
+        if stamp is None:
+            continue
+        db = _LOG_DB.search(line)
+        found.append((stamp, db.group(1).strip('"') if db else None, line))
+    return found
+
+
+def _from_daemon(workspace: Workspace, unit: Database, synced: dict[str, str], now: float,
+                 errors: list[tuple[float, str | None, str]] | None = None) -> DatabaseStatus:
+    """One database's status from the running daemon and the last listing: no LIST."""
+    from .replica import last_listing
+
+    db = unit.path
+    status = DatabaseStatus(
+        path=str(db), replica=unit.replica.where, name=unit.name, exists=db.is_file(),
+        sync_interval=unit.sync_interval, last_sync_at=synced.get(str(db)), replica_source="daemon",
+    )
+    if not status.exists:
+        return status
+    status.first_sync_pending = not status.last_sync_at
+    status.size_bytes = db.stat().st_size
+    status.wal_mode = is_wal(db)
+    local = local_txid(db)
+    status.local_txid = _hex(local)
+    replicated, unreachable = _daemon_view(workspace, unit, now)
+    status.replica_txid = _hex(replicated)
+    listed = last_listing(workspace.settings, db)
+    if listed and listed.get("replica") == unit.replica.where:
+        status.listed_at = listed.get("listed_at")
+        status.replica_time = listed.get("newest_time")
+        status.latest_snapshot = listed.get("latest_snapshot")
+        status.restorable = listed.get("restorable")
+        status.hole = listed.get("hole")
+    last_good = _parse_time(status.last_sync_at) if status.last_sync_at else 0.0
+    # litestream's log names a database by its path or by its file name alone.
+    failed = [line for when, path, line in errors or ()
+              if when > last_good and path in (None, str(db), db.name)]
+    if unreachable is not None:
+        status.error = unreachable.message
+    elif failed:
+        # A sync failed after the last good one: say so now, not a few intervals later.
+        from .errors import translate
+
+        message = translate(failed[-1], "litestream reports a failing sync")
+        if "NoSuchBucket" in failed[-1]:
+            message = missing_bucket([unit.entry.bucket or ""]) or message
+        status.error = workspace.settings.mask(message)
+    elif status.last_sync_at:
+        quiet = now - _parse_time(status.last_sync_at)
+        if quiet > stalled_after(unit.sync_interval):
+            status.error = (
+                f"litestream has not synced the replica for {quiet:.0f}s (last at "
+                f"{status.last_sync_at[:19]}Z): the storage endpoint may be unreachable or "
+                "refusing it — see 'inv backup.logs'"
+            )
+    if status.hole and not status.error:
+        status.error = hole_message(int(status.hole["from_txid"], 16), int(status.hole["to_txid"], 16))
+    elif listed and not listed.get("newest_txid") and replicated and not status.error:
+        # The daemon believes it uploaded everything, and nothing re-uploads it.
+        status.error = (
+            f"the replica held nothing when last listed ({status.listed_at}), although litestream "
+            f"has synced {db} (txid {replicated:016x}): {SNAPSHOT_FIX}"
+        )
+    _lag(status, db, local, replicated, now, True)
+    if status.error and status.last_sync_at:
+        # The daemon's last good sync bounds how long the replica has missed changes.
+        status.lag_seconds = max(status.lag_seconds or 0.0,
+                                 round(max(0.0, now - _parse_time(status.last_sync_at)), 1))
     return status
 
 
@@ -253,25 +395,20 @@ def _daemon_info(state: daemon.DaemonState, settings: Settings, now: float) -> d
 
 
 def gather(workspace: Workspace) -> Status:
-    """Read every fact status reports. Starts nothing, writes nothing."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    """Read every fact status reports. Starts nothing; writes only its own small records."""
     state, config, litestream = workspace.state, workspace.config, workspace.litestream
     now = time.time()
     present = [db for db in workspace.databases if db.path.is_file()]
-    if present:
-        litestream.binary  # found and version-checked once, before the threads share it
-    # The litestream calls are independent: run them side by side.
-    with ThreadPoolExecutor(max_workers=1 + max(1, len(present))) as pool:
-        listing_call = (
-            pool.submit(litestream.listing, config.socket) if state.running and config.socket else None
-        )
-        replica_calls = {db.path: pool.submit(_listing, db) for db in present}
-        listing = listing_call.result() if listing_call else None
-        replicas = {path: call.result() for path, call in replica_calls.items()}
+    listing = litestream.listing(config.socket) if state.running and config.socket else None
     synced = None if listing is None else {
         db["path"]: db["last_sync_at"] for db in listing if db.get("last_sync_at")
     }
+    if synced is not None:
+        # The daemon answers: the replica's state comes from it, with no request to the bucket.
+        errors = daemon_errors(workspace.settings)
+        databases = [_from_daemon(workspace, db, synced, now, errors) for db in workspace.databases]
+    else:
+        databases = _listed(workspace, present, now)
     from .service import find
 
     installed = find(workspace.settings)
@@ -282,11 +419,23 @@ def gather(workspace: Workspace) -> Status:
         service=installed.as_dict() if installed else None,
         config_changed=workspace.config_changed,
         daemon=_daemon_info(state, workspace.settings, now),
-        databases=[
-            _database_status(db, replicas.get(db.path), synced, now, state.running)
-            for db in workspace.databases
-        ],
+        databases=databases,
     )
+
+
+def _listed(workspace: Workspace, present: list[Database], now: float) -> list[DatabaseStatus]:
+    """Each database's status from a listing of its replica (no daemon to ask)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if present:
+        workspace.litestream.binary  # found and version-checked once, before the threads share it
+    with ThreadPoolExecutor(max_workers=max(1, len(present))) as pool:  # independent listings
+        calls = {db.path: pool.submit(_listing, db) for db in present}
+        replicas = {path: call.result() for path, call in calls.items()}
+    return [
+        _database_status(db, replicas.get(db.path), None, now, workspace.running)
+        for db in workspace.databases
+    ]
 
 
 def _size(n: int | None) -> str:
@@ -336,7 +485,13 @@ def _lines(status: Status) -> list[str]:
         wal = {True: "WAL", False: "not WAL (litestream switches it)", None: "unknown"}[db.wal_mode]
         lines.append(f"  size           {_size(db.size_bytes)}, {wal}")
         lines.append(f"  local txid     {db.local_txid or '-'}")
-        lines.append(f"  replica txid   {db.replica_txid or '-'}  at {db.replica_time or '-'}")
+        if db.replica_source == "daemon":
+            lines.append(f"  replica txid   {db.replica_txid or '-'}  (from the daemon; last sync "
+                         f"{(db.last_sync_at or '-')[:19]})")
+            lines.append(f"  last listed    {db.listed_at or 'never in this workspace'} (snapshot and "
+                         "restorability as of then; 'inv backup.snapshots' lists now)")
+        else:
+            lines.append(f"  replica txid   {db.replica_txid or '-'}  at {db.replica_time or '-'}")
         if db.first_sync_pending:
             lines.append("  state          first sync in progress: not backed up until it is done "
                          "('inv backup.logs --follow' shows it)")

@@ -90,11 +90,11 @@ def _number(value: Any, flag: str, minimum: float = 0) -> float:
     return number
 
 
-def _workspace(settings: cfg.Settings | None = None, draft: bool = False) -> Any:
+def _workspace(settings: cfg.Settings | None = None, draft: bool = False, remember: bool = True) -> Any:
     """The command's world, built once: settings, the config that runs, every database."""
     from .workspace import Workspace
 
-    return Workspace.load(settings or cfg.load(), draft=draft)
+    return Workspace.load(settings or cfg.load(), draft=draft, remember=remember)
 
 
 def _show(result: Any, as_json: bool) -> None:
@@ -339,11 +339,12 @@ def restore(c, output=None, timestamp=None, txid=None, force=False, dry_run=Fals
     if output is not None and not output.strip():
         raise BackupError("--output is empty: name the file to restore to", code=EXIT_CONFIG)
     settings = cfg.load()
-    workspace = _workspace(settings, draft=True)
+    # A refused restore changes nothing on disk, not even what status remembers of a listing.
+    workspace = _workspace(settings, draft=True, remember=False)
     if not dry_run and _ensure_config(settings, True, workspace.config if workspace.configured else None):
-        workspace = _workspace(settings)  # the config just written
+        workspace = _workspace(settings, remember=False)  # the config just written
     elif not workspace.configured:
-        workspace = _workspace(settings)  # raises: how to write one
+        workspace = _workspace(settings, remember=False)  # raises: how to write one
     workspace = workspace.with_replicas()  # a glob's databases that are not here (a new machine)
     result = do_restore(
         workspace,

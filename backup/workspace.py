@@ -55,12 +55,14 @@ class Workspace:
     config_changed: bool = False  # litestream.yml moved on since the running daemon started
 
     @classmethod
-    def load(cls, settings: Settings, litestream: Litestream | None = None, draft: bool = False) -> Workspace:
+    def load(cls, settings: Settings, litestream: Litestream | None = None, draft: bool = False,
+             remember: bool = True) -> Workspace:
         """Read the daemon's state and the config once; find every database.
 
         Without a litestream.yml this raises the error that says how to write one;
         with ``draft`` it uses the config .env would render instead (``configured``
-        then says so).
+        then says so). ``remember=False``: listings are not kept for status (a command
+        that changes nothing it refuses, such as restore).
         """
         litestream = litestream or Litestream(settings)
         state = daemon.check(settings)
@@ -74,11 +76,11 @@ class Workspace:
         databases: list[Database] = []
         for entry in config.databases:
             if entry.pattern is None:
-                replica = Replica(settings, entry, litestream, source)
+                replica = Replica(settings, entry, litestream, source, remember=remember)
                 databases.append(Database(entry.path, _name(entry.path, settings.workspace), entry, replica))
                 continue
             for resolved in entry.databases():
-                replica = Replica(settings, resolved, litestream, source, found=True)
+                replica = Replica(settings, resolved, litestream, source, found=True, remember=remember)
                 databases.append(Database(resolved.path, _name(resolved.path, settings.workspace),
                                           resolved, replica, entry))
         return cls(settings, config, litestream, state, tuple(databases), configured, changed)
@@ -127,7 +129,8 @@ class Workspace:
                 if path in have or not fnmatch.fnmatchcase(name, entry.pattern):
                     continue
                 resolved = entry.found(path)
-                replica = Replica(self.settings, resolved, self.litestream, self.litestream.config_file, found=True)
+                replica = Replica(self.settings, resolved, self.litestream, self.litestream.config_file,
+                                  found=True, remember=False)
                 extra.append(Database(path, _name(path, self.settings.workspace), resolved, replica, entry))
         return replace(self, databases=self.databases + tuple(extra)) if extra else self
 

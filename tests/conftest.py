@@ -63,6 +63,15 @@ def stop_process(proc: subprocess.Popen, timeout: float = 10) -> None:
             proc.wait(timeout)
 
 
+MOTO_LOGS: dict[str, Path] = {}  # endpoint -> moto's access log (one line per request)
+
+
+def s3_lists(endpoint: str, bucket: str) -> int:
+    """How many ListObjectsV2 requests for ``bucket`` the S3 server has answered so far."""
+    text = MOTO_LOGS[endpoint].read_text("utf-8", errors="replace")
+    return sum(1 for line in text.splitlines() if f'"GET /{bucket}?' in line and "list-type=2" in line)
+
+
 @contextlib.contextmanager
 def moto_server(folder: Path, **env: str) -> Iterator[str]:
     """moto's S3 server on 127.0.0.1 and a free port, stopped by its pid."""
@@ -85,6 +94,7 @@ def moto_server(folder: Path, **env: str) -> Iterator[str]:
 
     try:
         wait_for(up, 30, what="moto server")
+        MOTO_LOGS[f"http://127.0.0.1:{port}"] = log
         yield f"http://127.0.0.1:{port}"
     finally:
         stop_process(proc)

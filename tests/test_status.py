@@ -8,7 +8,7 @@ import sys
 import threading
 import time
 
-from conftest import BIN, SECRETS, Workspace, insert, make_db, s3_client, wait_for
+from conftest import BIN, SECRETS, Workspace, insert, make_db, s3_client, s3_lists, wait_for
 
 
 def status_json(ws: Workspace) -> tuple[int, dict]:
@@ -71,9 +71,14 @@ def test_unreadable_replica_is_failing(r2ws: Workspace, s3_endpoint):
     for obj in client.list_objects_v2(Bucket=r2ws.bucket).get("Contents", []):
         client.delete_object(Bucket=r2ws.bucket, Key=obj["Key"])
     client.delete_bucket(Bucket=r2ws.bucket)
-    code, data = status_json(r2ws)
-    assert code == 1
-    assert f"bucket '{r2ws.bucket}' does not exist" in data["databases"][0]["error"]
+    # With a daemon running, status asks it rather than the bucket: the next change's
+    # upload fails (within a sync interval), and status says so from then on.
+    insert(r2ws.db, "after the bucket went")
+    code, data = wait_for(lambda: (lambda r: r if r[0] == 1 else None)(status_json(r2ws)), 40,
+                          interval=1, what="status to turn failing")
+    assert f"bucket '{r2ws.bucket}' does not exist" in data["databases"][0]["error"], data
+    listed = r2ws.inv("backup.snapshots")  # a listing says it at once
+    assert listed.returncode == 1 and f"bucket '{r2ws.bucket}' does not exist" in listed.stderr
     r2ws.assert_no_secrets()
 
 
@@ -129,3 +134,24 @@ def test_logs_follow_prints_new_lines_masked(r2ws: Workspace):
     r2ws.outputs.append(output)
     assert "new line with ****" in output
     assert SECRETS[1] not in output
+
+
+def test_status_with_a_running_daemon_lists_nothing_and_costs_no_uploads(r2ws: Workspace, s3_endpoint):
+    make_db(r2ws.db)
+    assert r2ws.inv("backup.setup").returncode == 0
+    assert r2ws.inv("backup.start-bg").returncode == 0
+    # litestream's own start-up compaction pass LISTs each level once: let it finish first.
+    seen: list[int] = []
+    wait_for(lambda: seen.append(s3_lists(s3_endpoint, r2ws.bucket)) or seen[-3:] == [seen[-1]] * 3,
+             30, interval=1, what="the daemon's start-up listings to end")
+    before = s3_lists(s3_endpoint, r2ws.bucket)
+    for n in range(3):  # idle, then with a fresh write before each call
+        code, data = status_json(r2ws)
+        assert code == 0 and data["databases"][0]["replica_source"] == "daemon", data
+        insert(r2ws.db, f"row {n}")
+    code, data = status_json(r2ws)
+    assert code == 0, data
+    assert s3_lists(s3_endpoint, r2ws.bucket) == before
+    # Asked at most once per sync interval (10s): the calls above asked the daemon once.
+    record = json.loads((r2ws.state / "daemon-sync.json").read_text())
+    assert list(record) == [str(r2ws.db)]
