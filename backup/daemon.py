@@ -340,6 +340,30 @@ def _prepare(settings: Settings, litestream: Litestream, given: LitestreamConfig
     return Prepared(config, text, tuple(claims))
 
 
+AFTER_CRASH = (
+    "the last daemon died without a clean stop: took a fresh snapshot first, so the replica "
+    "holds every change even if litestream was cut off mid-sync"
+)
+
+
+def _snapshot_after_crash(settings: Settings, litestream: Litestream, state: DaemonState,
+                          config: LitestreamConfig) -> bool:
+    """After a daemon that died (kill -9, a crash, a power cut), snapshot before replicating.
+
+    litestream killed in the middle of a sync can restart with its local state and the
+    replica disagreeing about what one txid holds; it then skips a change it believes
+    uploaded, and a restore silently lacks rows (seen here under repeated kill -9 while
+    writing). A snapshot holds every page as it is now: a restore of the latest state
+    starts from it. Costs one upload of the database, once per crash. Needs the lock held.
+    """
+    if state.state != "stale":
+        return False
+    if any(not e.pattern and not e.path.exists() for e in config.databases):
+        return False  # 'replicate -once' would wait for a database that is not there
+    litestream.run("replicate", "-once", "-force-snapshot", config=settings.config_path, timeout=None)
+    return True
+
+
 def _private_socket_folder(settings: Settings, socket: Path | None) -> None:
     """The control socket's folder must be this user's alone: anyone who can reach the
     socket can make the daemon sync, pause or stop replicating."""
@@ -436,11 +460,14 @@ class StartResult:
     claims: tuple[Claim, ...] = ()
     syncing: tuple[Path, ...] = ()  # databases whose first sync was still running at the timeout
     timeout: float = 0.0  # how long the start waited for first syncs
+    resnapshot: bool = False  # a fresh snapshot was taken first: the last daemon died
 
     def as_lines(self) -> list[str]:
         if self.already_running:
             return [f"already running (pid {self.pid})"]
         lines = [f"replaced a stale pidfile ({self.stale.reason})"] if self.stale else []
+        if self.resnapshot:
+            lines.append(AFTER_CRASH)
         lines += [claim.describe() for claim in self.claims if claim.describe()]
         lines += [f"waiting for {path}: it does not exist yet; litestream replicates it once it does"
                   for path in self.waiting]
@@ -466,6 +493,7 @@ def start_background(
             return StartResult(state.record.pid, settings.logfile, already_running=True)
         refuse_unrecorded(settings)
         prepared = _prepare(settings, litestream)
+        resnapshot = _snapshot_after_crash(settings, litestream, state, prepared.config)
         _keep_running_copy(settings, prepared)
         argv = litestream.argv("replicate")
         logfile.rotate(settings.logfile)
@@ -494,6 +522,7 @@ def start_background(
             claims=prepared.claims,
             syncing=syncing,
             timeout=timeout,
+            resnapshot=resnapshot,
         )
 
 
@@ -703,6 +732,8 @@ def run_foreground(
                     output.write(f"{claim.describe()}\n")
             if stopper.requested:
                 return 0  # asked to stop before anything started
+            if _snapshot_after_crash(settings, litestream, state, prepared.config):
+                output.write(AFTER_CRASH + "\n")
             _keep_running_copy(settings, prepared)
             argv = litestream.argv("replicate")
             proc = litestream.spawn("replicate", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
