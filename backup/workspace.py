@@ -149,10 +149,11 @@ class Workspace:
             return self.databases
         if not name.strip():
             raise BackupError("--db is empty: name one of the databases", code=EXIT_CONFIG)
+        spelled = _spelling(name.strip())
         for entry in self.config.databases:
-            if entry.pattern and name.strip() in self._written(entry):
+            if entry.pattern and spelled in {_spelling(w) for w in self._written(entry)}:
                 return tuple(db for db in self.databases if db.folder == entry)
-        exact = tuple(db for db in self.databases if name.strip() in (db.name, str(db.path)))
+        exact = tuple(db for db in self.databases if spelled in (_spelling(db.name), _spelling(str(db.path))))
         by_place = [
             tuple(db for db in self.databases if _real(db.path) == place)
             for place in self._candidates(name.strip())
@@ -194,6 +195,11 @@ class Workspace:
             return [_real(path)]
         places = [_real(self.settings.workspace / path), _real(Path.cwd() / path)]
         return places[:1] if places[0] == places[1] else places
+
+
+def _spelling(name: str) -> str:
+    """A name as written, compared the way this system compares paths (data\\x.db on Windows)."""
+    return os.path.normcase(os.path.normpath(name))
 
 
 def _real(path: Path) -> str:

@@ -86,9 +86,10 @@ def test_db_names_one_database_as_written_relative_or_absolute(ws: Workspace):
     workspace = Loaded.load(config.load(cwd=ws.path, environ=ws.env))
     assert [db.name for db in workspace.databases] == ["chora.db", "data/x.db", "data/y.db"]
     x = ws.path / "data" / "x.db"
-    for spelling in ("data/x.db", str(x), str(ws.path / "data" / ".." / "data" / "x.db")):
+    for spelling in ("data/x.db", "data/./x.db", str(x), str(ws.path / "data" / ".." / "data" / "x.db")):
         assert workspace.database(spelling).path == x
     assert [db.name for db in workspace.select("data/*.db")] == ["data/x.db", "data/y.db"]
+    assert [db.name for db in workspace.select("./data/*.db")] == ["data/x.db", "data/y.db"]
     assert workspace.database("data/x.db").replica.where == str(ws.root / "backups" / "data" / "x.db")
     with pytest.raises(BackupError) as err:
         workspace.database("nope.db")
