@@ -87,10 +87,10 @@ class Each:
     def as_dict(self) -> dict[str, Any]:
         if not self.several:
             return asdict_of(self.items[0])
+        # A snapshot listing names its database here; a restore result already does.
         return {"databases": [
-            {"path": getattr(item, "path", None) or str(name), **asdict_of(item)} if isinstance(item, Snapshots)
-            else asdict_of(item)
-            for item, name in zip(self.items, self.names)
+            {"path": item.path, **item.as_dict()} if isinstance(item, Snapshots) else asdict_of(item)
+            for item in self.items
         ]}
 
     def as_lines(self) -> list[str]:

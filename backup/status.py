@@ -171,32 +171,30 @@ def _listing(db: Database) -> list[LtxFile] | BackupError:
         return exc
 
 
-def _database_status(
-    unit: Database,
-    replica: list[LtxFile] | BackupError | None,
-    synced: dict[str, str] | None,
-    now: float,
-    running: bool,
-) -> DatabaseStatus:
-    """One database's status; ``synced`` is the daemon's last sync per path (None: not known)."""
+def _local_facts(unit: Database, **fields: Any) -> tuple[DatabaseStatus, int | None]:
+    """What the database file and litestream's local state say: no request anywhere."""
     db = unit.path
-    status = DatabaseStatus(
-        path=str(db), replica=unit.replica.where, name=unit.name, exists=db.is_file(),
-        sync_interval=unit.sync_interval, last_sync_at=(synced or {}).get(str(db)),
-    )
+    status = DatabaseStatus(path=str(db), replica=unit.replica.where, name=unit.name,
+                            exists=db.is_file(), sync_interval=unit.sync_interval, **fields)
     if not status.exists:
-        return status
-    # Until litestream has synced it once, nothing below says anything about the replica.
-    status.first_sync_pending = running and synced is not None and not status.last_sync_at
+        return status, None
     status.size_bytes = db.stat().st_size
     status.wal_mode = is_wal(db)
     local = local_txid(db)
     status.local_txid = _hex(local)
+    return status, local
+
+
+def _database_status(
+    unit: Database, replica: list[LtxFile] | BackupError | None, now: float, running: bool,
+) -> DatabaseStatus:
+    """One database's status from a listing of its replica (no daemon answered)."""
+    db = unit.path
+    status, local = _local_facts(unit)
+    if not status.exists:
+        return status
     if isinstance(replica, BackupError):
         status.error = replica.message
-        if status.last_sync_at:
-            # The replica cannot be asked; the daemon's last good sync bounds the lag.
-            status.lag_seconds = round(max(0.0, now - _parse_time(status.last_sync_at)), 1)
         return status
     files = replica or []
     replica_txid = max((f.max_txid for f in files), default=None)
@@ -210,13 +208,6 @@ def _database_status(
     if chain.hole:
         status.hole = chain.hole.as_dict()
         status.error = chain.hole.message()
-    elif not files and running and status.last_sync_at and local is not None:
-        # litestream uploaded this database and believes the replica holds it: the
-        # backup was deleted (or the replica moved), and nothing re-uploads it.
-        status.error = (
-            f"the replica holds nothing, although litestream has synced {db} "
-            f"(local txid {local:016x}): {SNAPSHOT_FIX}"
-        )
     _lag(status, db, local, replica_txid, now, running)
     return status
 
@@ -257,7 +248,7 @@ def _daemon_view(workspace: Workspace, unit: Database, now: float) -> tuple[int 
     state, so a pending change is uploaded early: asked at most once per sync interval
     per database; in between, the last answer stands.
     """
-    from .files import update_json
+    from .files import read_json, update_json
     from .litestream import ControlSocket
 
     try:
@@ -265,8 +256,6 @@ def _daemon_view(workspace: Workspace, unit: Database, now: float) -> tuple[int 
     except BackupError as exc:
         return None, exc
     record_file = workspace.settings.state_dir / "daemon-sync.json"
-    from .files import read_json
-
     last = read_json(record_file).get(str(unit.path))
     if isinstance(last, dict) and now - float(last.get("at", 0)) < parse_duration(unit.sync_interval) \
             and last.get("pid") == workspace.state.pid:
@@ -313,17 +302,11 @@ def _from_daemon(workspace: Workspace, unit: Database, synced: dict[str, str], n
     from .replica import last_listing
 
     db = unit.path
-    status = DatabaseStatus(
-        path=str(db), replica=unit.replica.where, name=unit.name, exists=db.is_file(),
-        sync_interval=unit.sync_interval, last_sync_at=synced.get(str(db)), replica_source="daemon",
-    )
+    status, local = _local_facts(unit, last_sync_at=synced.get(str(db)), replica_source="daemon")
     if not status.exists:
         return status
+    # Until litestream has synced it once, nothing below says anything about the replica.
     status.first_sync_pending = not status.last_sync_at
-    status.size_bytes = db.stat().st_size
-    status.wal_mode = is_wal(db)
-    local = local_txid(db)
-    status.local_txid = _hex(local)
     replicated, unreachable = _daemon_view(workspace, unit, now)
     status.replica_txid = _hex(replicated)
     listed = last_listing(workspace.settings, db)
@@ -433,7 +416,7 @@ def _listed(workspace: Workspace, present: list[Database], now: float) -> list[D
         calls = {db.path: pool.submit(_listing, db) for db in present}
         replicas = {path: call.result() for path, call in calls.items()}
     return [
-        _database_status(db, replicas.get(db.path), None, now, workspace.running)
+        _database_status(db, replicas.get(db.path), now, workspace.running)
         for db in workspace.databases
     ]
 
