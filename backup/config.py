@@ -44,13 +44,22 @@ VARIABLES = (
     "BACKUP_LOCAL_DIR",
     "BACKUP_STATE_DIR",
     "LITESTREAM_BIN",
+    "BACKUP_HEARTBEAT_URL",
+    "BACKUP_HEARTBEAT_INTERVAL",
+    "BACKUP_METRICS_ADDR",
+    "BACKUP_METRICS_PUBLIC",
 )
-SECRET_VARIABLES = ("R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY")
+# Never written to a file this tool makes (except litestream.yml's heartbeat-url,
+# mode 0600), printed, or logged. A ping URL is a secret: its path is the token.
+SECRET_VARIABLES = ("R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "BACKUP_HEARTBEAT_URL")
 
 DEFAULT_DB = "chora.db"
 DEFAULT_LOCAL_DIR = "~/.chora/backups"
 DEFAULT_STATE_ROOT = "~/.chora/state"
 START_WAIT = 30.0  # seconds start-bg waits for the first sync before leaving it to run on
+# litestream's heartbeat: its default interval, and the shortest it accepts.
+DEFAULT_HEARTBEAT_INTERVAL = "5m"
+MIN_HEARTBEAT_SECONDS = 60.0
 # The seed's interval for R2, chosen for cost; local copies are free.
 DEFAULT_SYNC_INTERVAL = {R2: "10s", LOCAL: "1s"}
 
@@ -117,6 +126,9 @@ class Settings:
     access_key_id: str | None = field(default=None, repr=False)
     secret_access_key: str | None = field(default=None, repr=False)
     databases: tuple[DbSpec, ...] = ()  # every BACKUP_DB entry, the first one first
+    heartbeat_url: str | None = field(default=None, repr=False)  # a secret: see secrets()
+    heartbeat_interval: str = DEFAULT_HEARTBEAT_INTERVAL
+    metrics_addr: str | None = None  # host:port of litestream's Prometheus endpoint
 
     def __post_init__(self) -> None:
         if not self.databases:  # built by hand (tests): one database, as before
@@ -173,7 +185,15 @@ class Settings:
         return self.local_dir.joinpath(*location.split("/")) if location else self.local_dir
 
     def secrets(self) -> tuple[str, ...]:
-        return tuple(s for s in (self.access_key_id, self.secret_access_key) if s)
+        """Every value masked in output and logs: the keys, and the ping URL with its parts."""
+        found = [s for s in (self.access_key_id, self.secret_access_key) if s]
+        if self.heartbeat_url:
+            found += url_secrets(self.heartbeat_url)
+        return tuple(found)
+
+    @property
+    def metrics_url(self) -> str | None:
+        return metrics_url(self.metrics_addr) if self.metrics_addr else None
 
     def mask(self, text: str) -> str:
         """``text`` with every secret value replaced by ``****``."""
@@ -193,6 +213,51 @@ class Settings:
 
     def env_location(self) -> str:
         return str(self.env_file) if self.env_file else f"{self.workspace / ENV_FILE} (not found)"
+
+
+def url_secrets(url: str) -> list[str]:
+    """What to mask of a ping URL: all of it, and each part that may carry its token.
+
+    Go prints the URL in an error with its password replaced, so the path and
+    query (where healthchecks.io, Better Stack and Uptime Kuma put the token)
+    and the password are masked on their own too. The host is not secret.
+    """
+    parts = urlsplit(url)
+    found = [url]
+    tail = url[len(f"{parts.scheme}://{parts.netloc}"):]
+    if len(tail.strip("/")) >= 4:
+        found.append(tail)
+    if parts.password and len(parts.password) >= 4:
+        found.append(parts.password)
+    return found
+
+
+def public_url(url: str) -> str:
+    """A ping URL as it may be shown: scheme and host, the rest masked."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}/****"
+
+
+def metrics_url(addr: str) -> str:
+    """Where litestream serves metrics for ``addr`` (an empty host means every interface)."""
+    host, _, port = addr.rpartition(":")
+    return f"http://{host or 'localhost'}:{port}/metrics"
+
+
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    host = host.strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere
 
 
 def find_workspace(start: Path) -> Path:
@@ -457,6 +522,63 @@ def _interval(value: str | None, problems: list[str]) -> str | None:
     return value
 
 
+def _heartbeat(values: dict[str, str | None], problems: list[str]) -> tuple[str | None, str]:
+    """BACKUP_HEARTBEAT_URL (never echoed: it carries a token) and its interval."""
+    url = values["BACKUP_HEARTBEAT_URL"]
+    if url is not None:
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 -- raises on a port that is not a number
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        except ValueError:
+            valid = False
+        if not valid or any(ch.isspace() for ch in url):
+            problems.append(
+                "BACKUP_HEARTBEAT_URL must be an http:// or https:// URL, such as the ping URL "
+                "of a healthchecks.io check (its value is not shown: ping URLs carry tokens)"
+            )
+            url = None
+    interval = values["BACKUP_HEARTBEAT_INTERVAL"] or DEFAULT_HEARTBEAT_INTERVAL
+    try:
+        seconds = parse_duration(interval)
+    except ValueError:
+        problems.append(f"BACKUP_HEARTBEAT_INTERVAL {interval!r} is not a duration (e.g. 5m, 1h)")
+        return url, DEFAULT_HEARTBEAT_INTERVAL
+    if seconds < MIN_HEARTBEAT_SECONDS:
+        problems.append(
+            f"BACKUP_HEARTBEAT_INTERVAL {interval!r} is shorter than litestream's minimum, 1m: use 1m or more"
+        )
+    return url, interval
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _metrics(values: dict[str, str | None], problems: list[str]) -> str | None:
+    """BACKUP_METRICS_ADDR, host:port; a non-loopback host only with BACKUP_METRICS_PUBLIC=1."""
+    public = values["BACKUP_METRICS_PUBLIC"]
+    if public is not None and public.strip().lower() not in _TRUE + _FALSE:
+        problems.append(f"BACKUP_METRICS_PUBLIC {public!r} must be 1 or 0")
+    addr = values["BACKUP_METRICS_ADDR"]
+    if addr is None:
+        return None
+    host, colon, port = addr.strip().rpartition(":")
+    bracketed = host.startswith("[") and host.endswith("]")
+    if not colon or not port.isdigit() or not 0 < int(port) < 65536 or (":" in host and not bracketed):
+        problems.append(
+            f"BACKUP_METRICS_ADDR {addr!r} must be host:port with a port from 1 to 65535, "
+            "such as 127.0.0.1:9090 ([::1]:9090 for IPv6)"
+        )
+        return None
+    if not is_loopback(host) and (public or "").strip().lower() not in _TRUE:
+        problems.append(
+            f"BACKUP_METRICS_ADDR {addr} can be reached from other machines, and the metrics name "
+            "your database paths: use 127.0.0.1:" + port + ", or set BACKUP_METRICS_PUBLIC=1 to mean it"
+        )
+        return None
+    return addr.strip()
+
+
 def _folders(values: dict[str, str | None], workspace: Path, problems: list[str]) -> tuple[Path, Path]:
     """BACKUP_LOCAL_DIR and BACKUP_STATE_DIR, absolute; each must be, or can become, a folder."""
     local_dir = Path(values["BACKUP_LOCAL_DIR"] or DEFAULT_LOCAL_DIR).expanduser()
@@ -503,6 +625,8 @@ def load(
     interval = _interval(values["BACKUP_SYNC_INTERVAL"], problems)
     _check_r2(values, problems)
     local_dir, state_dir = _folders(values, workspace, problems)
+    heartbeat_url, heartbeat_interval = _heartbeat(values, problems)
+    metrics_addr = _metrics(values, problems)
 
     settings = Settings(
         workspace=workspace,
@@ -519,6 +643,9 @@ def load(
         access_key_id=values["R2_ACCESS_KEY_ID"],
         secret_access_key=values["R2_SECRET_ACCESS_KEY"],
         databases=tuple(databases),
+        heartbeat_url=heartbeat_url,
+        heartbeat_interval=heartbeat_interval,
+        metrics_addr=metrics_addr,
     )
     if mode == R2:
         named = {p.split(" ", 1)[0] for p in problems}

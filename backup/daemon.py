@@ -531,7 +531,8 @@ def _spawn_with_log(settings: Settings, litestream: Litestream) -> tuple[subproc
     read_end, write_end = os.pipe()
     try:
         environ = {k: v for k, v in os.environ.items() if v not in settings.secrets()}
-        log_pump = logfile.start_pump(settings.logfile, read_end, environ, popen_flags(detached=True))
+        log_pump = logfile.start_pump(settings.logfile, read_end, environ, popen_flags(detached=True),
+                                      settings.secrets())
         try:
             proc = litestream.spawn("replicate", stdout=write_end, stderr=subprocess.STDOUT, detached=True)
         except BaseException:

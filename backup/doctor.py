@@ -1,19 +1,22 @@
 """backup.doctor: every check a person would make, each with its fix."""
 from __future__ import annotations
 
+import re
 import shutil
 import sqlite3
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from . import daemon
-from .config import LOCAL, R2, Settings
+from .config import LOCAL, R2, Settings, parse_duration
 from .errors import SNAPSHOT_FIX, BackupError, hole_problem
 from .litestream import Litestream
 from .owner import read_local, read_owner
 from .render import LitestreamConfig, render
 from .status import gather, is_wal
+from .timeparse import from_litestream
 from .workspace import Database, Workspace
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -209,6 +212,92 @@ def _service(workspace: Workspace) -> Check:
     return Check("service", OK, f"{installed.name} ({installed.manager}) keeps replication running")
 
 
+PING_TIMEOUT = 10.0  # seconds: litestream's own ping gives up after 30
+
+
+def ping(url: str, settings: Settings, timeout: float = PING_TIMEOUT) -> tuple[bool, str]:
+    """Request ``url`` once, as litestream's heartbeat does (a GET): (answered 2xx, what happened).
+
+    The answer never holds the URL's token: only its host is named, and every
+    secret is masked from what the network library says.
+    """
+    import urllib.error
+    import urllib.request
+
+    from .config import public_url
+
+    shown = public_url(url)
+    request = urllib.request.Request(url, method="GET", headers={"User-Agent": "chora-backup doctor --ping"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            code = answer.status
+    except urllib.error.HTTPError as exc:
+        code = exc.code
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return False, settings.mask(f"could not reach {shown}: {reason}")
+    if 200 <= code < 300:
+        return True, f"{shown} answered HTTP {code} to a test ping"
+    return False, f"{shown} answered HTTP {code}: litestream's pings would fail too"
+
+
+def _heartbeat(workspace: Workspace | None, settings: Settings, send: bool) -> Check:
+    """Is a heartbeat configured; did the daemon's last ping fail; with ``send``, one test ping."""
+    from .config import public_url
+    from .status import log_errors
+
+    url = settings.heartbeat_url
+    if not url:
+        if send:
+            return Check("heartbeat", FAIL, "no heartbeat to ping: BACKUP_HEARTBEAT_URL is not set",
+                         "set it in .env to a dead-man's-switch ping URL, then re-run 'inv backup.setup'")
+        return Check("heartbeat", OK, "not configured: nothing alerts anyone when backups stop "
+                     "(set BACKUP_HEARTBEAT_URL; see the README, 'Know when backups stop')")
+    where = f"{public_url(url)} every {settings.heartbeat_interval}"
+    if send:
+        ok, what = ping(url, settings)
+        return Check("heartbeat", OK if ok else FAIL, what,
+                     "" if ok else "check BACKUP_HEARTBEAT_URL in .env, and that this machine can reach it")
+    state = workspace.state if workspace is not None else None
+    if state is not None and state.running and state.record:
+        started = from_litestream(state.record.started_at).timestamp()
+        recent = time.time() - 2 * parse_duration(settings.heartbeat_interval)
+        failed = [line for when, _, line in log_errors(settings)
+                  if "heartbeat ping failed" in line and when >= max(started, recent)]
+        if failed:
+            error = _LOG_ERROR.search(failed[-1])
+            why = settings.mask(error.group(1).replace('\\"', '"')) if error else "see 'inv backup.logs'"
+            return Check("heartbeat", FAIL, f"{where}: the daemon's last ping failed ({why})",
+                         "check BACKUP_HEARTBEAT_URL; 'inv backup.doctor --ping' tries it now")
+    return Check("heartbeat", OK, f"{where}, after successful syncs ('--ping' sends a test request)")
+
+
+_LOG_ERROR = re.compile(r'\berror="((?:[^"\\]|\\.)*)"')
+
+
+def _metrics(workspace: Workspace | None, settings: Settings) -> Check | None:
+    """Does the running daemon answer on its metrics address?"""
+    import urllib.error
+    import urllib.request
+
+    config = workspace.config if workspace is not None and workspace.configured else None
+    url = (config.metrics_url if config is not None else None) or settings.metrics_url
+    if not url:
+        return None
+    if workspace is None or not workspace.running:
+        return Check("metrics", OK, f"{url} (served while the daemon runs)")
+    try:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            body = answer.read(1 << 20).decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError) as exc:
+        return Check("metrics", FAIL, f"the daemon does not answer at {url}: {getattr(exc, 'reason', exc)}",
+                     "see 'inv backup.logs' (is the port taken by another program?)")
+    if "litestream_" not in body:
+        return Check("metrics", FAIL, f"{url} answers, but not with litestream's metrics",
+                     "another program holds that port: choose another BACKUP_METRICS_ADDR")
+    return Check("metrics", OK, f"{url} answers with litestream's metrics")
+
+
 def _disk(settings: Settings, config: LitestreamConfig | None) -> list[Check]:
     places = {"state dir": settings.state_dir}
     if config is not None and not config.uses_s3:
@@ -225,7 +314,7 @@ def _disk(settings: Settings, config: LitestreamConfig | None) -> list[Check]:
 
 def run_checks(
     settings: Settings, litestream: Litestream, workspace: Workspace | None,
-    problem: BackupError | None = None,
+    problem: BackupError | None = None, send_ping: bool = False,
 ) -> list[Check]:
     """Every check, in the order a person would make them; one set per database."""
     binary = _binary(litestream)
@@ -248,5 +337,9 @@ def run_checks(
         if binary.state == OK and env.state == OK:
             checks.append(_daemon(workspace))
         checks.append(_service(workspace))
+    checks.append(_heartbeat(workspace, settings, send_ping))
+    metrics = _metrics(workspace, settings)
+    if metrics is not None:
+        checks.append(metrics)
     checks += _disk(settings, config)
     return checks

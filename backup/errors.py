@@ -80,6 +80,13 @@ NOTHING_TO_RESTORE = (
 # Known litestream failures, most specific first: (substring, what to do).
 _TRANSLATIONS: tuple[tuple[str, str], ...] = (
     (
+        # Before "connection refused" and the rest: this line is about the metrics port.
+        "cannot start metrics server",
+        "litestream cannot serve metrics at BACKUP_METRICS_ADDR (the port is in use, perhaps by "
+        "another workspace's daemon, or not this machine's): choose another in .env, then "
+        "regenerate litestream.yml ('inv backup.setup', or 'inv backup.local --no-start')",
+    ),
+    (
         "has no WithTransportOptions",
         "litestream could not load its AWS config because AWS_CA_BUNDLE reached it; "
         "this is a chora-backup bug, please report it",

@@ -20,6 +20,21 @@ from typing import BinaryIO
 from .files import open_private
 
 MAX_BYTES = 10 * 1024 * 1024  # past this the log becomes <name>.1: at most twice this on disk
+# The strings the pump masks, as a JSON list in its environment (never in its argv,
+# which any user can read): litestream logs the heartbeat URL when a ping fails.
+MASK_VARIABLE = "CHORA_BACKUP_LOG_MASK"
+
+
+def masker(secrets: list[str]) -> Callable[[bytes], bytes]:
+    """A function that replaces every secret in a log line by ``****``."""
+    needles = [s.encode("utf-8") for s in sorted(set(secrets), key=len, reverse=True) if s]
+
+    def mask(line: bytes) -> bytes:
+        for needle in needles:
+            line = line.replace(needle, b"****")
+        return line
+
+    return mask
 
 
 def rotate(path: Path, max_bytes: int = MAX_BYTES) -> None:
@@ -87,8 +102,10 @@ def follow(
             time.sleep(poll)
 
 
-def pump(source: BinaryIO, path: Path, max_bytes: int = MAX_BYTES) -> None:
-    """Append each line read from ``source`` to ``path``, rotating past ``max_bytes``.
+def pump(
+    source: BinaryIO, path: Path, max_bytes: int = MAX_BYTES, mask: Callable[[bytes], bytes] | None = None
+) -> None:
+    """Append each line read from ``source`` to ``path``, masked, rotating past ``max_bytes``.
 
     It never stops reading before litestream stops writing: a pump that ended
     would kill litestream at its next line (a closed pipe), without its final
@@ -99,7 +116,7 @@ def pump(source: BinaryIO, path: Path, max_bytes: int = MAX_BYTES) -> None:
     for line in iter(source.readline, b""):
         try:
             out = out or open_private(path)
-            out.write(line)
+            out.write(mask(line) if mask else line)
             out.flush()
             if out.tell() > max_bytes:  # appending: the position is the file's size
                 out.close()
@@ -114,8 +131,13 @@ def pump(source: BinaryIO, path: Path, max_bytes: int = MAX_BYTES) -> None:
         out.close()
 
 
-def start_pump(path: Path, source: int, environ: Mapping[str, str], popen_flags: dict) -> subprocess.Popen:
+def start_pump(
+    path: Path, source: int, environ: Mapping[str, str], popen_flags: dict, secrets: tuple[str, ...] = ()
+) -> subprocess.Popen:
     """``python -m backup.logfile``, reading the pipe ``source``, detached like the daemon."""
+    import json
+
+    environ = {**environ, MASK_VARIABLE: json.dumps(list(secrets))}
     return subprocess.Popen(
         # -I: the daemon's folder on sys.path must not decide which backup.logfile runs.
         [sys.executable, "-I", "-m", "backup.logfile", str(path), str(MAX_BYTES)],
@@ -128,4 +150,7 @@ def start_pump(path: Path, source: int, environ: Mapping[str, str], popen_flags:
 
 
 if __name__ == "__main__":
-    pump(sys.stdin.buffer, Path(sys.argv[1]), int(sys.argv[2]))
+    import json
+
+    pump(sys.stdin.buffer, Path(sys.argv[1]), int(sys.argv[2]),
+         masker(json.loads(os.environ.pop(MASK_VARIABLE, "[]"))))

@@ -95,6 +95,9 @@ def render(settings: Settings, mode: str) -> str:
         bucket=settings.bucket or "",
         endpoint=settings.r2_endpoint or "",
         interval=settings.interval(mode),
+        heartbeat_url=settings.heartbeat_url,
+        heartbeat_interval=settings.heartbeat_interval,
+        metrics_addr=settings.metrics_addr,
     )
     _check_shape(text, settings, mode)
     return text
@@ -127,6 +130,8 @@ def _check_shape(text: str, settings: Settings, mode: str) -> None:
         ok = data["dbs"] == _expected(settings, mode)
         socket = settings.socket_path
         ok = ok and (socket is None or data["socket"]["path"] == str(socket))
+        ok = ok and data.get("heartbeat-url") == settings.heartbeat_url
+        ok = ok and data.get("addr") == settings.metrics_addr
     except (KeyError, TypeError, ValueError):
         ok = False
     if not ok:
@@ -223,6 +228,28 @@ class LitestreamConfig:
     shutdown_sync_timeout: float = 30.0
     # The whole file as parsed, for the settings nobody else reads (cost's timers).
     data: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def metrics_url(self) -> str | None:
+        """Where this config has litestream serve Prometheus metrics, if anywhere."""
+        from .config import metrics_url
+
+        addr = self.data.get("addr")
+        return metrics_url(str(addr)) if addr else None
+
+    @property
+    def heartbeat(self) -> dict[str, str] | None:
+        """This config's heartbeat as it may be shown (the URL's token masked), if any."""
+        from .config import DEFAULT_HEARTBEAT_INTERVAL, public_url
+
+        url = self.data.get("heartbeat-url")
+        if not url:
+            return None
+        try:
+            shown = public_url(str(url))
+        except ValueError:
+            shown = "****"
+        return {"url": shown, "interval": str(self.data.get("heartbeat-interval") or DEFAULT_HEARTBEAT_INTERVAL)}
 
     @property
     def uses_s3(self) -> bool:
@@ -327,6 +354,13 @@ def config_summary(settings: Settings, mode: str) -> list[tuple[str, str]]:
     if mode == R2:
         rows.append(("credentials", "R2_ACCESS_KEY_ID ****, R2_SECRET_ACCESS_KEY **** (from the environment at run time)"))
     rows.append(("sync interval", settings.interval(mode)))
+    if settings.heartbeat_url:
+        from .config import public_url
+
+        rows.append(("heartbeat", f"{public_url(settings.heartbeat_url)} every {settings.heartbeat_interval} "
+                                  "(BACKUP_HEARTBEAT_URL, masked)"))
+    if settings.metrics_url:
+        rows.append(("metrics", settings.metrics_url))
     rows.append(("config", str(settings.config_path)))
     return rows
 

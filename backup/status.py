@@ -82,6 +82,10 @@ class Status:
     config_changed: bool = False
     # The per-user service that manages replication: manager, name, file, enabled, active.
     service: dict[str, Any] | None = None
+    # litestream's Prometheus endpoint (BACKUP_METRICS_ADDR), as the daemon's config has it.
+    metrics_url: str | None = None
+    # {"url": scheme and host only, "interval"}: the ping URL's token is never shown.
+    heartbeat: dict[str, str] | None = None
 
     @property
     def exit_code(self) -> int:
@@ -270,11 +274,14 @@ def _daemon_view(workspace: Workspace, unit: Database, now: float) -> tuple[int 
 
 
 _LOG_TIME = re.compile(r"\btime=(\S+)")
+# Errors that say nothing about the replica: a dead-man's switch that does not
+# answer, a metrics port in use. doctor reports the heartbeat's own.
+NOT_SYNC_ERRORS = ("heartbeat ping failed", "cannot start metrics server")
 _LOG_DB = re.compile(r'\bdb=("(?:[^"\\]|\\.)*"|\S+)')
 
 
-def daemon_errors(settings: Settings, tail_bytes: int = 65536) -> list[tuple[float, str | None, str]]:
-    """The background daemon's recent errors from its log (a local file: free to read):
+def log_errors(settings: Settings, tail_bytes: int = 65536) -> list[tuple[float, str | None, str]]:
+    """The daemon's recent error lines from its log (a local file: free to read):
     (when, the database path it names or None, the line)."""
     from . import logfile
 
@@ -294,6 +301,11 @@ def daemon_errors(settings: Settings, tail_bytes: int = 65536) -> list[tuple[flo
         db = _LOG_DB.search(line)
         found.append((stamp, db.group(1).strip('"') if db else None, line))
     return found
+
+
+def daemon_errors(settings: Settings) -> list[tuple[float, str | None, str]]:
+    """The daemon's recent sync errors: ``log_errors`` less those about something else."""
+    return [e for e in log_errors(settings) if not any(other in e[2] for other in NOT_SYNC_ERRORS)]
 
 
 def _from_daemon(workspace: Workspace, unit: Database, synced: dict[str, str], now: float,
@@ -403,6 +415,8 @@ def gather(workspace: Workspace) -> Status:
         config_changed=workspace.config_changed,
         daemon=_daemon_info(state, workspace.settings, now),
         databases=databases,
+        metrics_url=config.metrics_url,
+        heartbeat=config.heartbeat,
     )
 
 
@@ -453,6 +467,11 @@ def _lines(status: Status) -> list[str]:
         lines.append("service   none: replication stops at the next reboot or logout "
                      "('inv backup.install-service' keeps it running)")
     lines += [f"log       {d['log']}", f"config    {status.config}"]
+    if status.metrics_url:
+        lines.append(f"metrics   {status.metrics_url}" + ("" if status.running else " (served while the daemon runs)"))
+    if status.heartbeat:
+        lines.append(f"heartbeat {status.heartbeat['url']} every {status.heartbeat['interval']}, "
+                     "after successful syncs")
     if status.config_changed:
         lines.append(
             "          changed since the daemon started, which still runs the old one: restart to "

@@ -420,9 +420,10 @@ def verify(c, max_age=None, strict=False, require_running=False, db=None):
         print("verify: ok")
 
 
-@task(help={"json": "print the checks as JSON; default off"})
+@task(help={"json": "print the checks as JSON; default off",
+            "ping": "also send one test request to BACKUP_HEARTBEAT_URL and report the answer; default off"})
 @actionable
-def doctor(c, json=False):
+def doctor(c, json=False, ping=False):
     """Check everything backups depend on, for every database; one line each with its fix; exit 1 on any failure."""
     from .doctor import FAIL, Report, run_checks
     from .litestream import Litestream
@@ -440,7 +441,7 @@ def doctor(c, json=False):
         workspace = Workspace.load(settings, litestream)
     except ConfigError as exc:
         problem = exc  # the config check reports it; the others run without it
-    report = Report(run_checks(settings, litestream, workspace, problem))
+    report = Report(run_checks(settings, litestream, workspace, problem, send_ping=ping))
     _show(report, json)
     failed = [c for c in report.checks if c.state == FAIL]
     if failed:

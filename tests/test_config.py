@@ -223,3 +223,69 @@ def test_a_dangling_link_as_state_dir_is_refused(tmp_path):
     link.symlink_to(tmp_path / "nowhere")
     with pytest.raises(ConfigError, match="BACKUP_STATE_DIR"):
         config.load(cwd=tmp_path, environ={"BACKUP_STATE_DIR": str(link)})
+
+
+# -- heartbeat and metrics -------------------------------------------------------
+
+PING = "https://hc-ping.com/3f2a9c1e-token-7d41"
+
+
+def test_heartbeat_defaults_to_five_minutes_and_its_url_is_a_secret(tmp_path):
+    settings = config.load(cwd=tmp_path, environ={"BACKUP_HEARTBEAT_URL": PING})
+    assert settings.heartbeat_url == PING and settings.heartbeat_interval == "5m"
+    assert PING in settings.secrets() and "/3f2a9c1e-token-7d41" in settings.secrets()
+    assert settings.mask(f'url={PING} error="Get \\"{PING}\\": refused"') == 'url=**** error="Get \\"****\\": refused"'
+    assert PING not in repr(settings)
+    assert config.public_url(PING) == "https://hc-ping.com/****"
+
+
+def test_a_ping_url_with_a_password_masks_it_even_as_go_redacts_the_url(tmp_path):
+    url = "https://user:hunter22@ping.example/beat?key=abcdef"
+    settings = config.load(cwd=tmp_path, environ={"BACKUP_HEARTBEAT_URL": url})
+    # net/http names the URL with its password replaced: the path and query are still masked.
+    assert settings.mask('Get "https://user:***@ping.example/beat?key=abcdef"') == 'Get "https://user:***@ping.example****"'
+    assert "hunter22" not in settings.mask("auth hunter22")
+
+
+@pytest.mark.parametrize("url", ["ftp://hc-ping.com/x", "hc-ping.com/abc", "https:///nohost", "https://h:port/x",
+                                 "https://hc-ping.com/a b"])
+def test_a_bad_heartbeat_url_is_refused_without_showing_it(tmp_path, url):
+    with pytest.raises(ConfigError) as err:
+        config.load(cwd=tmp_path, environ={"BACKUP_HEARTBEAT_URL": url})
+    assert "BACKUP_HEARTBEAT_URL must be an http:// or https:// URL" in err.value.message
+    assert url not in err.value.message and "hc-ping.com" not in err.value.message
+
+
+@pytest.mark.parametrize("interval, problem", [("30s", "shorter than litestream's minimum, 1m"),
+                                               ("soon", "is not a duration")])
+def test_heartbeat_interval_is_a_duration_of_at_least_a_minute(tmp_path, interval, problem):
+    with pytest.raises(ConfigError, match=problem):
+        config.load(cwd=tmp_path, environ={"BACKUP_HEARTBEAT_URL": PING, "BACKUP_HEARTBEAT_INTERVAL": interval})
+    ok = config.load(cwd=tmp_path, environ={"BACKUP_HEARTBEAT_URL": PING, "BACKUP_HEARTBEAT_INTERVAL": "1m"})
+    assert ok.heartbeat_interval == "1m"
+
+
+@pytest.mark.parametrize("addr, url", [("127.0.0.1:9090", "http://127.0.0.1:9090/metrics"),
+                                       ("localhost:9091", "http://localhost:9091/metrics"),
+                                       ("[::1]:9092", "http://[::1]:9092/metrics")])
+def test_loopback_metrics_addresses_are_accepted(tmp_path, addr, url):
+    assert config.load(cwd=tmp_path, environ={"BACKUP_METRICS_ADDR": addr}).metrics_url == url
+
+
+@pytest.mark.parametrize("addr", ["0.0.0.0:9090", ":9090", "192.168.1.5:9090", "metrics.lan:9090"])
+def test_a_public_metrics_address_needs_backup_metrics_public(tmp_path, addr):
+    with pytest.raises(ConfigError, match="set BACKUP_METRICS_PUBLIC=1 to mean it"):
+        config.load(cwd=tmp_path, environ={"BACKUP_METRICS_ADDR": addr})
+    settings = config.load(cwd=tmp_path, environ={"BACKUP_METRICS_ADDR": addr, "BACKUP_METRICS_PUBLIC": "1"})
+    assert settings.metrics_addr == addr
+
+
+@pytest.mark.parametrize("addr", ["9090", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:70000", "::1:9090", "h:x"])
+def test_a_metrics_address_needs_a_host_and_a_port(tmp_path, addr):
+    with pytest.raises(ConfigError, match="must be host:port with a port from 1 to 65535"):
+        config.load(cwd=tmp_path, environ={"BACKUP_METRICS_ADDR": addr})
+
+
+def test_backup_metrics_public_is_a_yes_or_no(tmp_path):
+    with pytest.raises(ConfigError, match="BACKUP_METRICS_PUBLIC 'maybe' must be 1 or 0"):
+        config.load(cwd=tmp_path, environ={"BACKUP_METRICS_PUBLIC": "maybe"})

@@ -763,3 +763,21 @@ def test_the_log_pump_outlives_a_log_it_cannot_write(tmp_path):
                             stdin=subprocess.PIPE)
     proc.communicate(b"a line\n" * 10000, timeout=60)  # more than a pipe holds: all read
     assert proc.returncode == 0 and not log.exists()
+
+
+def test_the_log_pump_masks_the_secrets_it_is_handed_through_its_environment(tmp_path):
+    """litestream logs the heartbeat URL when a ping fails: the log file never holds it."""
+    log = tmp_path / "litestream.log"
+    url = "https://hc-ping.com/6c1d-token"
+    line = (f'time=2026-11-26T10:00:00Z level=ERROR msg="heartbeat ping failed" system=store url={url} '
+            f'error="http request: Get \\"{url}\\": dial tcp: connection refused"\n')
+    read_end, write_end = os.pipe()
+    proc = logfile.start_pump(log, read_end, dict(os.environ), {}, secrets=(url, "/6c1d-token"))
+    os.close(read_end)
+    os.write(write_end, line.encode() + b"time=... level=INFO msg=ok\n")
+    os.close(write_end)
+    proc.wait(30)
+    text = log.read_text()
+    assert "6c1d-token" not in text and "hc-ping.com" not in text
+    assert text.count("****") == 2 and text.endswith("msg=ok\n")
+    assert "6c1d-token" not in " ".join(proc.args)  # never in an argv, which every user can read

@@ -9,7 +9,7 @@ import yaml
 
 from backup import config
 from backup.errors import ConfigError
-from backup.render import MARKER, read_config, render, write_config, yaml_scalar
+from backup.render import MARKER, config_summary, read_config, render, write_config, yaml_scalar
 
 from conftest import SECRETS, Workspace, r2_settings
 
@@ -162,3 +162,25 @@ def test_litestream_reads_tricky_paths_exactly(ws: Workspace):
     status = ws.litestream("status", "-config", str(ws.config), "-no-expand-env", "-json")
     assert status.returncode == 0, status.stderr
     assert '"database": "' + str(folder / "my $db.db") + '"' in status.stdout
+
+
+def test_heartbeat_and_metrics_render_as_litestream_global_keys(tmp_path):
+    url = "https://hc-ping.com/5be1-token?with=$HOME"
+    settings = r2_settings(tmp_path, BACKUP_HEARTBEAT_URL=url, BACKUP_HEARTBEAT_INTERVAL="2m",
+                           BACKUP_METRICS_ADDR="127.0.0.1:9464")
+    text = render(settings, config.LOCAL)
+    data = yaml.safe_load(text)
+    assert data["heartbeat-url"] == url and data["heartbeat-interval"] == "2m"
+    assert data["addr"] == "127.0.0.1:9464"
+    path = write_config(settings, text).path
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600  # the ping URL is a secret
+    written = read_config(path)
+    assert written.metrics_url == "http://127.0.0.1:9464/metrics"
+    assert written.heartbeat == {"url": "https://hc-ping.com/****", "interval": "2m"}
+    shown = " ".join(value for _, value in config_summary(settings, config.LOCAL))
+    assert "https://hc-ping.com/**** every 2m" in shown and "5be1-token" not in shown
+
+
+def test_without_heartbeat_or_metrics_the_config_has_neither_key(tmp_path):
+    data = yaml.safe_load(render(r2_settings(tmp_path), config.R2))
+    assert not {"heartbeat-url", "heartbeat-interval", "addr"} & set(data)

@@ -290,3 +290,16 @@ def test_doctor_warns_about_a_daemon_without_a_service(ws: Workspace):
     assert "service   none: replication stops at the next reboot" in status.stdout
     assert json.loads(ws.inv("backup.status", "--json").stdout)["service"] is None
     assert ws.inv("backup.stop").returncode == 0
+
+
+def test_a_ping_url_only_in_the_shell_is_refused_and_never_copied_into_the_unit(tmp_path, home):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    url = "https://hc-ping.com/91ab-token"
+    settings = config.load(cwd=ws, environ={"BACKUP_HEARTBEAT_URL": url})
+    with pytest.raises(ConfigError, match="BACKUP_HEARTBEAT_URL come from this shell's environment"):
+        service.install(settings, service.unit_for(settings, service.SYSTEMD), FakeManager())
+    assert "BACKUP_HEARTBEAT_URL" not in service.service_environment(settings, {"BACKUP_HEARTBEAT_URL": url})
+    (ws / ".env").write_text(f"BACKUP_HEARTBEAT_URL={url}\n")
+    in_env = config.load(cwd=ws, environ={})
+    service.check_secrets_reachable(in_env)  # from .env, as the service will read it: fine

@@ -9,6 +9,7 @@ import threading
 import time
 
 from conftest import BIN, SECRETS, Workspace, insert, make_db, s3_client, s3_lists, wait_for
+from backup import config
 
 
 def status_json(ws: Workspace) -> tuple[int, dict]:
@@ -155,3 +156,17 @@ def test_status_with_a_running_daemon_lists_nothing_and_costs_no_uploads(r2ws: W
     # Asked at most once per sync interval (10s): the calls above asked the daemon once.
     record = json.loads((r2ws.state / "daemon-sync.json").read_text())
     assert list(record) == [str(r2ws.db)]
+
+
+def test_heartbeat_and_metrics_errors_in_the_log_are_not_sync_errors(tmp_path):
+    from backup.status import daemon_errors, log_errors
+
+    settings = config.load(cwd=tmp_path, environ={"BACKUP_STATE_DIR": str(tmp_path / "state")})
+    settings.state_dir.mkdir()
+    settings.logfile.write_text(
+        'time=2026-11-26T10:00:00Z level=ERROR msg="heartbeat ping failed" system=store url=**** error="x"\n'
+        'time=2026-11-26T10:00:01Z level=ERROR msg="cannot start metrics server" error="bind: address in use"\n'
+        'time=2026-11-26T10:00:02Z level=ERROR msg="sync error" db=chora.db error="NoSuchBucket"\n'
+    )
+    assert len(log_errors(settings)) == 3
+    assert [(db, "NoSuchBucket" in line) for _, db, line in daemon_errors(settings)] == [("chora.db", True)]
