@@ -19,7 +19,7 @@ import sys
 import tempfile
 from collections import ChainMap
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -129,6 +129,8 @@ class Settings:
     heartbeat_url: str | None = field(default=None, repr=False)  # a secret: see secrets()
     heartbeat_interval: str = DEFAULT_HEARTBEAT_INTERVAL
     metrics_addr: str | None = None  # host:port of litestream's Prometheus endpoint
+    # More values to mask: a ping URL litestream.yml holds that .env no longer names.
+    extra_secrets: tuple[str, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if not self.databases:  # built by hand (tests): one database, as before
@@ -189,7 +191,14 @@ class Settings:
         found = [s for s in (self.access_key_id, self.secret_access_key) if s]
         if self.heartbeat_url:
             found += url_secrets(self.heartbeat_url)
-        return tuple(found)
+        return tuple(found) + self.extra_secrets
+
+    def masking(self, heartbeat_url: object) -> Settings:
+        """These settings, masking too the ping URL a litestream.yml holds (written from an
+        older .env, or by hand: litestream runs the file, not .env)."""
+        if not heartbeat_url or str(heartbeat_url) == self.heartbeat_url:
+            return self
+        return replace(self, extra_secrets=self.extra_secrets + tuple(url_secrets(str(heartbeat_url))))
 
     @property
     def metrics_url(self) -> str | None:
@@ -222,13 +231,17 @@ def url_secrets(url: str) -> list[str]:
     query (where healthchecks.io, Better Stack and Uptime Kuma put the token)
     and the password are masked on their own too. The host is not secret.
     """
-    parts = urlsplit(url)
     found = [url]
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return found
     tail = url[len(f"{parts.scheme}://{parts.netloc}"):]
-    if len(tail.strip("/")) >= 4:
+    if len(tail.strip("/")) >= 8:  # shorter ("/ping") holds no token, and is common text
         found.append(tail)
-    if parts.password and len(parts.password) >= 4:
-        found.append(parts.password)
+    if password and len(password) >= 4:
+        found.append(password)
     return found
 
 
@@ -243,9 +256,11 @@ def public_url(url: str) -> str:
 
 
 def metrics_url(addr: str) -> str:
-    """Where litestream serves metrics for ``addr`` (an empty host means every interface)."""
+    """Where this machine reaches the metrics litestream serves at ``addr``: an address of
+    every interface (``:9090``, ``0.0.0.0``, ``[::]``) is asked on the loopback one."""
     host, _, port = addr.rpartition(":")
-    return f"http://{host or 'localhost'}:{port}/metrics"
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "[::]": "[::1]"}.get(host, host)
+    return f"http://{host}:{port}/metrics"
 
 
 def is_loopback(host: str) -> bool:
@@ -529,13 +544,17 @@ def _heartbeat(values: dict[str, str | None], problems: list[str]) -> tuple[str 
         try:
             parts = urlsplit(url)
             parts.port  # noqa: B018 -- raises on a port that is not a number
-            valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+            # litestream's own test is a case-sensitive prefix; and only plain URL characters,
+            # so the URL appears in its log exactly as written here (and is masked there).
+            valid = url.startswith(("http://", "https://")) and bool(parts.hostname) \
+                and _URL_CHARS.fullmatch(url) is not None and not _BAD_ESCAPE.search(url)
         except ValueError:
             valid = False
-        if not valid or any(ch.isspace() for ch in url):
+        if not valid:
             problems.append(
-                "BACKUP_HEARTBEAT_URL must be an http:// or https:// URL, such as the ping URL "
-                "of a healthchecks.io check (its value is not shown: ping URLs carry tokens)"
+                "BACKUP_HEARTBEAT_URL must be an http:// or https:// URL of plain URL characters "
+                "(non-ASCII and spaces %-encoded), such as a healthchecks.io ping URL (its value "
+                "is not shown: ping URLs carry tokens)"
             )
             url = None
     interval = values["BACKUP_HEARTBEAT_INTERVAL"] or DEFAULT_HEARTBEAT_INTERVAL
@@ -552,6 +571,9 @@ def _heartbeat(values: dict[str, str | None], problems: list[str]) -> tuple[str 
 
 
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+# RFC 3986's characters, without those Go or slog would print differently ('"', '\\').
+_URL_CHARS = re.compile(r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]+")
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 def _metrics(values: dict[str, str | None], problems: list[str]) -> str | None:
@@ -564,7 +586,8 @@ def _metrics(values: dict[str, str | None], problems: list[str]) -> str | None:
         return None
     host, colon, port = addr.strip().rpartition(":")
     bracketed = host.startswith("[") and host.endswith("]")
-    if not colon or not port.isdigit() or not 0 < int(port) < 65536 or (":" in host and not bracketed):
+    if not colon or not re.fullmatch(r"[0-9]{1,5}", port) or not 0 < int(port) < 65536 \
+            or (":" in host and not bracketed):
         problems.append(
             f"BACKUP_METRICS_ADDR {addr!r} must be host:port with a port from 1 to 65535, "
             "such as 127.0.0.1:9090 ([::1]:9090 for IPv6)"

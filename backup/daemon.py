@@ -493,6 +493,7 @@ def start_background(
             return StartResult(state.record.pid, settings.logfile, already_running=True)
         refuse_unrecorded(settings)
         prepared = _prepare(settings, litestream)
+        settings = settings.masking(prepared.config.heartbeat_url)  # the URL litestream will log
         resnapshot = _snapshot_after_crash(settings, litestream, state, prepared.config)
         _keep_running_copy(settings, prepared)
         argv = litestream.argv("replicate")
@@ -563,6 +564,8 @@ _ERROR_MARKS = ("level=ERROR", '"level":"ERROR"')
 def _startup_error(settings: Settings, offset: int, fallback: str) -> str | None:
     """The first error litestream logged since ``offset``, translated, or None."""
     for line in logfile.read_since(settings.logfile, offset).splitlines():
+        if "heartbeat ping failed" in line:
+            continue  # the dead-man's switch did not answer: replication itself is fine
         if line.startswith("Error:") or any(mark in line for mark in _ERROR_MARKS):
             return translate(line, fallback)
     return None
@@ -682,13 +685,13 @@ class _Output:
 
     def __init__(self, out: IO[str], settings: Settings):
         self._out: IO[str] | None = out
-        self._settings = settings
+        self.settings = settings  # what it masks
 
     def write(self, text: str) -> None:
         if self._out is None:
             return
         try:
-            self._out.write(self._settings.mask(text))
+            self._out.write(self.settings.mask(text))
             self._out.flush()
         except (OSError, ValueError):
             self._detach()
@@ -725,6 +728,7 @@ def run_foreground(
                 )
             refuse_unrecorded(settings)
             prepared = _prepare(settings, litestream)
+            settings = output.settings = settings.masking(prepared.config.heartbeat_url)
             for db in prepared.config.databases:
                 if not db.path.exists():
                     output.write(f"warning: {db.path} does not exist yet; litestream waits for it\n")

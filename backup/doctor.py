@@ -1,6 +1,7 @@
 """backup.doctor: every check a person would make, each with its fix."""
 from __future__ import annotations
 
+import http.client
 import re
 import shutil
 import sqlite3
@@ -215,26 +216,49 @@ def _service(workspace: Workspace) -> Check:
 PING_TIMEOUT = 10.0  # seconds: litestream's own ping gives up after 30
 
 
+def _opener(url: str):
+    """urllib as Go's client would reach ``url``: the environment's proxy, but never for
+    this machine's own addresses (Go does not proxy those; urllib would)."""
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    from .config import is_loopback
+
+    direct = is_loopback(urlsplit(url).hostname or "")
+    return urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if direct else []))
+
+
+def _get(url: str, timeout: float, limit: int = 0) -> tuple[int, bytes]:
+    """GET ``url``: (HTTP status, up to ``limit`` bytes of the body); OSError and the like
+    when it cannot be reached or does not speak HTTP."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(url, method="GET", headers={"User-Agent": "chora-backup doctor"})
+    try:
+        with _opener(url).open(request, timeout=timeout) as answer:
+            return answer.status, answer.read(limit) if limit else b""
+    except urllib.error.HTTPError as exc:
+        return exc.code, b""
+
+
+# What _get raises when there is no HTTP answer: refused, timed out, not HTTP at all.
+_UNREACHABLE = (OSError, ValueError, http.client.HTTPException)
+
+
 def ping(url: str, settings: Settings, timeout: float = PING_TIMEOUT) -> tuple[bool, str]:
     """Request ``url`` once, as litestream's heartbeat does (a GET): (answered 2xx, what happened).
 
     The answer never holds the URL's token: only its host is named, and every
     secret is masked from what the network library says.
     """
-    import urllib.error
-    import urllib.request
-
     from .config import public_url
 
     shown = public_url(url)
-    request = urllib.request.Request(url, method="GET", headers={"User-Agent": "chora-backup doctor --ping"})
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
-            code = answer.status
-    except urllib.error.HTTPError as exc:
-        code = exc.code
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
+        code, _ = _get(url, timeout)
+    except _UNREACHABLE as exc:
+        reason = getattr(exc, "reason", None) or exc
         return False, settings.mask(f"could not reach {shown}: {reason}")
     if 200 <= code < 300:
         return True, f"{shown} answered HTTP {code} to a test ping"
@@ -242,26 +266,38 @@ def ping(url: str, settings: Settings, timeout: float = PING_TIMEOUT) -> tuple[b
 
 
 def _heartbeat(workspace: Workspace | None, settings: Settings, send: bool) -> Check:
-    """Is a heartbeat configured; did the daemon's last ping fail; with ``send``, one test ping."""
-    from .config import public_url
+    """Is a heartbeat configured where litestream reads it; did the daemon's last ping fail;
+    with ``send``, one test request."""
+    from .config import DEFAULT_HEARTBEAT_INTERVAL, public_url
     from .status import log_errors
 
-    url = settings.heartbeat_url
+    config = workspace.config if workspace is not None and workspace.configured else None
+    running = workspace is not None and workspace.running
+    url = (config.heartbeat_url if config is not None else None) or settings.heartbeat_url
+    settings = settings.masking(url)
     if not url:
         if send:
             return Check("heartbeat", FAIL, "no heartbeat to ping: BACKUP_HEARTBEAT_URL is not set",
                          "set it in .env to a dead-man's-switch ping URL, then re-run 'inv backup.setup'")
         return Check("heartbeat", OK, "not configured: nothing alerts anyone when backups stop "
                      "(set BACKUP_HEARTBEAT_URL; see the README, 'Know when backups stop')")
-    where = f"{public_url(url)} every {settings.heartbeat_interval}"
+    interval = (config.heartbeat or {}).get("interval") if config is not None and config.heartbeat_url \
+        else settings.heartbeat_interval
+    where = f"{public_url(url)} every {interval or DEFAULT_HEARTBEAT_INTERVAL}"
     if send:
         ok, what = ping(url, settings)
         return Check("heartbeat", OK if ok else FAIL, what,
                      "" if ok else "check BACKUP_HEARTBEAT_URL in .env, and that this machine can reach it")
+    if config is None or not config.heartbeat_url:
+        return Check("heartbeat", WARN, f"BACKUP_HEARTBEAT_URL is set, but litestream.yml"
+                     f"{' (as the daemon runs it)' if running else ''} has no heartbeat",
+                     "re-run 'inv backup.setup' (or 'inv backup.local --no-start'), then restart the daemon")
     state = workspace.state if workspace is not None else None
-    if state is not None and state.running and state.record:
+    if running and state is not None and state.record:
         started = from_litestream(state.record.started_at).timestamp()
-        recent = time.time() - 2 * parse_duration(settings.heartbeat_interval)
+        # A failure older than an interval and a ping's timeout may have been followed by a
+        # good ping: litestream logs those only at debug level.
+        recent = time.time() - parse_duration(interval or DEFAULT_HEARTBEAT_INTERVAL) - 30
         failed = [line for when, _, line in log_errors(settings)
                   if "heartbeat ping failed" in line and when >= max(started, recent)]
         if failed:
@@ -275,11 +311,13 @@ def _heartbeat(workspace: Workspace | None, settings: Settings, send: bool) -> C
 _LOG_ERROR = re.compile(r'\berror="((?:[^"\\]|\\.)*)"')
 
 
-def _metrics(workspace: Workspace | None, settings: Settings) -> Check | None:
-    """Does the running daemon answer on its metrics address?"""
-    import urllib.error
-    import urllib.request
+def _metric_label(value: str) -> str:
+    """A Prometheus label value as the text format writes it."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
+
+def _metrics(workspace: Workspace | None, settings: Settings) -> Check | None:
+    """Does the running daemon answer on its metrics address, for this workspace's database?"""
     config = workspace.config if workspace is not None and workspace.configured else None
     url = (config.metrics_url if config is not None else None) or settings.metrics_url
     if not url:
@@ -287,15 +325,18 @@ def _metrics(workspace: Workspace | None, settings: Settings) -> Check | None:
     if workspace is None or not workspace.running:
         return Check("metrics", OK, f"{url} (served while the daemon runs)")
     try:
-        with urllib.request.urlopen(url, timeout=5) as answer:
-            body = answer.read(1 << 20).decode("utf-8", "replace")
-    except (urllib.error.URLError, OSError) as exc:
-        return Check("metrics", FAIL, f"the daemon does not answer at {url}: {getattr(exc, 'reason', exc)}",
+        code, body = _get(url, timeout=5, limit=4 << 20)
+    except _UNREACHABLE as exc:
+        return Check("metrics", FAIL, f"the daemon does not answer at {url}: {getattr(exc, 'reason', None) or exc}",
                      "see 'inv backup.logs' (is the port taken by another program?)")
-    if "litestream_" not in body:
-        return Check("metrics", FAIL, f"{url} answers, but not with litestream's metrics",
-                     "another program holds that port: choose another BACKUP_METRICS_ADDR")
-    return Check("metrics", OK, f"{url} answers with litestream's metrics")
+    present = [db for db in workspace.databases if db.path.is_file()]
+    text = body.decode("utf-8", "replace")
+    mine = [db for db in present if f'litestream_sync_count{{db="{_metric_label(str(db.path))}"}}' in text]
+    if code != 200 or (present and not mine):
+        return Check("metrics", FAIL, f"{url} answers, but not with this workspace's databases",
+                     "another program (another workspace's daemon?) holds that port: choose another "
+                     "BACKUP_METRICS_ADDR, re-run setup and restart")
+    return Check("metrics", OK, f"{url} answers with litestream's metrics for this workspace")
 
 
 def _disk(settings: Settings, config: LitestreamConfig | None) -> list[Check]:

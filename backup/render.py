@@ -238,15 +238,21 @@ class LitestreamConfig:
         return metrics_url(str(addr)) if addr else None
 
     @property
+    def heartbeat_url(self) -> str | None:
+        """The ping URL this config has litestream request (a secret: mask it)."""
+        url = self.data.get("heartbeat-url")
+        return str(url) if url else None
+
+    @property
     def heartbeat(self) -> dict[str, str] | None:
         """This config's heartbeat as it may be shown (the URL's token masked), if any."""
         from .config import DEFAULT_HEARTBEAT_INTERVAL, public_url
 
-        url = self.data.get("heartbeat-url")
+        url = self.heartbeat_url
         if not url:
             return None
         try:
-            shown = public_url(str(url))
+            shown = public_url(url)
         except ValueError:
             shown = "****"
         return {"url": shown, "interval": str(self.data.get("heartbeat-interval") or DEFAULT_HEARTBEAT_INTERVAL)}

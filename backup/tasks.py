@@ -265,6 +265,18 @@ def status(c, json=False):
         raise Exit(code=result.exit_code)
 
 
+def _masking_configs(settings):
+    """``settings``, masking too the ping URLs litestream.yml and the daemon's copy hold."""
+    from .render import read_config
+
+    for path in (settings.running_config, settings.config_path):
+        try:
+            settings = settings.masking(read_config(path).heartbeat_url)
+        except (BackupError, OSError):
+            pass  # no such file, or one that does not parse: nothing more to mask
+    return settings
+
+
 @task(
     help={
         "n": "how many of the last lines to show; default 50",
@@ -277,7 +289,7 @@ def logs(c, n="50", follow=False):
     from . import logfile
 
     count = int(_number(n, "-n"))
-    settings = cfg.load()
+    settings = _masking_configs(cfg.load())
     path = settings.logfile
     if not path.exists() and not follow:
         print(f"no log yet at {path}: start the daemon with 'inv backup.start-bg'")

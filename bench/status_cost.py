@@ -1,7 +1,7 @@
 """What watching replication costs: S3 requests and time per `inv backup.status`, and the
 uploads an hour with status polled every second.
 
-    python bench/status_cost.py [--minutes 10] [--calls 10]
+    python bench/status_cost.py [--minutes 10] [--calls 10] [--skip-hourly]
 
 Starts moto's S3 server on 127.0.0.1 and drives real workspaces through `inv`, as a
 user (or a status bar, or a cron job) would:
@@ -9,6 +9,8 @@ user (or a status bar, or a cron job) would:
 1. Per call: `inv backup.status` with no daemon (it lists the replica), and with a
    daemon running (it asks the daemon), with and without a write before each call;
    the S3 requests each call made, by operation, and its wall time beside `inv --list`.
+   Then a daemon with the heartbeat (1m, to a local HTTP server) and metrics on, its
+   metrics scraped every second: the requests to the bucket meanwhile.
 2. Per hour: four daemons side by side for ``--minutes`` of real time, each against
    its own bucket: the seed's workload (a write every 26.3 s) and a heavy one (a
    write every second), each once with `inv backup.status` run every second and
@@ -133,6 +135,50 @@ def part_one(endpoint: str, log, s3, calls: int) -> None:
         bench.stop()
 
 
+def part_watch(endpoint: str, log, s3, seconds: float = 75.0) -> None:
+    """Heartbeat (1m) and metrics on, the database idle, metrics scraped every second."""
+    import urllib.request
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    pings: list[float] = []
+
+    class Ping(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            pings.append(time.time())
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    with ExitStack() as stack:
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), Ping)
+        stack.callback(httpd.server_close)
+        stack.callback(httpd.shutdown)
+        threading.Thread(target=httpd.serve_forever, daemon=True).start()
+        bench = r2_workspace(stack, endpoint, s3, "watch")
+        metrics_port = counting.free_port()
+        with (bench.path / ".env").open("a") as fh:
+            fh.write(f"BACKUP_HEARTBEAT_URL=http://127.0.0.1:{httpd.server_address[1]}/ping/bench\n"
+                     f"BACKUP_HEARTBEAT_INTERVAL=1m\nBACKUP_METRICS_ADDR=127.0.0.1:{metrics_port}\n")
+        bench.inv("backup.setup")
+        write(bench.db)
+        bench.inv("backup.start-bg")
+        time.sleep(12)  # past the start-up listings
+        start_mark, scrapes, until = log.mark(), 0, time.monotonic() + seconds
+        while time.monotonic() < until:
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as answer:
+                answer.read()
+            scrapes += 1
+            time.sleep(1.0)
+        time.sleep(0.3)
+        tally = log.tally(start_mark, log.mark()).get(bench.bucket)
+        ops = dict(tally.by_op) if tally else {}
+        print(f"\n1b. heartbeat (1m) and metrics on, database idle, {seconds:g} s: {len(pings)} ping(s), "
+              f"{scrapes} metrics scrapes; requests to the bucket: {ops or 'none'}")
+        bench.stop()
+
+
 class Runner:
     """One workload on one daemon; with ``poll``, `inv backup.status` every second."""
 
@@ -198,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="real minutes of part 2; default 10")
     parser.add_argument("--calls", type=int, default=10, help="status calls per case in part 1; default 10")
-    parser.add_argument("--skip-hourly", action="store_true", help="run part 1 only")
+    parser.add_argument("--skip-hourly", action="store_true", help="skip part 2 (the real-time hour)")
     args = parser.parse_args(argv)
     import boto3
 
@@ -212,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"litestream {subprocess.run([str(BIN / 'litestream'), 'version'], capture_output=True, text=True).stdout.strip()}, "
               f"Python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d')}")
         part_one(endpoint, log, s3, args.calls)
+        part_watch(endpoint, log, s3)
         if not args.skip_hourly:
             part_two(endpoint, log, s3, args.minutes)
     return 0

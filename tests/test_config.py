@@ -248,7 +248,8 @@ def test_a_ping_url_with_a_password_masks_it_even_as_go_redacts_the_url(tmp_path
 
 
 @pytest.mark.parametrize("url", ["ftp://hc-ping.com/x", "hc-ping.com/abc", "https:///nohost", "https://h:port/x",
-                                 "https://hc-ping.com/a b"])
+                                 "https://hc-ping.com/a b", "HTTPS://hc-ping.com/x", 'https://hc-ping.com/a"b',
+                                 "https://hc-ping.com/é", "https://hc-ping.com/a\\b", "https://hc-ping.com/%zz"])
 def test_a_bad_heartbeat_url_is_refused_without_showing_it(tmp_path, url):
     with pytest.raises(ConfigError) as err:
         config.load(cwd=tmp_path, environ={"BACKUP_HEARTBEAT_URL": url})
@@ -266,10 +267,23 @@ def test_heartbeat_interval_is_a_duration_of_at_least_a_minute(tmp_path, interva
 
 
 @pytest.mark.parametrize("addr, url", [("127.0.0.1:9090", "http://127.0.0.1:9090/metrics"),
+                                       ("0.0.0.0:9093", "http://127.0.0.1:9093/metrics"),
+                                       (":9094", "http://127.0.0.1:9094/metrics"),
+                                       ("[::]:9095", "http://[::1]:9095/metrics"),
                                        ("localhost:9091", "http://localhost:9091/metrics"),
                                        ("[::1]:9092", "http://[::1]:9092/metrics")])
-def test_loopback_metrics_addresses_are_accepted(tmp_path, addr, url):
-    assert config.load(cwd=tmp_path, environ={"BACKUP_METRICS_ADDR": addr}).metrics_url == url
+def test_metrics_urls_are_where_this_machine_reaches_them(tmp_path, addr, url):
+    settings = config.load(cwd=tmp_path, environ={"BACKUP_METRICS_ADDR": addr, "BACKUP_METRICS_PUBLIC": "1"})
+    assert settings.metrics_url == url
+
+
+def test_a_ping_url_only_litestream_yml_holds_is_masked_too(tmp_path):
+    settings = config.load(cwd=tmp_path, environ={})
+    old = "https://hc-ping.com/0ld-rotated-token"
+    assert settings.mask(old) == old
+    masking = settings.masking(old)
+    assert masking.mask(f"url={old}") == "url=****" and masking.masking(old) is masking
+    assert settings.masking(None) is settings and old not in repr(masking)
 
 
 @pytest.mark.parametrize("addr", ["0.0.0.0:9090", ":9090", "192.168.1.5:9090", "metrics.lan:9090"])
@@ -280,7 +294,8 @@ def test_a_public_metrics_address_needs_backup_metrics_public(tmp_path, addr):
     assert settings.metrics_addr == addr
 
 
-@pytest.mark.parametrize("addr", ["9090", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:70000", "::1:9090", "h:x"])
+@pytest.mark.parametrize("addr", ["9090", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:70000", "::1:9090", "h:x",
+                                  "127.0.0.1:²", "127.0.0.1:٩٠"])
 def test_a_metrics_address_needs_a_host_and_a_port(tmp_path, addr):
     with pytest.raises(ConfigError, match="must be host:port with a port from 1 to 65535"):
         config.load(cwd=tmp_path, environ={"BACKUP_METRICS_ADDR": addr})
@@ -289,3 +304,8 @@ def test_a_metrics_address_needs_a_host_and_a_port(tmp_path, addr):
 def test_backup_metrics_public_is_a_yes_or_no(tmp_path):
     with pytest.raises(ConfigError, match="BACKUP_METRICS_PUBLIC 'maybe' must be 1 or 0"):
         config.load(cwd=tmp_path, environ={"BACKUP_METRICS_PUBLIC": "maybe"})
+
+
+@pytest.mark.parametrize("addr", ["127.0.0.1:9090", "localhost:9091", "[::1]:9092", "127.0.0.2:9093"])
+def test_loopback_metrics_addresses_need_no_flag(tmp_path, addr):
+    assert config.load(cwd=tmp_path, environ={"BACKUP_METRICS_ADDR": addr}).metrics_addr == addr

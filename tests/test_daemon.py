@@ -781,3 +781,17 @@ def test_the_log_pump_masks_the_secrets_it_is_handed_through_its_environment(tmp
     assert "6c1d-token" not in text and "hc-ping.com" not in text
     assert text.count("****") == 2 and text.endswith("msg=ok\n")
     assert "6c1d-token" not in " ".join(proc.args)  # never in an argv, which every user can read
+
+
+def test_a_failed_heartbeat_during_start_is_not_a_failed_start(tmp_path):
+    settings = config.load(cwd=tmp_path, environ={"BACKUP_STATE_DIR": str(tmp_path / "state")})
+    settings.state_dir.mkdir()
+    settings.logfile.write_text(
+        'time=2026-11-26T10:00:00Z level=ERROR msg="heartbeat ping failed" system=store url=**** '
+        'error="unexpected status code: 500"\n'
+    )
+    assert daemon._startup_error(settings, 0, "fallback") is None
+    with settings.logfile.open("a") as fh:
+        fh.write('time=2026-11-26T10:00:01Z level=ERROR msg="cannot start metrics server" '
+                 'error="listen tcp 127.0.0.1:9: bind: address already in use"\n')
+    assert "cannot serve metrics at BACKUP_METRICS_ADDR" in daemon._startup_error(settings, 0, "fallback")

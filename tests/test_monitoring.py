@@ -164,3 +164,61 @@ def test_doctor_ping_without_a_heartbeat_says_how_to_set_one(ws: Workspace):
     code, found = checks(ws)
     assert found["heartbeat"]["state"] == "ok" and found["heartbeat"]["detail"].startswith("not configured")
     assert "metrics" not in found
+
+
+def test_ping_reports_a_server_that_does_not_speak_http_without_a_traceback(tmp_path):
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def answer_garbage() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(4096)
+            conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+
+    thread = threading.Thread(target=answer_garbage, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/ping/{TOKEN}"
+        settings = config.load(cwd=tmp_path, environ={"BACKUP_HEARTBEAT_URL": url})
+        ok, what = doctor.ping(url, settings, timeout=5)
+    finally:
+        thread.join(10)
+        listener.close()
+    assert not ok and what.startswith("could not reach http://127.0.0.1:") and TOKEN not in what
+
+
+class _Metrics(BaseHTTPRequestHandler):
+    body = b""
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.mark.parametrize("served, state", [('litestream_sync_count{db="/elsewhere/other.db"} 3\n', "fail"),
+                                           ('litestream_sync_count{db="%s"} 3\n', "ok")])
+def test_the_metrics_check_wants_this_workspaces_database(tmp_path, served, state):
+    """Another workspace's daemon on the configured port is not this one's metrics."""
+    from types import SimpleNamespace
+
+    db = tmp_path / "chora.db"
+    db.write_bytes(b"")
+    handler = type("Handler", (_Metrics,), {"body": (served.replace("%s", str(db))).encode()})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/metrics"
+        workspace = SimpleNamespace(configured=True, running=True, config=SimpleNamespace(metrics_url=url),
+                                    databases=[SimpleNamespace(path=db)])
+        check = doctor._metrics(workspace, config.load(cwd=tmp_path, environ={}))
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert check.state == state, check

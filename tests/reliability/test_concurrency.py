@@ -21,7 +21,7 @@ from .conftest import SEED, Restores, alive, litestreams, setup, stale_pidfile, 
 STARTED = re.compile(r"^started \(pid (\d+)\)$", re.M)
 ALREADY = re.compile(r"^already running \(pid (\d+)\)$", re.M)
 STOPPED = re.compile(r"^stopped \(pid (\d+)\)$", re.M)
-INTERLEAVED_ROUNDS = 3
+INTERLEAVED_ROUNDS = 2
 
 
 class Sampler:
