@@ -196,7 +196,7 @@ class Settings:
     def masking(self, heartbeat_url: object) -> Settings:
         """These settings, masking too the ping URL a litestream.yml holds (written from an
         older .env, or by hand: litestream runs the file, not .env)."""
-        if not heartbeat_url or str(heartbeat_url) == self.heartbeat_url:
+        if not heartbeat_url or str(heartbeat_url) in self.secrets():
             return self
         return replace(self, extra_secrets=self.extra_secrets + tuple(url_secrets(str(heartbeat_url))))
 
