@@ -136,7 +136,8 @@ def part_one(endpoint: str, log, s3, calls: int) -> None:
 
 
 def part_watch(endpoint: str, log, s3, seconds: float = 75.0) -> None:
-    """Heartbeat (1m) and metrics on, the database idle, metrics scraped every second."""
+    """Heartbeat (1m) and metrics on, metrics scraped every second, the database idle —
+    beside a control daemon with neither, started the same way at the same time."""
     import urllib.request
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -156,14 +157,16 @@ def part_watch(endpoint: str, log, s3, seconds: float = 75.0) -> None:
         stack.callback(httpd.server_close)
         stack.callback(httpd.shutdown)
         threading.Thread(target=httpd.serve_forever, daemon=True).start()
-        bench = r2_workspace(stack, endpoint, s3, "watch")
+        watched = r2_workspace(stack, endpoint, s3, "watched")
+        control = r2_workspace(stack, endpoint, s3, "control")
         metrics_port = counting.free_port()
-        with (bench.path / ".env").open("a") as fh:
+        with (watched.path / ".env").open("a") as fh:
             fh.write(f"BACKUP_HEARTBEAT_URL=http://127.0.0.1:{httpd.server_address[1]}/ping/bench\n"
                      f"BACKUP_HEARTBEAT_INTERVAL=1m\nBACKUP_METRICS_ADDR=127.0.0.1:{metrics_port}\n")
-        bench.inv("backup.setup")
-        write(bench.db)
-        bench.inv("backup.start-bg")
+        watched.inv("backup.setup")
+        for bench in (watched, control):
+            write(bench.db)
+            bench.inv("backup.start-bg")
         time.sleep(12)  # past the start-up listings
         start_mark, scrapes, until = log.mark(), 0, time.monotonic() + seconds
         while time.monotonic() < until:
@@ -172,11 +175,14 @@ def part_watch(endpoint: str, log, s3, seconds: float = 75.0) -> None:
             scrapes += 1
             time.sleep(1.0)
         time.sleep(0.3)
-        tally = log.tally(start_mark, log.mark()).get(bench.bucket)
-        ops = dict(tally.by_op) if tally else {}
-        print(f"\n1b. heartbeat (1m) and metrics on, database idle, {seconds:g} s: {len(pings)} ping(s), "
-              f"{scrapes} metrics scrapes; requests to the bucket: {ops or 'none'}")
-        bench.stop()
+        tallies = log.tally(start_mark, log.mark())
+        print(f"\n1b. {seconds:g} s, databases idle; requests to each bucket:")
+        for name, bench in (("heartbeat (1m) and metrics on", watched), ("neither (control)", control)):
+            tally = tallies.get(bench.bucket)
+            print(f"   {name:<38} {dict(tally.by_op) if tally else 'none'}")
+        print(f"   ({len(pings)} heartbeat ping(s) received, {scrapes} metrics scrapes)")
+        for bench in (watched, control):
+            bench.stop()
 
 
 class Runner:
