@@ -122,6 +122,10 @@ class PidRecord:
     foreground: bool = False
     # The config the daemon was started with (a copy is kept as Settings.running_config).
     config_sha256: str | None = None
+    # A follower's (backup.follow): the copy people read, and the file litestream was
+    # told to write (a working name beside it, renamed over it once restored).
+    output: str | None = None
+    working: str | None = None
 
 
 @dataclass(frozen=True)
@@ -159,8 +163,13 @@ def _read_pidfile(path: Path) -> PidRecord | None | str:
         and all(isinstance(arg, str) for arg in record.cmdline)
         and isinstance(record.config, str)
         and (record.config_sha256 is None or isinstance(record.config_sha256, str))
+        and all(v is None or isinstance(v, str) for v in (record.output, record.working))
     )
     return record if well_formed else "unreadable pidfile (malformed record)"
+
+
+def read_pidfile(path: Path) -> PidRecord | None | str:
+    return _read_pidfile(path)
 
 
 def _write_pidfile(path: Path, record: PidRecord) -> None:
@@ -183,18 +192,25 @@ def _alive(proc: psutil.Process) -> bool:
 
 def check(settings: Settings) -> DaemonState:
     """What the pidfile says, proven against the process table. Signals nothing."""
-    record = _read_pidfile(settings.pidfile)
+    # A record that does not describe a replicate of its own config was not
+    # written by a start; whatever process it names is not ours to signal.
+    return check_pidfile(settings.pidfile, lambda record: is_replicate(record.cmdline, record.config))
+
+
+def check_pidfile(path: Path, ours: Callable[[PidRecord], bool]) -> DaemonState:
+    """What the pidfile at ``path`` says, proven against the process table: a process is
+    the one recorded only if ``ours(record)`` holds and it runs exactly the recorded
+    command line. Signals nothing."""
+    record = _read_pidfile(path)
     if record is None:
         return DaemonState("stopped")
     if isinstance(record, str):
         return DaemonState("stale", None, record)
     try:
         proc = psutil.Process(record.pid)
-        # A record that does not describe a replicate of its own config was not
-        # written by a start; whatever process it names is not ours to signal.
-        # A process running that very command line replicates this config, so
-        # it is the daemon to report and to stop even if its pid was reused.
-        same = is_replicate(record.cmdline, record.config) and proc.cmdline() == record.cmdline
+        # A process running that very command line does the recorded work, so it
+        # is the one to report and to stop even if its pid was reused.
+        same = ours(record) and proc.cmdline() == record.cmdline
     except psutil.NoSuchProcess:
         return DaemonState("stale", record, f"process {record.pid} is gone")
     except psutil.AccessDenied:
@@ -251,9 +267,14 @@ def _same_file(fh: IO[bytes], path: Path) -> bool:
 
 def refuse_unknown(settings: Settings, state: DaemonState) -> None:
     """Act on no pidfile whose process cannot be inspected: it may be a running replicator."""
+    refuse_unknown_process(settings.pidfile, state)
+
+
+def refuse_unknown_process(pidfile: Path, state: DaemonState) -> None:
+    """Act on no pidfile whose process cannot be inspected: it may be a running litestream."""
     if state.state == "unknown" and state.record:
         raise BackupError(
-            f"{settings.pidfile} names pid {state.record.pid}, which cannot be inspected (access "
+            f"{pidfile} names pid {state.record.pid}, which cannot be inspected (access "
             "denied): it may be "
             "litestream started by another user or an elevated console; check it as that user "
             "and stop it, or delete the pidfile if it is not litestream — nothing was changed"
@@ -528,14 +549,23 @@ def start_background(
 
 
 def _spawn_with_log(settings: Settings, litestream: Litestream) -> tuple[subprocess.Popen, subprocess.Popen]:
-    """litestream, its output piped into the log pump that keeps the log bounded."""
+    return spawn_logged(settings, litestream, settings.logfile, "replicate")
+
+
+def spawn_logged(
+    settings: Settings, litestream: Litestream, log: Path, command: str, *args: str,
+    config: Path | None = None, touch: Path | None = None,
+) -> tuple[subprocess.Popen, subprocess.Popen]:
+    """litestream, detached, its output piped into the log pump that keeps ``log`` bounded
+    and masked (and, for a follower, moves ``touch``'s change counter after each apply)."""
     read_end, write_end = os.pipe()
     try:
         environ = {k: v for k, v in os.environ.items() if v not in settings.secrets()}
-        log_pump = logfile.start_pump(settings.logfile, read_end, environ, popen_flags(detached=True),
-                                      settings.secrets())
+        log_pump = logfile.start_pump(log, read_end, environ, popen_flags(detached=True), settings.secrets(),
+                                      touch=touch)
         try:
-            proc = litestream.spawn("replicate", stdout=write_end, stderr=subprocess.STDOUT, detached=True)
+            proc = litestream.spawn(command, *args, stdout=write_end, stderr=subprocess.STDOUT, detached=True,
+                                    config=config)
         except BaseException:
             _kill(log_pump)
             raise
@@ -767,6 +797,45 @@ def run_foreground(
                 _remove_pidfile(settings.pidfile, record)
 
 
+# -- what a follower's process shares with the daemon's ----------------------------
+
+
+@contextlib.contextmanager
+def holding(settings: Settings, lockfile: Path, platform: Posix | Windows | None = None) -> Iterator[None]:
+    """Hold ``lockfile`` (a follower's): no other start or stop of that process meanwhile."""
+    with _locked(settings, platform or current_platform(), path=lockfile):
+        yield
+
+
+def write_pidfile(path: Path, record: PidRecord) -> None:
+    _write_pidfile(path, record)
+
+
+def remove_pidfile(path: Path, record: PidRecord | None) -> None:
+    _remove_pidfile(path, record)
+
+
+def kill(proc: subprocess.Popen | psutil.Process) -> None:
+    _kill(proc)
+
+
+def stop_process(state: DaemonState, timeout: float, platform: Posix | Windows | None = None) -> bool:
+    """Ask the recorded process to stop (litestream's clean stop), kill it after ``timeout``;
+    True when it had to be killed."""
+    platform = platform or current_platform()
+    proc = state.process
+    if proc is None:
+        return False
+    with contextlib.suppress(psutil.NoSuchProcess):
+        platform.interrupt(proc)
+    forced = not _wait_gone(proc, timeout)
+    if forced:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+        _wait_gone(proc, 10)
+    return forced
+
+
 # -- stop ----------------------------------------------------------------------
 
 
@@ -817,15 +886,8 @@ def stop(
             if state.state == "stale":
                 _remove_pidfile(settings.pidfile, state.record)
             return StopResult(False, stale=state if state.state == "stale" else None)
-        proc = state.process
         timeout = stop_timeout(settings, state) if timeout is None else timeout
-        with contextlib.suppress(psutil.NoSuchProcess):
-            platform.interrupt(proc)
-        forced = not _wait_gone(proc, timeout)
-        if forced:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.kill()
-            _wait_gone(proc, 10)
+        forced = stop_process(state, timeout, platform)
         _remove_pidfile(settings.pidfile, state.record)
         return StopResult(True, pid=state.record.pid, forced=forced, timeout=timeout)
 

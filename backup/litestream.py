@@ -358,9 +358,10 @@ class Litestream:
         stdout: int | IO[Any] | None = None,
         stderr: int | IO[Any] | None = None,
         detached: bool = False,
+        config: Path | None = None,
     ) -> subprocess.Popen[bytes]:
         """Start litestream without waiting (see ``popen_flags``)."""
-        argv = self.argv(command, *args)
+        argv = self.argv(command, *args, config=config)
         log.debug("starting %s", argv)
         return subprocess.Popen(
             argv,

@@ -23,6 +23,10 @@ MAX_BYTES = 10 * 1024 * 1024  # past this the log becomes <name>.1: at most twic
 # The strings the pump masks, as a JSON list in its environment (never in its argv,
 # which any user can read): litestream logs the heartbeat URL when a ping fails.
 MASK_VARIABLE = "CHORA_BACKUP_LOG_MASK"
+# A follower's copy, whose change counter the pump moves after each change litestream
+# applies to it (see backup.sqlitefile): readers holding it open then see the change.
+TOUCH_VARIABLE = "CHORA_BACKUP_LOG_TOUCH"
+APPLIED = b'msg="follow: applied updates"'
 
 
 def masker(secrets: list[str]) -> Callable[[bytes], bytes]:
@@ -103,7 +107,8 @@ def follow(
 
 
 def pump(
-    source: BinaryIO, path: Path, max_bytes: int = MAX_BYTES, mask: Callable[[bytes], bytes] | None = None
+    source: BinaryIO, path: Path, max_bytes: int = MAX_BYTES, mask: Callable[[bytes], bytes] | None = None,
+    on_line: Callable[[bytes], None] | None = None,
 ) -> None:
     """Append each line read from ``source`` to ``path``, masked, rotating past ``max_bytes``.
 
@@ -114,6 +119,9 @@ def pump(
     """
     out: BinaryIO | None = None
     for line in iter(source.readline, b""):
+        if on_line is not None:
+            with contextlib.suppress(Exception):  # never stop reading: see above
+                on_line(line)
         try:
             out = out or open_private(path)
             out.write(mask(line) if mask else line)
@@ -132,12 +140,15 @@ def pump(
 
 
 def start_pump(
-    path: Path, source: int, environ: Mapping[str, str], popen_flags: dict, secrets: tuple[str, ...] = ()
+    path: Path, source: int, environ: Mapping[str, str], popen_flags: dict, secrets: tuple[str, ...] = (),
+    touch: Path | None = None,
 ) -> subprocess.Popen:
     """``python -m backup.logfile``, reading the pipe ``source``, detached like the daemon."""
     import json
 
     environ = {**environ, MASK_VARIABLE: json.dumps(list(secrets))}
+    if touch is not None:
+        environ[TOUCH_VARIABLE] = str(touch)
     return subprocess.Popen(
         # -I: the daemon's folder on sys.path must not decide which backup.logfile runs.
         [sys.executable, "-I", "-m", "backup.logfile", str(path), str(MAX_BYTES)],
@@ -149,8 +160,20 @@ def start_pump(
     )
 
 
+def toucher(copy: Path) -> Callable[[bytes], None]:
+    """Moves ``copy``'s change counter after each change litestream reports applied."""
+    from .sqlitefile import touch
+
+    def on_line(line: bytes) -> None:
+        if APPLIED in line:
+            touch(copy)
+
+    return on_line
+
+
 if __name__ == "__main__":
     import json
 
+    touched = os.environ.pop(TOUCH_VARIABLE, "")
     pump(sys.stdin.buffer, Path(sys.argv[1]), int(sys.argv[2]),
-         masker(json.loads(os.environ.pop(MASK_VARIABLE, "[]"))))
+         masker(json.loads(os.environ.pop(MASK_VARIABLE, "[]"))), toucher(Path(touched)) if touched else None)

@@ -265,13 +265,14 @@ class Replica:
         from .files import private_dir, temp_beside
 
         folder = private_dir(self.settings.state_dir)
-        path = temp_beside(folder / "litestream.database.yml", self._one_database_yaml())
+        path = temp_beside(folder / "litestream.database.yml", self.one_database_yaml())
         try:
             yield path
         finally:
             path.unlink(missing_ok=True)
 
-    def _one_database_yaml(self) -> bytes:
+    def one_database_yaml(self) -> bytes:
+        """A litestream.yml naming this database and its replica alone (no credential)."""
         import yaml
 
         entry = self.entry

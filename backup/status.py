@@ -86,13 +86,19 @@ class Status:
     metrics_url: str | None = None
     # {"url": scheme and host only, "interval"}: the ping URL's token is never shown.
     heartbeat: dict[str, str] | None = None
+    # Read-only copies this workspace keeps (backup.follow): output, state, pid, txid, lag.
+    followers: list[Any] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
         if self.daemon.get("state") == "unknown":
             return EXIT_FAILED  # perhaps running, perhaps not: never "healthy", never "stopped"
+        if any(f.failing for f in self.followers):
+            return EXIT_FAILED
         if not self.running:
-            return EXIT_NOT_RUNNING
+            # A machine that only follows (no database of its own here) is healthy with them.
+            only_follows = self.followers and not any(db.exists for db in self.databases)
+            return EXIT_OK if only_follows else EXIT_NOT_RUNNING
         if self.config_changed or any(db.failing for db in self.databases):
             return EXIT_FAILED
         return EXIT_OK
@@ -417,7 +423,16 @@ def gather(workspace: Workspace) -> Status:
         databases=databases,
         metrics_url=config.metrics_url,
         heartbeat=config.heartbeat,
+        followers=_followers(workspace, now),
     )
+
+
+def _followers(workspace: Workspace, now: float) -> list[Any]:
+    from .follow import FOLLOWERS, status
+
+    if not any((workspace.settings.state_dir / FOLLOWERS).glob("*.pid")):
+        return []  # none: not even the follow module's listing
+    return status(workspace, now)
 
 
 def _listed(workspace: Workspace, present: list[Database], now: float) -> list[DatabaseStatus]:
@@ -510,6 +525,17 @@ def _lines(status: Status) -> list[str]:
             secs = "unknown" if db.lag_seconds is None else f"{db.lag_seconds:g}s"
             lines.append(f"  lag            {db.lag_txids} txid(s), missing local changes for {secs}")
         lines.append(f"  last snapshot  {db.latest_snapshot or '-'}")
+    for f in status.followers:
+        lines.append("")
+        lines.append(f"follower  {f.output}")
+        state = {"running": f"running (pid {f.pid})",
+                 "starting": f"restoring (pid {f.pid}): not ready to read until it follows",
+                 "stale": f"stopped: {f.reason}; 'inv backup.follow' continues it"}.get(f.state, f"{f.state}: {f.reason}")
+        lines.append(f"  state          {state}")
+        lines.append(f"  database       {f.database or '-'}")
+        lag = "none: the copy holds the replica's newest change" if f.lag_seconds == 0 else \
+            "unknown" if f.lag_seconds is None else f"{f.lag_seconds:g}s behind the replica"
+        lines.append(f"  txid           {f.txid or '-'} (replica {f.replica_txid or '-'}); lag {lag}")
     verdict = {EXIT_OK: "healthy", EXIT_NOT_RUNNING: "not running", EXIT_FAILED: "failing"}
     lines.append("")
     lines.append(f"status: {verdict[status.exit_code]}")

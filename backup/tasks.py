@@ -13,6 +13,7 @@ import os
 import sqlite3
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 from invoke import Collection, Exit, task
@@ -235,15 +236,30 @@ def start_bg(c, timeout=str(cfg.START_WAIT)):
     help={
         "timeout": "seconds to wait for litestream's final sync before killing it; default: "
         "litestream's shutdown-sync-timeout (30s unless litestream.yml sets it) plus 15",
+        "follower": "stop the follower writing this copy instead of the daemon (see backup.follow)",
+        "all": "stop the daemon and every follower; default off",
     }
 )
 @actionable
-def stop(c, timeout=None):
-    """Stop the background daemon gracefully (final sync first)."""
+def stop(c, timeout=None, follower=None, all=False):  # noqa: A002 -- the flag is --all
+    """Stop the background daemon gracefully (final sync first); or a follower, or all."""
     from .daemon import stop as stop_daemon
+    from .follow import slots
+    from .follow import stop as stop_follower
 
     seconds = None if timeout is None else _number(timeout, "--timeout")
     settings = cfg.load()
+    if follower is not None:
+        if not follower.strip() or all:
+            raise BackupError("--follower needs the copy's path, and goes without --all", code=EXIT_CONFIG)
+        _show(stop_follower(settings, Path(follower).expanduser()), False)
+        return
+    if all:
+        for slot, _ in slots(settings):
+            try:
+                _show(stop_follower(settings, slot.output), False)
+            except BackupError as exc:  # the daemon is still to be stopped: say it, go on
+                print(f"error: {exc.message}", file=sys.stderr)
     installed = _installed_service(settings)
     if installed is not None and installed.active:
         from .service import stop_service
@@ -251,6 +267,45 @@ def stop(c, timeout=None):
         _show(stop_service(settings, installed, seconds), False)  # else it would start it again
         return
     _show(stop_daemon(settings, timeout=seconds), False)
+
+
+@task(
+    help={
+        "output": "the path of the read-only copy to keep (required); its folder must exist",
+        "interval": "how often to look for new changes in the replica (a Go duration); default 1s. "
+        "Each look lists the replica: on R2 a Class A request",
+        "background": "run detached and return once it follows; default: in the foreground until Ctrl-C",
+        "force": "replace an existing file that is not a follower's copy; it is moved aside to "
+        "<name>.pre-follow-<UTC time>, never deleted; default off",
+        "db": "the database to follow when there are several (as for restore); default: the only one",
+        "json": "print the start as JSON (with --background); default off",
+    }
+)
+@actionable
+def follow(c, output=None, interval="1s", background=False, force=False, db=None, json=False):
+    """Keep a read-only copy of a database that applies the replica's changes as they arrive."""
+    from .follow import run_foreground, start
+
+    if output is None or not output.strip():
+        raise BackupError("--output is required: the path of the read-only copy to keep", code=EXIT_CONFIG)
+    settings = cfg.load()
+    workspace = _workspace(settings, draft=True, remember=False)
+    if _ensure_config(settings, True, workspace.config if workspace.configured else None):
+        workspace = _workspace(settings, remember=False)  # the config just written from .env
+    elif not workspace.configured:
+        workspace = _workspace(settings, remember=False)  # raises: how to write one
+    workspace = workspace.with_replicas()
+    chosen = workspace.select(db)
+    if len(chosen) != 1:
+        names = ", ".join(d.name for d in chosen)
+        raise BackupError(f"a follower keeps one database: pick one of {names} with --db", code=EXIT_CONFIG)
+    target = Path(output).expanduser()
+    if background:
+        _show(start(workspace, chosen[0], target, interval, force), json)
+        return
+    code = run_foreground(workspace, chosen[0], target, interval, force, sys.stdout)
+    if code:
+        raise Exit(code=code)
 
 
 @task(help={"json": "print JSON for scripts instead of a table; default off"})
@@ -281,16 +336,25 @@ def _masking_configs(settings):
     help={
         "n": "how many of the last lines to show; default 50",
         "follow": "keep printing new lines until Ctrl-C; default off",
+        "follower": "show the log of the follower writing this copy instead of the daemon's",
     }
 )
 @actionable
-def logs(c, n="50", follow=False):
-    """Show the background daemon's log (secrets masked)."""
+def logs(c, n="50", follow=False, follower=None):
+    """Show the background daemon's log, or a follower's (secrets masked)."""
     from . import logfile
+    from .follow import slot_for
 
     count = int(_number(n, "-n"))
     settings = _masking_configs(cfg.load())
     path = settings.logfile
+    if follower is not None:
+        if not follower.strip():
+            raise BackupError("--follower needs the copy's path", code=EXIT_CONFIG)
+        path = slot_for(settings, Path(os.path.abspath(Path(follower).expanduser()))).logfile
+        if not path.exists():
+            print(f"no follower log for {follower}: start one with 'inv backup.follow --output {follower}'")
+            return
     if not path.exists() and not follow:
         print(f"no log yet at {path}: start the daemon with 'inv backup.start-bg'")
         return
@@ -298,11 +362,19 @@ def logs(c, n="50", follow=False):
     for line in logfile.tail(path, count, end=end):
         print(settings.mask(line))
     if follow:
+        import signal
+
+        # Its own handlers: a shell's background job inherits SIGINT ignored, and Python
+        # then raises no KeyboardInterrupt; SIGTERM and a closed terminal end it cleanly too.
+        asked: list[int] = []
+        previous = {sig: signal.signal(sig, lambda signum, _: asked.append(signum))
+                    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if sig}
         try:
-            for line in logfile.follow(path, stop=lambda: False, offset=end):
+            for line in logfile.follow(path, stop=lambda: bool(asked), offset=end):
                 print(settings.mask(line), flush=True)
-        except KeyboardInterrupt:
-            pass
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def _point_in_time(timestamp: str | None, txid: str | None) -> tuple[Any, int | None]:
@@ -538,6 +610,6 @@ def uninstall_service(c, manager=None, dry_run=False, json=False):
 ns = Collection("backup")
 for _task in (
     setup, local, start, start_bg, stop, status, logs, restore, snapshots, snapshot, verify, doctor,
-    cost, install_service, uninstall_service,
+    cost, install_service, uninstall_service, follow,
 ):
     ns.add_task(_task)

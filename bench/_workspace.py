@@ -15,6 +15,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -66,6 +67,32 @@ def workspace(sync_interval: str = "1s") -> Iterator[Bench]:
     finally:
         bench.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def counting():
+    """bench/requests.py (the moto server, the request classifier), loaded by path: its
+    name would shadow the requests library as an import."""
+    import importlib.util
+
+    if "bench_requests" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("bench_requests", Path(__file__).with_name("requests.py"))
+        module = sys.modules["bench_requests"] = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return sys.modules["bench_requests"]
+
+
+def s3_server(stack: contextlib.ExitStack) -> tuple[str, Any, Any]:
+    """moto's S3 server on 127.0.0.1 for the life of ``stack``: (endpoint, its request log,
+    a boto3 client with the bench's keys)."""
+    import boto3
+
+    requests = counting()
+    root = Path(tempfile.mkdtemp(prefix="chora-bench-moto-"))
+    stack.callback(shutil.rmtree, root, ignore_errors=True)
+    endpoint, log = stack.enter_context(requests.moto_server(root))
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                      aws_access_key_id=requests.ACCESS_KEY_ID, aws_secret_access_key=requests.SECRET_ACCESS_KEY)
+    return endpoint, log, s3
 
 
 def fill(db: Path, megabytes: float, row_bytes: int = 4000) -> None:

@@ -23,7 +23,6 @@ Every process started here is stopped by its pid on exit, Ctrl-C included.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shutil
 import sqlite3
 import subprocess
@@ -39,13 +38,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _workspace import BIN, Bench, median  # noqa: E402
+from _workspace import BIN, Bench, counting as _counting, median, s3_server  # noqa: E402
 
-# requests.py holds the moto server and the request classifier; it is loaded by path,
-# as its name would shadow the requests library.
-_spec = importlib.util.spec_from_file_location("bench_requests", HERE / "requests.py")
-counting = sys.modules["bench_requests"] = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(counting)  # type: ignore[union-attr]
+counting = _counting()  # the moto server and request classifier of bench/requests.py
 
 SEED_PERIOD = 730 * 3600 / 100_000  # seconds between writes: the seed's 100k a month
 HEAVY_PERIOD = 1.0
@@ -252,15 +247,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--calls", type=int, default=10, help="status calls per case in part 1; default 10")
     parser.add_argument("--skip-hourly", action="store_true", help="skip part 2 (the real-time hour)")
     args = parser.parse_args(argv)
-    import boto3
-
-    root = Path(tempfile.mkdtemp(prefix="chora-bench-moto-"))
     with ExitStack() as cleanup:
-        cleanup.callback(shutil.rmtree, root, ignore_errors=True)
-        endpoint, log = cleanup.enter_context(counting.moto_server(root))
-        s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                          aws_access_key_id=counting.ACCESS_KEY_ID,
-                          aws_secret_access_key=counting.SECRET_ACCESS_KEY)
+        endpoint, log, s3 = s3_server(cleanup)
         print(f"litestream {subprocess.run([str(BIN / 'litestream'), 'version'], capture_output=True, text=True).stdout.strip()}, "
               f"Python {sys.version.split()[0]}, {time.strftime('%Y-%m-%d')}")
         part_one(endpoint, log, s3, args.calls)

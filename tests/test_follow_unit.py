@@ -1,0 +1,117 @@
+"""backup.follow's and backup.sqlitefile's logic, without litestream: fast."""
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from pathlib import Path
+
+from backup import config, daemon, follow, sqlitefile
+
+
+def rollback_db(path: Path, n: int) -> None:
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA journal_mode=DELETE")
+    con.execute("CREATE TABLE IF NOT EXISTS t (x)")
+    con.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(n)])
+    con.commit()
+    con.close()
+
+
+def test_a_reader_holding_the_copy_sees_a_change_once_the_counter_moves(tmp_path):
+    """What litestream does to a copy (pages written, page 1's counter untouched), and the fix."""
+    copy, newer = tmp_path / "copy.db", tmp_path / "newer.db"
+    rollback_db(copy, 3)
+    shutil.copy(copy, newer)
+    con = sqlite3.connect(newer)
+    con.execute("INSERT INTO t VALUES (99)")
+    con.commit()
+    con.close()
+    reader = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
+    assert reader.execute("SELECT count(*) FROM t").fetchone() == (3,)
+    old_header = copy.read_bytes()[:100]
+    pages = bytearray(newer.read_bytes())
+    pages[24:28] = old_header[24:28]  # as litestream writes a change that leaves page 1's counter
+    pages[92:96] = old_header[92:96]
+    copy.write_bytes(bytes(pages))
+    assert reader.execute("SELECT count(*) FROM t").fetchone() == (3,)  # its cache: stale
+    assert sqlitefile.touch(copy)
+    assert reader.execute("SELECT count(*) FROM t").fetchone() == (4,)
+    reader.close()
+
+
+def test_touch_marks_a_wal_header_rollback_and_leaves_other_files_alone(tmp_path):
+    db = tmp_path / "wal.db"
+    con = sqlite3.connect(db)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("CREATE TABLE t (x)")
+    con.commit()
+    con.close()
+    assert db.read_bytes()[18:20] == b"\x02\x02"
+    assert sqlitefile.touch(db, rollback=True)
+    assert db.read_bytes()[18:20] == b"\x01\x01"
+    assert sqlite3.connect(db).execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    other = tmp_path / "notes.txt"
+    other.write_bytes(b"x" * 100)
+    assert not sqlitefile.touch(other) and other.read_bytes() == b"x" * 100
+    assert not sqlitefile.touch(tmp_path / "missing.db")
+
+
+def test_the_log_pump_touches_the_copy_on_each_applied_change(tmp_path):
+    from backup import logfile
+
+    copy = tmp_path / "copy.db"
+    rollback_db(copy, 1)
+    before = copy.read_bytes()[24:28]
+    on_line = logfile.toucher(copy)
+    on_line(b'time=... level=INFO msg="entering follow mode" db=chora.db\n')
+    assert copy.read_bytes()[24:28] == before
+    on_line(b'time=... level=INFO msg="follow: applied updates" db=chora.db from_txid=1 to_txid=2\n')
+    assert copy.read_bytes()[24:28] != before
+
+
+def record(**fields) -> daemon.PidRecord:
+    base = dict(pid=1, create_time=0.0, cmdline=["litestream", "restore", "-config", "c", "-no-expand-env", "-f",
+                                                   "-follow-interval", "1s", "-o", "/w/.copy.db.follow-1",
+                                                   "/ws/chora.db"],
+                config="c", started_at="", log=None, output="/w/copy.db", working="/w/.copy.db.follow-1")
+    return daemon.PidRecord(**{**base, **fields})
+
+
+def test_a_follower_record_is_recognised_only_with_its_own_working_file():
+    assert follow.is_follow(record())
+    assert not follow.is_follow(record(working="/w/other"))
+    assert not follow.is_follow(record(cmdline=["litestream", "replicate", "-config", "c"]))
+    assert not follow.is_follow(record(working=None))
+
+
+def test_a_stopped_follower_leaves_its_position_beside_the_copy(tmp_path):
+    output, working = tmp_path / "copy.db", tmp_path / ".copy.db.follow-1"
+    follow.txid_file(working).write_text("000000000000002a\n")
+    follow._settle(record(output=str(output), working=str(working)))
+    assert follow.read_txid(output) == 0x2A and not follow.txid_file(working).exists()
+
+
+def test_each_output_has_its_own_slot(tmp_path):
+    settings = config.load(cwd=tmp_path, environ={"BACKUP_STATE_DIR": str(tmp_path / "state")})
+    a = follow.slot_for(settings, tmp_path / "a" / "copy.db")
+    b = follow.slot_for(settings, tmp_path / "b" / "copy.db")
+    assert a.pidfile != b.pidfile and a.pidfile.parent == settings.state_dir / "followers"
+    assert a.pidfile.name.startswith("copy.db-") and a.logfile.suffix == ".log"
+
+
+def test_a_copy_belongs_to_the_database_and_replica_its_follower_followed():
+    one = b"dbs:\n- path: /ws/a.db\n  replica: {type: s3, bucket: b, path: p/a.db, endpoint: 'http://h'}\n"
+    same_place_other_interval = one.replace(b"}", b", sync-interval: 10s}")
+    other_db = one.replace(b"p/a.db", b"p/b.db")
+    assert follow._identity(one) == follow._identity(same_place_other_interval)
+    assert follow._identity(one) != follow._identity(other_db)
+    assert follow._identity(b"not: [yaml") is None and follow._identity(b"dbs: []") is None
+
+
+def test_a_working_file_never_swapped_in_is_removed_and_gives_the_copy_no_position(tmp_path):
+    output, working = tmp_path / "copy.db", tmp_path / ".copy.db.follow-2"
+    working.write_bytes(b"half a restore")
+    follow.txid_file(working).write_text("0000000000000063\n")
+    follow._settle(record(output=str(output), working=str(working)))
+    assert not working.exists() and not follow.txid_file(working).exists()
+    assert follow.read_txid(output) is None
