@@ -240,7 +240,8 @@ class _Run:
             daemon.current_platform().interrupt(self.proc)
             self.proc.wait(10)
         daemon.kill(self.proc)
-        daemon.remove_pidfile(self.slot.pidfile, self.record)
+        if self.record is not None:  # else its pidfile was never written
+            daemon.remove_pidfile(self.slot.pidfile, self.record)
         if self.target != self.slot.output:
             _remove_working(self.target)
 
