@@ -697,15 +697,32 @@ class _Stopper:
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[_Stopper]:
-        previous = {sig: signal.signal(sig, self) for sig in STOP_SIGNALS}
-        try:
+        with handling(self):
             yield self
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
 
-class _Output:
+@contextlib.contextmanager
+def handling(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """``handler`` for every stop signal (Ctrl-C, a kill, a closed terminal), installed
+    whatever this process inherited — a shell's background job starts with SIGINT ignored,
+    and Python then raises no KeyboardInterrupt — and the previous handlers put back after."""
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[list[int]]:
+    """The stop signals that arrive meanwhile, noted in the list yielded instead of raised."""
+    asked: list[int] = []
+    with handling(lambda signum, _frame: asked.append(signum)):
+        yield asked
+
+
+class Output:
     """The terminal, until it goes away: then litestream's output is drained to nowhere.
 
     A closed terminal makes every write fail; litestream must still be read
@@ -745,7 +762,7 @@ def run_foreground(
     stop see it.
     """
     platform = platform or current_platform()
-    output = _Output(out, settings)
+    output = Output(out, settings)
     with _Stopper(platform).installed() as stopper:
         with _locked(settings, platform):
             state = check(settings)

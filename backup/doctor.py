@@ -265,13 +265,13 @@ def ping(url: str, settings: Settings, timeout: float = PING_TIMEOUT) -> tuple[b
     return False, f"{shown} answered HTTP {code}: litestream's pings would fail too"
 
 
-def _heartbeat(workspace: Workspace | None, settings: Settings, send: bool) -> Check:
+def _heartbeat(workspace: Workspace | None, config: LitestreamConfig | None, settings: Settings,
+               send: bool) -> Check:
     """Is a heartbeat configured where litestream reads it; did the daemon's last ping fail;
     with ``send``, one test request."""
     from .config import DEFAULT_HEARTBEAT_INTERVAL, public_url
     from .status import log_errors
 
-    config = workspace.config if workspace is not None and workspace.configured else None
     running = workspace is not None and workspace.running
     url = (config.heartbeat_url if config is not None else None) or settings.heartbeat_url
     settings = settings.masking(url)
@@ -316,9 +316,8 @@ def _metric_label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def _metrics(workspace: Workspace | None, settings: Settings) -> Check | None:
+def _metrics(workspace: Workspace | None, config: LitestreamConfig | None, settings: Settings) -> Check | None:
     """Does the running daemon answer on its metrics address, for this workspace's database?"""
-    config = workspace.config if workspace is not None and workspace.configured else None
     url = (config.metrics_url if config is not None else None) or settings.metrics_url
     if not url:
         return None
@@ -378,8 +377,8 @@ def run_checks(
         if binary.state == OK and env.state == OK:
             checks.append(_daemon(workspace))
         checks.append(_service(workspace))
-    checks.append(_heartbeat(workspace, settings, send_ping))
-    metrics = _metrics(workspace, settings)
+    checks.append(_heartbeat(workspace, config, settings, send_ping))
+    metrics = _metrics(workspace, config, settings)
     if metrics is not None:
         checks.append(metrics)
     checks += _disk(settings, config)

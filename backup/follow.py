@@ -525,35 +525,21 @@ def run_foreground(
 ) -> int:
     """Follow until Ctrl-C, a kill or a closed terminal, showing the follower's log; 0 after
     a stop asked for, 1 when the follower died by itself."""
-    import signal
-
     # Ctrl-C during the first restore interrupts it (start removes what it began); from
     # here on a stop signal stops the follower and this command, which returns 0.
     started = start(workspace, db, output, interval, force, foreground=True)
-    asked = []
-    previous = {sig: signal.signal(sig, lambda *_: asked.append(True)) for sig in daemon.STOP_SIGNALS}
-    try:
-        _write(out, "\n".join(started.as_lines()) + "\n")
-        slot = slot_for(workspace.settings, started.output)
-        settings = workspace.settings
+    settings = workspace.settings
+    terminal = daemon.Output(out, settings)  # masked; a closed terminal must not stop the stop
+    with daemon.stop_requests() as asked:
+        terminal.write("\n".join(started.as_lines()) + "\n")
+        slot = slot_for(settings, started.output)
         offset = logfile.size(slot.logfile)
         for line in logfile.follow(slot.logfile, stop=lambda: bool(asked) or not check(slot).running,
                                    offset=offset):
-            _write(out, settings.mask(line) + "\n")
+            terminal.write(line + "\n")
         if asked:
-            stopped = stop(settings, started.output)
-            _write(out, "\n".join(stopped.as_lines()) + "\n")
+            terminal.write("\n".join(stop(settings, started.output).as_lines()) + "\n")
             return 0
-        _write(out, f"the follower of {started.output} stopped by itself: see 'inv backup.logs "
-                    f"--follower {started.output}'; 'inv backup.follow' continues it\n")
+        terminal.write(f"the follower of {started.output} stopped by itself: see 'inv backup.logs "
+                       f"--follower {started.output}'; 'inv backup.follow' continues it\n")
         return 1
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _write(out: Any, text: str) -> None:
-    """To the terminal while there is one (a closed one must not stop the follower's stop)."""
-    with contextlib.suppress(OSError, ValueError):
-        out.write(text)
-        out.flush()

@@ -98,6 +98,18 @@ def _workspace(settings: cfg.Settings | None = None, draft: bool = False, rememb
     return Workspace.load(settings or cfg.load(), draft=draft, remember=remember)
 
 
+def _from_replicas(settings: cfg.Settings, write_config: bool = True) -> Any:
+    """The workspace of a command that reads the replicas, as on a new machine: litestream.yml
+    written from .env when there is none (unless not ``write_config``), and a glob's databases
+    that exist only in the replica. Remembers no listing."""
+    workspace = _workspace(settings, draft=True, remember=False)
+    if write_config and _ensure_config(settings, True, workspace.config if workspace.configured else None):
+        workspace = _workspace(settings, remember=False)  # the config just written from .env
+    elif not workspace.configured:
+        workspace = _workspace(settings, remember=False)  # raises: how to write one
+    return workspace.with_replicas()
+
+
 def _show(result: Any, as_json: bool) -> None:
     """The one place a task prints its result: JSON for scripts, or lines for people."""
     if as_json:
@@ -288,13 +300,7 @@ def follow(c, output=None, interval="1s", background=False, force=False, db=None
 
     if output is None or not output.strip():
         raise BackupError("--output is required: the path of the read-only copy to keep", code=EXIT_CONFIG)
-    settings = cfg.load()
-    workspace = _workspace(settings, draft=True, remember=False)
-    if _ensure_config(settings, True, workspace.config if workspace.configured else None):
-        workspace = _workspace(settings, remember=False)  # the config just written from .env
-    elif not workspace.configured:
-        workspace = _workspace(settings, remember=False)  # raises: how to write one
-    workspace = workspace.with_replicas()
+    workspace = _from_replicas(cfg.load())
     chosen = workspace.select(db)
     if len(chosen) != 1:
         names = ", ".join(d.name for d in chosen)
@@ -362,19 +368,11 @@ def logs(c, n="50", follow=False, follower=None):
     for line in logfile.tail(path, count, end=end):
         print(settings.mask(line))
     if follow:
-        import signal
+        from .daemon import stop_requests
 
-        # Its own handlers: a shell's background job inherits SIGINT ignored, and Python
-        # then raises no KeyboardInterrupt; SIGTERM and a closed terminal end it cleanly too.
-        asked: list[int] = []
-        previous = {sig: signal.signal(sig, lambda signum, _: asked.append(signum))
-                    for sig in (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None)) if sig}
-        try:
+        with stop_requests() as asked:  # Ctrl-C, SIGTERM or a closed terminal: a clean end
             for line in logfile.follow(path, stop=lambda: bool(asked), offset=end):
                 print(settings.mask(line), flush=True)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
 
 
 def _point_in_time(timestamp: str | None, txid: str | None) -> tuple[Any, int | None]:
@@ -415,21 +413,13 @@ DB_HELP = ("one database: its path as written in BACKUP_DB, relative, or absolut
 @actionable
 def restore(c, output=None, timestamp=None, txid=None, force=False, dry_run=False, json=False, db=None):
     """Restore the databases from their replicas, each checked by SQLite before it replaces anything."""
-    from pathlib import Path
-
     from .restore import restore as do_restore
 
     when, upto = _point_in_time(timestamp, txid)
     if output is not None and not output.strip():
         raise BackupError("--output is empty: name the file to restore to", code=EXIT_CONFIG)
-    settings = cfg.load()
     # A refused restore changes nothing on disk, not even what status remembers of a listing.
-    workspace = _workspace(settings, draft=True, remember=False)
-    if not dry_run and _ensure_config(settings, True, workspace.config if workspace.configured else None):
-        workspace = _workspace(settings, remember=False)  # the config just written
-    elif not workspace.configured:
-        workspace = _workspace(settings, remember=False)  # raises: how to write one
-    workspace = workspace.with_replicas()  # a glob's databases that are not here (a new machine)
+    workspace = _from_replicas(cfg.load(), write_config=not dry_run)
     result = do_restore(
         workspace,
         workspace.select(db),

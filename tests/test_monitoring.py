@@ -216,7 +216,7 @@ def test_the_metrics_check_wants_this_workspaces_database(tmp_path, served, stat
         url = f"http://127.0.0.1:{httpd.server_address[1]}/metrics"
         workspace = SimpleNamespace(configured=True, running=True, config=SimpleNamespace(metrics_url=url),
                                     databases=[SimpleNamespace(path=db)])
-        check = doctor._metrics(workspace, config.load(cwd=tmp_path, environ={}))
+        check = doctor._metrics(workspace, workspace.config, config.load(cwd=tmp_path, environ={}))
     finally:
         httpd.shutdown()
         httpd.server_close()
