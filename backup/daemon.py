@@ -554,15 +554,16 @@ def _spawn_with_log(settings: Settings, litestream: Litestream) -> tuple[subproc
 
 def spawn_logged(
     settings: Settings, litestream: Litestream, log: Path, command: str, *args: str,
-    config: Path | None = None, touch: Path | None = None,
+    config: Path | None = None, touch: Path | None = None, restored: Path | None = None,
 ) -> tuple[subprocess.Popen, subprocess.Popen]:
     """litestream, detached, its output piped into the log pump that keeps ``log`` bounded
-    and masked (and, for a follower, moves ``touch``'s change counter after each apply)."""
+    and masked (and, for a follower, puts ``restored`` in place as the copy ``touch`` once
+    it follows, then moves that copy's change counter after each apply)."""
     read_end, write_end = os.pipe()
     try:
         environ = {k: v for k, v in os.environ.items() if v not in settings.secrets()}
         log_pump = logfile.start_pump(log, read_end, environ, popen_flags(detached=True), settings.secrets(),
-                                      touch=touch)
+                                      touch=touch, restored=restored)
         try:
             proc = litestream.spawn(command, *args, stdout=write_end, stderr=subprocess.STDOUT, detached=True,
                                     config=config)

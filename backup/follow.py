@@ -10,6 +10,8 @@ A reader never sees a missing or half-written copy. A first restore is litestrea
 again into a working file beside it, which is renamed over it once litestream has opened
 it to follow: litestream goes on writing through its open descriptor (POSIX; Windows
 refuses to rename a file another process holds open, so there the old copy must go first).
+That last step is the log pump's (``logfile.keeper``), which lives as long as the follower:
+a first restore of a large database goes on after ``follow --background`` has returned.
 Each change is written under SQLite's lock bytes, and the log pump moves the change counter
 after it (see ``backup.sqlitefile``), so a connection held open sees it.
 
@@ -39,7 +41,7 @@ from .workspace import Database, Workspace
 
 FOLLOWERS = "followers"  # under the state dir: each follower's pidfile, lock, log, config
 DEFAULT_INTERVAL = "1s"
-READY = ("entering follow mode", "resuming follow mode")  # litestream's log, once it follows
+READY = tuple(mark.decode() for mark in logfile.READY)  # litestream's log, once it follows
 REFUSED = "cannot resume follow mode"
 STOP_TIMEOUT = 30.0  # a follower has no final sync: it stops between two applies
 READ_ONLY = ("the copy is for reading: open it read-only (sqlite3 -readonly PATH, or "
@@ -78,7 +80,7 @@ def check(slot: Slot) -> daemon.DaemonState:
 
 def txid_file(path: Path | str) -> Path:
     """Where litestream keeps the position of a copy it follows."""
-    return Path(f"{path}-txid")
+    return Path(f"{path}{sqlitefile.TXID_SUFFIX}")
 
 
 def read_txid(path: Path | str) -> int | None:
@@ -102,6 +104,7 @@ class Started:
     moved_aside: Path | None = None
     stale: str | None = None  # the reason a previous follower's pidfile was stale
     foreground: bool = False
+    still_restoring: float | None = None  # seconds waited, when the first restore is not done yet
 
     def as_lines(self) -> list[str]:
         lines = [f"removed a stale follower pidfile ({self.stale})"] if self.stale else []
@@ -110,7 +113,13 @@ class Started:
         how = ("resumed from its saved position" if self.resumed else
                "restored again beside the old copy, then swapped in (litestream could not "
                "resume it)" if self.replaced else "restored")
-        lines.append(f"following {self.database} into {self.output} (pid {self.pid}): {how}")
+        if self.still_restoring is not None:
+            lines.append(
+                f"restoring {self.database} into {self.output} (pid {self.pid}): still restoring after "
+                f"{self.still_restoring:g}s (a large database or a slow link); it goes on in the background "
+                "and follows once done: 'inv backup.status' says when the copy is ready")
+        else:
+            lines.append(f"following {self.database} into {self.output} (pid {self.pid}): {how}")
         lines.append(f"  {READ_ONLY.replace('PATH', str(self.output))}")
         if not self.foreground:
             lines += [f"  log   {self.log}", f"  stop  inv backup.stop --follower {self.output}"]
@@ -119,7 +128,8 @@ class Started:
     def as_dict(self) -> dict[str, Any]:
         return {"output": str(self.output), "pid": self.pid, "log": str(self.log), "database": self.database,
                 "resumed": self.resumed, "replaced": self.replaced,
-                "moved_aside": str(self.moved_aside) if self.moved_aside else None}
+                "moved_aside": str(self.moved_aside) if self.moved_aside else None,
+                "ready": self.still_restoring is None}
 
 
 def _refuse_own_database(workspace: Workspace, output: Path) -> None:
@@ -202,8 +212,9 @@ class _Run:
         args = ("-f", "-follow-interval", interval, "-o", str(target), str(db.path))
         argv = litestream.argv("restore", *args, config=slot.config)
         self.record: daemon.PidRecord | None = None
+        # The pump puts the restored file in place once litestream follows (logfile.keeper).
         self.proc, self.pump = daemon.spawn_logged(settings, litestream, slot.logfile, "restore", *args,
-                                                   config=slot.config, touch=slot.output)
+                                                   config=slot.config, touch=slot.output, restored=target)
         try:
             self.record = daemon.PidRecord(
                 pid=self.proc.pid, create_time=_create_time(self.proc.pid), cmdline=argv, config=str(slot.config),
@@ -215,10 +226,15 @@ class _Run:
             self.abandon()
             raise
 
-    def wait(self) -> bool:
-        """True once litestream follows; False when it would not resume; raise on a failure."""
+    def wait(self, timeout: float | None = None) -> bool | None:
+        """True once litestream follows and the copy is in place; False when it would not
+        resume; None when it is still restoring after ``timeout`` seconds; raise on a failure."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             text = logfile.read_since(self.slot.logfile, self.offset)
+            failed = next((line for line in text.splitlines() if line.startswith(logfile.PLACE_FAILED)), None)
+            if failed:  # logged before litestream's READY line
+                raise BackupError(failed.removeprefix("chora-backup: error: "))
             if any(mark in text for mark in READY):
                 return True
             code = self.proc.poll()
@@ -226,11 +242,16 @@ class _Run:
                 with contextlib.suppress(Exception):
                     self.pump.wait(5)
                 text = logfile.read_since(self.slot.logfile, self.offset)
+                if daemon.read_pidfile(self.slot.pidfile) != self.record:
+                    raise BackupError(f"the follower of {self.slot.output} was stopped before its first "
+                                      "restore was done")
                 daemon.remove_pidfile(self.slot.pidfile, self.record)
                 if REFUSED in text:
                     return False
                 raise BackupError(translate(text, f"litestream's follow mode exited with code {code}"),
                                   details=tuple(logfile.tail(self.slot.logfile, 10, self.offset)))
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
             time.sleep(daemon.POLL)
 
     def abandon(self) -> None:
@@ -248,9 +269,10 @@ class _Run:
 
 def start(
     workspace: Workspace, db: Database, output: Path, interval: str = DEFAULT_INTERVAL,
-    force: bool = False, foreground: bool = False,
+    force: bool = False, foreground: bool = False, timeout: float | None = None,
 ) -> Started:
-    """Start following ``db`` into ``output``; return once litestream follows it."""
+    """Start following ``db`` into ``output``; return once litestream follows it, or once
+    ``timeout`` seconds have passed with its first restore still going on (it goes on)."""
     settings = workspace.settings
     output = Path(os.path.abspath(output))
     _check_output(workspace, output)
@@ -287,19 +309,34 @@ def start(
             write_private(slot.config, db.replica.one_database_yaml())
             run = _begin(workspace, slot, db, interval, foreground, ours, started)
         except BaseException:
-            if started.moved_aside is not None and not output.exists():
-                os.replace(started.moved_aside, output)  # nothing happened after all
-                slot.config.unlink(missing_ok=True)  # and that file is still not a follower's copy
-                started.moved_aside = None
+            _put_back(started, slot)
             raise
-        started.pid = run.proc.pid
+    # Recorded in its pidfile: a second start refuses, and a stop need not wait for this one.
+    started.pid = run.proc.pid
+    if started.resumed:
         return started
+    try:
+        if run.wait(timeout) is None:
+            started.still_restoring = timeout
+    except BaseException:
+        run.abandon()
+        _put_back(started, slot)
+        raise
+    return started
+
+
+def _put_back(started: Started, slot: Slot) -> None:
+    """A start that failed: the file --force moved aside goes back, if nothing took its place."""
+    if started.moved_aside is not None and not slot.output.exists():
+        os.replace(started.moved_aside, slot.output)
+        slot.config.unlink(missing_ok=True)  # that file is still not a follower's copy
+        started.moved_aside = None
 
 
 def _begin(workspace: Workspace, slot: Slot, db: Database, interval: str, foreground: bool, ours: bool,
            started: Started) -> _Run:
-    """The litestream that follows into ``slot.output``: resumed, restored beside and swapped
-    in, or (no copy yet) restored straight to it."""
+    """The litestream that follows into ``slot.output``: resumed (waited for), or restoring
+    beside the copy to be swapped in, or (no copy yet) straight to it."""
     output = slot.output
     if ours and read_txid(output):
         # Resume: litestream reads the position beside the file it is told to follow.
@@ -314,35 +351,16 @@ def _begin(workspace: Workspace, slot: Slot, db: Database, interval: str, foregr
     if not output.exists():
         # litestream's own restore is atomic (a temporary file, renamed when complete).
         txid_file(output).unlink(missing_ok=True)
-        run = _Run(workspace, slot, output, interval, db, foreground)
-        try:
-            run.wait()
-            # The restored file keeps the primary's WAL-mode header until litestream's first
-            # change: a reader opening it in WAL mode would read that first state forever.
-            sqlitefile.touch(output, rollback=True)
-        except BaseException:
-            run.abandon()
-            raise
-        return run
+        return _Run(workspace, slot, output, interval, db, foreground)
     if os.name == "nt":
         raise BackupError(
             f"litestream cannot resume {output}, and Windows cannot swap a new copy in under a "
             f"running follower: stop its readers, delete it and {txid_file(output).name}, then follow again"
         )
-    # Restored beside the output, made a rollback-journal database, then renamed over it:
-    # a reader sees the old copy or the new one, never a missing or partial file.
+    # Restored beside the output, then renamed over it (sqlitefile.place).
     work = output.with_name(f".{output.name}.follow-{secrets.token_hex(4)}")
-    run = _Run(workspace, slot, work, interval, db, foreground)
-    try:
-        run.wait()
-        sqlitefile.touch(work, rollback=True)
-        os.replace(work, output)  # litestream keeps writing through its open file
-    except BaseException:
-        run.abandon()
-        raise
-    txid_file(output).unlink(missing_ok=True)  # a resume's, now stale
     started.replaced = True
-    return run
+    return _Run(workspace, slot, work, interval, db, foreground)
 
 
 def _remove_working(work: Path) -> None:
@@ -477,7 +495,7 @@ def status(workspace: Workspace, now: float | None = None) -> list[FollowerStatu
             except BackupError:
                 pass
         state_name = state.state
-        if state.running and record and record.working != record.output and Path(record.working).exists():
+        if state.running and record and record.output and _restoring(record):
             state_name = "starting"  # litestream is still restoring: not a copy to read yet
         if copy is not None and newest is not None and copy >= newest:
             lag = 0.0
@@ -493,6 +511,14 @@ def status(workspace: Workspace, now: float | None = None) -> list[FollowerStatu
             max_lag_seconds=_max_lag(db, record),
         ))
     return found
+
+
+def _restoring(record: daemon.PidRecord) -> bool:
+    """The first restore is not in place yet: the working file beside the copy is still
+    there (it is renamed over the copy), or there is no copy at all."""
+    if record.working and record.working != record.output and Path(record.working).exists():
+        return True
+    return not Path(record.output).exists()
 
 
 def _max_lag(db: Database | None, record: daemon.PidRecord | None) -> float | None:
@@ -527,9 +553,10 @@ def run_foreground(
     a stop asked for, 1 when the follower died by itself."""
     # Ctrl-C during the first restore interrupts it (start removes what it began); from
     # here on a stop signal stops the follower and this command, which returns 0.
-    started = start(workspace, db, output, interval, force, foreground=True)
     settings = workspace.settings
     terminal = daemon.Output(out, settings)  # masked; a closed terminal must not stop the stop
+    terminal.write(f"starting to follow {db.name} into {output} (Ctrl-C cancels)\n")
+    started = start(workspace, db, output, interval, force, foreground=True)
     with daemon.stop_requests() as asked:
         terminal.write("\n".join(started.as_lines()) + "\n")
         slot = slot_for(settings, started.output)

@@ -26,7 +26,11 @@ MASK_VARIABLE = "CHORA_BACKUP_LOG_MASK"
 # A follower's copy, whose change counter the pump moves after each change litestream
 # applies to it (see backup.sqlitefile): readers holding it open then see the change.
 TOUCH_VARIABLE = "CHORA_BACKUP_LOG_TOUCH"
+# The restored file the pump puts in place as that copy once litestream follows.
+RESTORED_VARIABLE = "CHORA_BACKUP_LOG_RESTORED"
 APPLIED = b'msg="follow: applied updates"'
+READY = (b"entering follow mode", b"resuming follow mode")  # litestream's log, once it follows
+PLACE_FAILED = "chora-backup: error: the restored copy could not be put in place"
 
 
 def masker(secrets: list[str]) -> Callable[[bytes], bytes]:
@@ -108,7 +112,7 @@ def follow(
 
 def pump(
     source: BinaryIO, path: Path, max_bytes: int = MAX_BYTES, mask: Callable[[bytes], bytes] | None = None,
-    on_line: Callable[[bytes], None] | None = None,
+    on_line: Callable[[bytes], bytes | None] | None = None,
 ) -> None:
     """Append each line read from ``source`` to ``path``, masked, rotating past ``max_bytes``.
 
@@ -119,12 +123,13 @@ def pump(
     """
     out: BinaryIO | None = None
     for line in iter(source.readline, b""):
+        before = None  # a line of the pump's own, logged before litestream's
         if on_line is not None:
             with contextlib.suppress(Exception):  # never stop reading: see above
-                on_line(line)
+                before = on_line(line)
         try:
             out = out or open_private(path)
-            out.write(mask(line) if mask else line)
+            out.write((before or b"") + (mask(line) if mask else line))
             out.flush()
             if out.tell() > max_bytes:  # appending: the position is the file's size
                 out.close()
@@ -141,7 +146,7 @@ def pump(
 
 def start_pump(
     path: Path, source: int, environ: Mapping[str, str], popen_flags: dict, secrets: tuple[str, ...] = (),
-    touch: Path | None = None,
+    touch: Path | None = None, restored: Path | None = None,
 ) -> subprocess.Popen:
     """``python -m backup.logfile``, reading the pipe ``source``, detached like the daemon."""
     import json
@@ -149,6 +154,7 @@ def start_pump(
     environ = {**environ, MASK_VARIABLE: json.dumps(list(secrets))}
     if touch is not None:
         environ[TOUCH_VARIABLE] = str(touch)
+        environ[RESTORED_VARIABLE] = str(restored or touch)
     return subprocess.Popen(
         # -I: the daemon's folder on sys.path must not decide which backup.logfile runs.
         [sys.executable, "-I", "-m", "backup.logfile", str(path), str(MAX_BYTES)],
@@ -160,13 +166,26 @@ def start_pump(
     )
 
 
-def toucher(copy: Path) -> Callable[[bytes], None]:
-    """Moves ``copy``'s change counter after each change litestream reports applied."""
-    from .sqlitefile import touch
+def keeper(copy: Path, restored: Path) -> Callable[[bytes], bytes | None]:
+    """A follower's side of the pump: once litestream follows (its first restore done), put
+    ``restored`` in place as ``copy`` (``sqlitefile.place``); then move the copy's change
+    counter after each change litestream reports applied. The follow command may be gone by
+    then (``--background`` with a ``--timeout``): the pump lives as long as the follower."""
+    from .sqlitefile import place, touch
 
-    def on_line(line: bytes) -> None:
-        if APPLIED in line:
+    placed = False
+
+    def on_line(line: bytes) -> bytes | None:
+        nonlocal placed
+        if not placed and any(mark in line for mark in READY):
+            placed = True
+            try:
+                place(restored, copy)
+            except Exception as exc:  # noqa: BLE001 -- said in the log, where follow looks
+                return f"{PLACE_FAILED}: {type(exc).__name__}: {exc}\n".encode("utf-8", "replace")
+        elif APPLIED in line:
             touch(copy)
+        return None
 
     return on_line
 
@@ -175,5 +194,7 @@ if __name__ == "__main__":
     import json
 
     touched = os.environ.pop(TOUCH_VARIABLE, "")
+    restored = os.environ.pop(RESTORED_VARIABLE, "") or touched
     pump(sys.stdin.buffer, Path(sys.argv[1]), int(sys.argv[2]),
-         masker(json.loads(os.environ.pop(MASK_VARIABLE, "[]"))), toucher(Path(touched)) if touched else None)
+         masker(json.loads(os.environ.pop(MASK_VARIABLE, "[]"))),
+         keeper(Path(touched), Path(restored)) if touched else None)

@@ -89,3 +89,18 @@ def touch(path: Path, rollback: bool = False, timeout: float = 30.0) -> bool:
         fh.flush()
         os.fsync(fh.fileno())
     return True
+
+
+TXID_SUFFIX = "-txid"  # litestream keeps a followed file's position in <file>-txid
+
+
+def place(restored: Path, copy: Path) -> None:
+    """Make a just-restored file the copy readers open: a rollback-journal database (it keeps
+    the primary's WAL-mode header until litestream's first change, and a reader opening it in
+    WAL mode would read that first state forever), then, restored beside the copy, renamed
+    over it in one step, so a reader sees the old copy or the new one, never a missing or
+    partial file. litestream goes on writing through the file it holds open (POSIX)."""
+    touch(restored, rollback=True)
+    if restored != copy:
+        os.replace(restored, copy)
+        Path(f"{copy}{TXID_SUFFIX}").unlink(missing_ok=True)  # the old copy's position, now wrong

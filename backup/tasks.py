@@ -291,10 +291,12 @@ def stop(c, timeout=None, follower=None, all=False):  # noqa: A002 -- the flag i
         "<name>.pre-follow-<UTC time>, never deleted; default off",
         "db": "the database to follow when there are several (as for restore); default: the only one",
         "json": "print the start as JSON (with --background); default off",
+        "timeout": "with --background: seconds to wait for the first restore; a follower still "
+        f"restoring then is left running (exit 0) and status says when its copy is ready; default {cfg.START_WAIT:g}",
     }
 )
 @actionable
-def follow(c, output=None, interval="1s", background=False, force=False, db=None, json=False):
+def follow(c, output=None, interval="1s", background=False, force=False, db=None, json=False, timeout=None):
     """Keep a read-only copy of a database that applies the replica's changes as they arrive."""
     from .follow import run_foreground, start
 
@@ -305,9 +307,13 @@ def follow(c, output=None, interval="1s", background=False, force=False, db=None
     if len(chosen) != 1:
         names = ", ".join(d.name for d in chosen)
         raise BackupError(f"a follower keeps one database: pick one of {names} with --db", code=EXIT_CONFIG)
+    if timeout is not None and not background:
+        raise BackupError("--timeout goes with --background (in the foreground, Ctrl-C ends the wait)",
+                          code=EXIT_CONFIG)
+    seconds = cfg.START_WAIT if timeout is None else _number(timeout, "--timeout")
     target = Path(output).expanduser()
     if background:
-        _show(start(workspace, chosen[0], target, interval, force), json)
+        _show(start(workspace, chosen[0], target, interval, force, timeout=seconds), json)
         return
     code = run_foreground(workspace, chosen[0], target, interval, force, sys.stdout)
     if code:

@@ -56,17 +56,57 @@ def test_touch_marks_a_wal_header_rollback_and_leaves_other_files_alone(tmp_path
     assert not sqlitefile.touch(tmp_path / "missing.db")
 
 
-def test_the_log_pump_touches_the_copy_on_each_applied_change(tmp_path):
+def wal_db(path: Path, n: int) -> None:
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("CREATE TABLE IF NOT EXISTS t (x)")
+    con.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(n)])
+    con.commit()
+    con.close()
+
+
+READY_LINE = b'time=... level=INFO msg="entering follow mode" db=chora.db\n'
+APPLIED_LINE = b'time=... level=INFO msg="follow: applied updates" db=chora.db from_txid=1 to_txid=2\n'
+
+
+def test_the_log_pump_puts_a_restore_in_place_once_it_follows_then_touches_each_change(tmp_path):
+    from backup import logfile
+
+    copy, restored = tmp_path / "copy.db", tmp_path / ".copy.db.follow-1"
+    rollback_db(copy, 1)
+    follow.txid_file(copy).write_text("0000000000000001\n")  # the old copy's position
+    wal_db(restored, 5)  # as litestream restores it: the primary's WAL-mode header
+    reader = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
+    assert reader.execute("SELECT count(*) FROM t").fetchone() == (1,)
+    on_line = logfile.keeper(copy, restored)
+    assert on_line(b"time=... level=INFO msg=restoring\n") is None and restored.exists()
+    assert on_line(READY_LINE) is None
+    assert not restored.exists() and not follow.txid_file(copy).exists()
+    assert copy.read_bytes()[18:20] == b"\x01\x01"  # a rollback-journal database now
+    fresh = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
+    assert fresh.execute("SELECT count(*) FROM t").fetchone() == (5,)
+    before = copy.read_bytes()[24:28]
+    assert on_line(READY_LINE) is None and copy.read_bytes()[24:28] == before  # once only
+    on_line(APPLIED_LINE)
+    assert copy.read_bytes()[24:28] != before
+    reader.close()
+    fresh.close()
+
+
+def test_a_restore_that_cannot_be_put_in_place_is_said_in_the_log_before_the_ready_line(tmp_path):
+    import io
+
     from backup import logfile
 
     copy = tmp_path / "copy.db"
-    rollback_db(copy, 1)
-    before = copy.read_bytes()[24:28]
-    on_line = logfile.toucher(copy)
-    on_line(b'time=... level=INFO msg="entering follow mode" db=chora.db\n')
-    assert copy.read_bytes()[24:28] == before
-    on_line(b'time=... level=INFO msg="follow: applied updates" db=chora.db from_txid=1 to_txid=2\n')
-    assert copy.read_bytes()[24:28] != before
+    log = tmp_path / "follow.log"
+    source = io.BytesIO(b"time=... msg=restoring\n" + READY_LINE + APPLIED_LINE)
+    logfile.pump(source, log, on_line=logfile.keeper(copy, tmp_path / "gone.db"))
+    lines = log.read_text().splitlines()
+    assert lines[0] == "time=... msg=restoring"
+    assert lines[1].startswith(logfile.PLACE_FAILED + ": ") and "gone.db" in lines[1]
+    assert "entering follow mode" in lines[2] and "applied updates" in lines[3]
+    assert not copy.exists()
 
 
 def record(**fields) -> daemon.PidRecord:
@@ -115,3 +155,15 @@ def test_a_working_file_never_swapped_in_is_removed_and_gives_the_copy_no_positi
     follow._settle(record(output=str(output), working=str(working)))
     assert not working.exists() and not follow.txid_file(working).exists()
     assert follow.read_txid(output) is None
+
+
+def test_a_follower_is_starting_until_its_restore_is_in_place(tmp_path):
+    output, working = tmp_path / "copy.db", tmp_path / ".copy.db.follow-1"
+    straight = record(output=str(output), working=str(output))
+    beside = record(output=str(output), working=str(working))
+    assert follow._restoring(straight) and follow._restoring(beside)  # no copy yet
+    output.write_bytes(b"old copy")
+    working.write_bytes(b"restoring")
+    assert not follow._restoring(straight) and follow._restoring(beside)
+    working.unlink()  # renamed over the copy
+    assert not follow._restoring(beside)

@@ -164,3 +164,47 @@ def test_follow_in_the_foreground_stops_on_ctrl_c(rws):
     assert code == 0, out
     assert "stopped the follower of" in out and "open it read-only" in out
     assert restores_running(rws) == []
+
+
+def test_a_follower_still_restoring_at_the_timeout_goes_on_and_can_be_stopped(rws):
+    setup(rws)
+    make_db(rws.db, 50)
+    start_bg(rws)
+    copy = rws.path / "copy.db"
+
+    def settled() -> bool:
+        code, found = followers(rws)
+        return code == 0 and found[0]["state"] == "running" and found[0]["lag_seconds"] == 0
+
+    def leftovers(running: bool = False) -> list:
+        # A running follower keeps its position beside the file it opened: <working>-txid.
+        return sorted(p for p in rws.path.glob(".copy.db.follow-*") if not (running and p.name.endswith("-txid")))
+
+    # Returned before the first restore is done: it goes on, and the copy is put in place.
+    first = follow(rws, "--background", "--timeout", "0", "--json")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert json.loads(first.stdout)["ready"] is False
+    wait_for(settled, 30, interval=0.3, what="the follower to be running")
+    assert copy_rows(rws) == rows(rws.db) and copy.read_bytes()[18:20] == b"\x01\x01"
+
+    # A copy that cannot be resumed: restored beside it, swapped in by the follower itself.
+    assert rws.inv("backup.stop", "--follower", str(copy)).returncode == 0
+    (rws.path / "copy.db-txid").unlink()
+    insert(rws.db, "before the second start")
+    time.sleep(2)  # the primary's 1 s sync
+    second = follow(rws, "--background", "--timeout", "0")
+    assert second.returncode == 0 and "still restoring after 0s" in second.stdout, second.stdout
+    wait_for(settled, 30, interval=0.3, what="the swapped-in copy")
+    assert copy_rows(rws) == rows(rws.db) and leftovers(running=True) == []
+
+    # Stopped while restoring (no waiting behind the start): nothing half-done is left.
+    assert rws.inv("backup.stop", "--follower", str(copy)).returncode == 0
+    (rws.path / "copy.db-txid").unlink(missing_ok=True)
+    third = follow(rws, "--background", "--timeout", "0")
+    assert third.returncode == 0, third.stdout + third.stderr
+    stopped = rws.inv("backup.stop", "--follower", str(copy))
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert restores_running(rws) == [] and leftovers() == []
+    assert copy_rows(rws) == rows(rws.db)
+    foreground = rws.inv("backup.follow", "--output", str(copy), "--timeout", "5")
+    assert foreground.returncode == 2 and "--timeout goes with --background" in foreground.stderr
