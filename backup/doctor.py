@@ -75,7 +75,7 @@ def _env(settings: Settings, config: LitestreamConfig | None) -> Check:
 def _config(settings: Settings, workspace: Workspace | None, problem: BackupError | None) -> Check:
     if workspace is None or not workspace.configured:
         why = problem.message if problem else "no litestream.yml yet"
-        return Check("config", FAIL, why, "run 'inv backup.setup' (or 'inv backup.local')")
+        return Check("config", FAIL, why, "run 'inv backup.setup' (R2 or S3), or 'inv backup.local' (a local folder)")
     path = settings.config_path
     from .render import is_generated
 

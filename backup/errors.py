@@ -16,6 +16,9 @@ EXIT_CONFIG = 2  # bad input: .env, variables, flags, paths
 EXIT_NOT_RUNNING = 3  # status: no daemon runs for this workspace
 EXIT_BROKEN_PIPE = 141  # our output's reader left ('| head'): what a shell reports for SIGPIPE
 
+NO_CONFIG = ("no replicas configured: run 'inv backup.setup' (R2 or S3), or 'inv backup.local' "
+             "(a local folder; --no-start only writes litestream.yml)")
+
 
 class BackupError(Exception):
     """An expected failure with a message that names the fix."""
@@ -141,10 +144,7 @@ _TRANSLATIONS: tuple[tuple[str, str], ...] = (
         "open ltx file ",
         f"the replica lacks changes that litestream no longer keeps locally: {SNAPSHOT_FIX}",
     ),
-    (
-        "no replicas",
-        "no replicas configured: run 'inv backup.setup' (or 'inv backup.local')",
-    ),
+    ("no replicas", NO_CONFIG),
 )
 
 

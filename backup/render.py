@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import R2, Settings, parse_duration
-from .errors import BackupError, ConfigError
+from .errors import NO_CONFIG, BackupError, ConfigError
 from .files import write_private
 
 log = logging.getLogger("backup.render")
@@ -32,7 +32,6 @@ def is_sqlite(path: Path) -> bool:
             return fh.read(16) == SQLITE_HEADER
     except OSError:
         return False
-NO_CONFIG = "no replicas configured: run 'inv backup.setup' (or 'inv backup.local')"
 
 # Characters a YAML double-quoted scalar must not hold raw: they are escaped.
 _LINE_BREAKS = {"\u0085", "\u2028", "\u2029", "\ufeff"}

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import daemon
 from .config import Settings
-from .errors import EXIT_CONFIG, BackupError, ConfigError
+from .errors import EXIT_CONFIG, NO_CONFIG, BackupError, ConfigError
 from .litestream import Litestream
 from .render import Entry, LitestreamConfig, read_config
 from .replica import Replica
@@ -95,9 +95,7 @@ class Workspace:
         try:
             text = render(settings, mode)
         except BackupError:
-            raise ConfigError(
-                "no replicas configured: run 'inv backup.setup' (or 'inv backup.local')"
-            ) from None
+            raise ConfigError(NO_CONFIG) from None
         return read_config(settings.config_path, text.encode("utf-8"))
 
     @property

@@ -74,7 +74,7 @@ def test_start_without_config_says_what_to_run(ws):
     result = ws.inv("backup.start")
     assert result.returncode != 0
     assert result.stderr.strip() == (
-        "error: no replicas configured: run 'inv backup.setup' (or 'inv backup.local')"
+        "error: no replicas configured: run 'inv backup.setup' (R2 or S3), or 'inv backup.local' (a local folder; --no-start only writes litestream.yml)"
     )
 
 

@@ -64,7 +64,7 @@ def test_a_failed_snapshot_starts_the_stopped_daemon_again(ws: Workspace):
 def test_snapshot_errors_are_one_clean_line(ws: Workspace):
     result = ws.inv("backup.snapshot")
     assert result.returncode == 2 and result.stderr.strip() == (
-        "error: no replicas configured: run 'inv backup.setup' (or 'inv backup.local')"
+        "error: no replicas configured: run 'inv backup.setup' (R2 or S3), or 'inv backup.local' (a local folder; --no-start only writes litestream.yml)"
     )
     assert ws.inv("backup.local", "--no-start").returncode == 0
     result = ws.inv("backup.snapshot")
