@@ -466,8 +466,8 @@ class FollowerStatus:
 
     @property
     def failing(self) -> bool:
-        if self.state != "running":
-            return True
+        if self.state != "running" or self.database is None:
+            return True  # not following, or following a database whose lag cannot be checked
         if self.replica_txid is not None and self.txid != self.replica_txid and self.lag_seconds is None:
             return True  # behind, by an unknown time
         return self.lag_seconds is not None and self.max_lag_seconds is not None \
@@ -540,7 +540,7 @@ def _followed(workspace: Workspace, record: daemon.PidRecord | None) -> Database
     if record is None:
         return None
     path = record.cmdline[-1] if record.cmdline else None
-    return next((db for db in workspace.databases if str(db.path) == path), None)
+    return workspace.database_at(Path(path)) if path else None
 
 
 # -- in the foreground ---------------------------------------------------------

@@ -532,7 +532,7 @@ def _lines(status: Status) -> list[str]:
                  "starting": f"restoring (pid {f.pid}): not ready to read until it follows",
                  "stale": f"stopped: {f.reason}; 'inv backup.follow' continues it"}.get(f.state, f"{f.state}: {f.reason}")
         lines.append(f"  state          {state}")
-        lines.append(f"  database       {f.database or '-'}")
+        lines.append(f"  database       {f.database or '- (not one of this config: its lag cannot be checked)'}")
         lag = "none: the copy holds the replica's newest change" if f.lag_seconds == 0 else \
             "unknown" if f.lag_seconds is None else f"{f.lag_seconds:g}s behind the replica"
         lines.append(f"  txid           {f.txid or '-'} (replica {f.replica_txid or '-'}); lag {lag}")

@@ -132,6 +132,22 @@ class Workspace:
                 extra.append(Database(path, _name(path, self.settings.workspace), resolved, replica, entry))
         return replace(self, databases=self.databases + tuple(extra)) if extra else self
 
+    def database_at(self, path: Path) -> Database | None:
+        """The database at ``path``: one found here, or one a folder entry's glob names that
+        exists only in its replica (a new machine); None when no entry names it."""
+        import fnmatch
+
+        found = next((db for db in self.databases if db.path == path), None)
+        if found is not None:
+            return found
+        for entry in self.config.databases:
+            if entry.pattern and entry.path == path.parent and fnmatch.fnmatchcase(path.name, entry.pattern):
+                resolved = entry.found(path)
+                replica = Replica(self.settings, resolved, self.litestream, self.litestream.config_file,
+                                  found=True, remember=False)
+                return Database(path, _name(path, self.settings.workspace), resolved, replica, entry)
+        return None
+
     def listed_apart(self, chosen: tuple[Database, ...]) -> bool:
         """Print ``chosen`` one by one (JSON: a "databases" list)? Yes for several, and for
         every database of a workspace that has several; one chosen by --db prints alone."""

@@ -167,3 +167,17 @@ def test_a_follower_is_starting_until_its_restore_is_in_place(tmp_path):
     assert not follow._restoring(straight) and follow._restoring(beside)
     working.unlink()  # renamed over the copy
     assert not follow._restoring(beside)
+
+
+def test_a_follower_counts_as_failing_unless_provably_current_enough():
+    def status(**fields) -> follow.FollowerStatus:
+        base = dict(output="/w/copy.db", state="running", pid=1, database="chora.db", txid="02",
+                    replica_txid="02", lag_seconds=0.0, log=None, max_lag_seconds=61.0)
+        return follow.FollowerStatus(**{**base, **fields})
+
+    assert not status().failing
+    assert not status(txid="01", lag_seconds=30.0).failing
+    assert status(txid="01", lag_seconds=62.0).failing
+    assert status(txid="01", lag_seconds=None).failing  # behind by an unknown time
+    assert status(state="starting").failing and status(state="stale").failing
+    assert status(database=None, replica_txid=None, lag_seconds=None).failing  # not in this config

@@ -208,3 +208,24 @@ def test_a_follower_still_restoring_at_the_timeout_goes_on_and_can_be_stopped(rw
     assert copy_rows(rws) == rows(rws.db)
     foreground = rws.inv("backup.follow", "--output", str(copy), "--timeout", "5")
     assert foreground.returncode == 2 and "--timeout goes with --background" in foreground.stderr
+
+
+def test_a_new_machine_follows_a_database_it_knows_only_from_a_glob(rws, tmp_path_factory):
+    write_s3_env(rws, BACKUP_DB="chora.db,data/*.db")
+    setup(rws)
+    make_db(rws.db, 2)
+    (rws.path / "data").mkdir()
+    make_db(rws.path / "data" / "b.db", 4)
+    start_bg(rws)
+    other = follower_of(rws, tmp_path_factory.mktemp("glob-follower-host"))
+    try:
+        several = follow(other, "--background")
+        assert several.returncode == 2 and "pick one of chora.db, data/b.db with --db" in several.stderr
+        started = follow(other, "--background", "--db", "data/b.db")
+        assert started.returncode == 0, started.stdout + started.stderr
+        assert copy_rows(other) == rows(rws.path / "data" / "b.db")
+        code, found = followers(other)
+        assert code == 0 and found[0]["database"] == "data/b.db" and found[0]["lag_seconds"] == 0, found
+    finally:
+        other.inv("backup.stop", "--all")
+        other.cleanup()
