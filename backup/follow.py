@@ -243,8 +243,9 @@ class _Run:
                     self.pump.wait(5)
                 text = logfile.read_since(self.slot.logfile, self.offset)
                 if daemon.read_pidfile(self.slot.pidfile) != self.record:
-                    raise BackupError(f"the follower of {self.slot.output} was stopped before its first "
-                                      "restore was done")
+                    raise BackupError(
+                        f"the follower of {self.slot.output} stopped before its first restore was done (by "
+                        f"'inv backup.stop', or it failed: 'inv backup.logs --follower {self.slot.output}')")
                 daemon.remove_pidfile(self.slot.pidfile, self.record)
                 if REFUSED in text:
                     return False
@@ -307,7 +308,7 @@ def start(
             started.moved_aside = _move_aside(output)
         try:
             write_private(slot.config, db.replica.one_database_yaml())
-            run = _begin(workspace, slot, db, interval, foreground, ours, started)
+            run = _begin(workspace, slot, db, interval, foreground, ours, started, timeout)
         except BaseException:
             _put_back(started, slot)
             raise
@@ -319,31 +320,38 @@ def start(
         if run.wait(timeout) is None:
             started.still_restoring = timeout
     except BaseException:
-        run.abandon()
-        _put_back(started, slot)
+        run.abandon()  # its own process, pidfile (while it names it) and working file only
+        if started.moved_aside is not None:
+            with daemon.holding(settings, slot.lockfile):
+                if daemon.read_pidfile(slot.pidfile) is None:  # no other start since
+                    _put_back(started, slot)
         raise
     return started
 
 
 def _put_back(started: Started, slot: Slot) -> None:
     """A start that failed: the file --force moved aside goes back, if nothing took its place."""
-    if started.moved_aside is not None and not slot.output.exists():
+    if started.moved_aside is not None and not slot.output.exists() \
+            and not Path(f"{slot.output}.tmp").exists():
         os.replace(started.moved_aside, slot.output)
         slot.config.unlink(missing_ok=True)  # that file is still not a follower's copy
         started.moved_aside = None
 
 
 def _begin(workspace: Workspace, slot: Slot, db: Database, interval: str, foreground: bool, ours: bool,
-           started: Started) -> _Run:
+           started: Started, timeout: float | None) -> _Run:
     """The litestream that follows into ``slot.output``: resumed (waited for), or restoring
     beside the copy to be swapped in, or (no copy yet) straight to it."""
     output = slot.output
     if ours and read_txid(output):
-        # Resume: litestream reads the position beside the file it is told to follow.
+        # Resume: litestream reads the position beside the file it is told to follow. It
+        # decides after one listing of the replica; undecided after the wait, it goes on.
         run = _Run(workspace, slot, output, interval, db, foreground)
         try:
-            if run.wait():
+            ready = run.wait(timeout)
+            if ready is not False:
                 started.resumed = True
+                started.still_restoring = None if ready else timeout
                 return run
         except BaseException:
             run.abandon()
@@ -392,6 +400,9 @@ class Stopped:
         if not self.was_running:
             return lines + [f"no follower writes {self.output}"]
         how = "killed" if self.forced else "stopped"
+        if not self.output.exists():
+            return lines + [f"{how} the follower of {self.output} (pid {self.pid}) before its first restore "
+                            "was done; 'inv backup.follow' starts it again"]
         return lines + [f"{how} the follower of {self.output} (pid {self.pid}); the copy stays, and "
                         "'inv backup.follow' continues it"]
 
@@ -422,10 +433,14 @@ def stop(settings: Settings, output: Path) -> Stopped:
 def _settle(record: daemon.PidRecord | None) -> None:
     """With its litestream gone, keep the copy's position beside the copy itself
     (``<output>-txid``), where the next follow looks for it and litestream resumes from it."""
-    if record is None or not record.output or not record.working or record.working == record.output:
+    if record is None or not record.output or not record.working:
         return
     working = Path(record.working)
-    if working.exists():
+    if record.working == record.output:
+        # A first restore cut short leaves litestream's temporary file (never the copy).
+        Path(f"{working}.tmp").unlink(missing_ok=True)
+        return
+    if working.exists() or Path(f"{working}.tmp").exists():
         # Never swapped in (its start was cut short): its position is not the copy's.
         _remove_working(working)
         return
@@ -495,8 +510,11 @@ def status(workspace: Workspace, now: float | None = None) -> list[FollowerStatu
             except BackupError:
                 pass
         state_name = state.state
+        reason = state.reason
         if state.running and record and record.output and _restoring(record):
             state_name = "starting"  # litestream is still restoring: not a copy to read yet
+            failed = [line for line in logfile.tail(slot.logfile, 50) if line.startswith(logfile.PLACE_FAILED)]
+            reason = failed[-1].removeprefix("chora-backup: error: ") if failed else reason
         if copy is not None and newest is not None and copy >= newest:
             lag = 0.0
         elif newest_time is not None:
@@ -507,16 +525,20 @@ def status(workspace: Workspace, now: float | None = None) -> list[FollowerStatu
             output=str(slot.output), state=state_name, pid=state.pid, database=db.name if db else None,
             txid=f"{copy:016x}" if copy is not None else None,
             replica_txid=f"{newest:016x}" if newest is not None else None, lag_seconds=lag,
-            log=str(slot.logfile), reason=state.reason,
+            log=str(slot.logfile), reason=reason,
             max_lag_seconds=_max_lag(db, record),
         ))
     return found
 
 
 def _restoring(record: daemon.PidRecord) -> bool:
-    """The first restore is not in place yet: the working file beside the copy is still
-    there (it is renamed over the copy), or there is no copy at all."""
-    if record.working and record.working != record.output and Path(record.working).exists():
+    """The first restore is not in place yet: litestream still writes its temporary file
+    (``<file>.tmp``), or the working file beside the copy is not renamed over it yet, or
+    there is no copy at all."""
+    working = record.working or record.output
+    if Path(f"{working}.tmp").exists():
+        return True
+    if working != record.output and Path(working).exists():
         return True
     return not Path(record.output).exists()
 

@@ -29,7 +29,8 @@ TOUCH_VARIABLE = "CHORA_BACKUP_LOG_TOUCH"
 # The restored file the pump puts in place as that copy once litestream follows.
 RESTORED_VARIABLE = "CHORA_BACKUP_LOG_RESTORED"
 APPLIED = b'msg="follow: applied updates"'
-READY = (b"entering follow mode", b"resuming follow mode")  # litestream's log, once it follows
+# litestream's log, once it follows ("resuming follow mode from crash recovery").
+READY = (b'msg="entering follow mode"', b'msg="resuming follow mode')
 PLACE_FAILED = "chora-backup: error: the restored copy could not be put in place"
 
 
@@ -49,9 +50,22 @@ def rotate(path: Path, max_bytes: int = MAX_BYTES) -> None:
     """Keep the log bounded: past ``max_bytes`` it becomes ``<name>.1``."""
     try:
         if path.stat().st_size > max_bytes:
-            os.replace(path, path.with_name(path.name + ".1"))
+            os.replace(path, rotated(path))
     except FileNotFoundError:
         pass
+
+
+def rotated(path: Path) -> Path:
+    return path.with_name(path.name + ".1")
+
+
+def _read(path: Path, offset: int) -> str:
+    try:
+        with path.open("rb") as fh:
+            fh.seek(offset)
+            return fh.read().decode("utf-8", errors="replace")
+    except FileNotFoundError:
+        return ""
 
 
 def size(path: Path) -> int:
@@ -62,11 +76,12 @@ def size(path: Path) -> int:
 
 
 def read_since(path: Path, offset: int) -> str:
-    """The text appended to ``path`` after byte ``offset``."""
+    """The text appended to ``path`` after byte ``offset``; across one rotation too (the
+    log now smaller than ``offset``: the rest of ``<name>.1``, then the new log)."""
     try:
-        with path.open("rb") as fh:
-            fh.seek(offset)
-            return fh.read().decode("utf-8", errors="replace")
+        if size(path) < offset:
+            return _read(rotated(path), offset) + _read(path, 0)
+        return _read(path, offset)
     except FileNotFoundError:
         return ""
 
@@ -173,17 +188,20 @@ def keeper(copy: Path, restored: Path) -> Callable[[bytes], bytes | None]:
     then (``--background`` with a ``--timeout``): the pump lives as long as the follower."""
     from .sqlitefile import place, touch
 
-    placed = False
+    following = placed = said = False
 
     def on_line(line: bytes) -> bytes | None:
-        nonlocal placed
-        if not placed and any(mark in line for mark in READY):
-            placed = True
+        nonlocal following, placed, said
+        following = following or any(mark in line for mark in READY)
+        if following and not placed:  # tried again at each line until done, said once
             try:
                 place(restored, copy)
-            except Exception as exc:  # noqa: BLE001 -- said in the log, where follow looks
-                return f"{PLACE_FAILED}: {type(exc).__name__}: {exc}\n".encode("utf-8", "replace")
-        elif APPLIED in line:
+                placed = True
+            except Exception as exc:  # noqa: BLE001 -- said in the log, where follow and status look
+                if not said:
+                    said = True
+                    return f"{PLACE_FAILED}: {type(exc).__name__}: {exc}\n".encode("utf-8", "replace")
+        elif placed and APPLIED in line:
             touch(copy)
         return None
 

@@ -100,7 +100,11 @@ def place(restored: Path, copy: Path) -> None:
     WAL mode would read that first state forever), then, restored beside the copy, renamed
     over it in one step, so a reader sees the old copy or the new one, never a missing or
     partial file. litestream goes on writing through the file it holds open (POSIX)."""
-    touch(restored, rollback=True)
+    with open(restored, "rb") as fh:
+        wal = fh.read(20)[18:20] != b"\x01\x01"
+    if wal:  # a resumed copy is one already: no wait on its readers' locks
+        touch(restored, rollback=True)
     if restored != copy:
+        # The old copy's position goes first: a stop that saves the new one in between keeps it.
+        Path(f"{copy}{TXID_SUFFIX}").unlink(missing_ok=True)
         os.replace(restored, copy)
-        Path(f"{copy}{TXID_SUFFIX}").unlink(missing_ok=True)  # the old copy's position, now wrong

@@ -528,9 +528,12 @@ def _lines(status: Status) -> list[str]:
     for f in status.followers:
         lines.append("")
         lines.append(f"follower  {f.output}")
+        logs = f"'inv backup.logs --follower {f.output}'"
         state = {"running": f"running (pid {f.pid})",
-                 "starting": f"restoring (pid {f.pid}): not ready to read until it follows",
-                 "stale": f"stopped: {f.reason}; 'inv backup.follow' continues it"}.get(f.state, f"{f.state}: {f.reason}")
+                 "starting": f"restoring (pid {f.pid}): " + (f"{f.reason}; see {logs}" if f.reason else
+                                                            "not ready to read until it follows"),
+                 "stale": f"stopped: {f.reason}; {logs} says why, 'inv backup.follow' continues it",
+                 }.get(f.state, f"{f.state}: {f.reason}")
         lines.append(f"  state          {state}")
         lines.append(f"  database       {f.database or '- (not one of this config: its lag cannot be checked)'}")
         lag = "none: the copy holds the replica's newest change" if f.lag_seconds == 0 else \

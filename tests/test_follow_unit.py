@@ -131,6 +131,20 @@ def test_a_stopped_follower_leaves_its_position_beside_the_copy(tmp_path):
     assert follow.read_txid(output) == 0x2A and not follow.txid_file(working).exists()
 
 
+def test_a_start_cut_short_leaves_no_half_restored_file(tmp_path):
+    output, working = tmp_path / "copy.db", tmp_path / ".copy.db.follow-1"
+    output.write_bytes(b"the old copy")
+    follow.txid_file(output).write_text("0000000000000001\n")
+    Path(f"{working}.tmp").write_bytes(b"half a download")  # litestream's, before its rename
+    follow._settle(record(output=str(output), working=str(working)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.db", "copy.db-txid"]
+    assert follow.read_txid(output) == 1  # the old copy's position stands
+    straight = tmp_path / "first.db"
+    Path(f"{straight}.tmp").write_bytes(b"half a download")
+    follow._settle(record(output=str(straight), working=str(straight)))
+    assert not Path(f"{straight}.tmp").exists()
+
+
 def test_each_output_has_its_own_slot(tmp_path):
     settings = config.load(cwd=tmp_path, environ={"BACKUP_STATE_DIR": str(tmp_path / "state")})
     a = follow.slot_for(settings, tmp_path / "a" / "copy.db")
@@ -163,6 +177,9 @@ def test_a_follower_is_starting_until_its_restore_is_in_place(tmp_path):
     beside = record(output=str(output), working=str(working))
     assert follow._restoring(straight) and follow._restoring(beside)  # no copy yet
     output.write_bytes(b"old copy")
+    Path(f"{working}.tmp").write_bytes(b"downloading")  # litestream's temporary file
+    assert follow._restoring(beside) and not follow._restoring(straight)
+    Path(f"{working}.tmp").unlink()
     working.write_bytes(b"restoring")
     assert not follow._restoring(straight) and follow._restoring(beside)
     working.unlink()  # renamed over the copy
@@ -181,3 +198,44 @@ def test_a_follower_counts_as_failing_unless_provably_current_enough():
     assert status(txid="01", lag_seconds=None).failing  # behind by an unknown time
     assert status(state="starting").failing and status(state="stale").failing
     assert status(database=None, replica_txid=None, lag_seconds=None).failing  # not in this config
+
+
+def test_a_log_read_from_an_offset_goes_on_across_a_rotation(tmp_path):
+    from backup import logfile
+
+    log = tmp_path / "follow.log"
+    old = b"an old line, from before this start\n" * 3
+    log.write_bytes(old + b"starting\n")
+    offset = len(old)  # the new log stays smaller than this: rotation is at 10 MB
+    log.write_bytes(log.read_bytes() + b"x" * 50 + b"\n")
+    logfile.rotate(log, max_bytes=10)  # the pump rotates it while a start waits
+    log.write_bytes(b'msg="entering follow mode"\n')
+    text = logfile.read_since(log, offset)
+    assert text.startswith("starting\n") and text.endswith('msg="entering follow mode"\n')
+
+
+def test_the_pump_acts_on_litestreams_ready_message_only_and_retries_a_failed_placing(tmp_path):
+    from backup import logfile
+
+    copy, restored = tmp_path / "copy.db", tmp_path / ".copy.db.follow-1"
+    on_line = logfile.keeper(copy, restored)
+    mention = b'time=... level=ERROR msg="restore failed" err="output=/x entering follow mode"\n'
+    assert on_line(mention) is None  # the words in another message's field: not litestream following
+    failed = on_line(READY_LINE)  # no restored file (yet): said once
+    assert failed is not None and failed.startswith(logfile.PLACE_FAILED.encode())
+    assert on_line(b"time=... msg=other\n") is None  # tried again, not said again
+    wal_db(restored, 2)
+    assert on_line(APPLIED_LINE) is None  # the next line places it
+    assert not restored.exists() and copy.read_bytes()[18:20] == b"\x01\x01"
+
+
+def test_placing_a_resumed_copy_waits_for_no_reader(tmp_path):
+    copy = tmp_path / "copy.db"
+    rollback_db(copy, 2)
+    reader = sqlite3.connect(copy)
+    reader.execute("BEGIN")
+    reader.execute("SELECT count(*) FROM t").fetchone()  # a long read transaction holds a shared lock
+    before = copy.read_bytes()
+    sqlitefile.place(copy, copy)  # returns at once: the copy is a rollback-journal database already
+    assert copy.read_bytes() == before
+    reader.close()
