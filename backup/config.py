@@ -159,16 +159,8 @@ class Settings:
 
     @property
     def socket_path(self) -> Path | None:
-        """The daemon's control socket, or None where there is none (Windows)."""
-        if sys.platform == "win32":
-            return None
-        path = self.state_dir / "litestream.sock"
-        if len(os.fsencode(path)) <= _MAX_SOCKET_PATH:
-            return path
-        # A deep state dir would overflow sockaddr_un: use a short, stable name, in a
-        # folder of this user's own (the temp folder itself is writable by everyone).
-        digest = hashlib.sha256(os.fsencode(self.state_dir)).hexdigest()[:16]
-        return Path(tempfile.gettempdir()) / f"chora-backup-{os.getuid()}" / f"{digest}.sock"
+        """The daemon's control socket: a Unix-domain socket, which Windows has too (10 1803 on)."""
+        return socket_path(self.state_dir)
 
     @property
     def r2_endpoint(self) -> str | None:
@@ -330,6 +322,18 @@ def _default_state_dir(workspace: Path) -> Path:
     # share a pidfile.
     digest = hashlib.sha256(os.fsencode(workspace)).hexdigest()[:8]
     return Path(DEFAULT_STATE_ROOT).expanduser() / f"{workspace.name or 'root'}-{digest}"
+
+
+def socket_path(state_dir: Path, platform: str = sys.platform) -> Path:
+    """The control socket's path: in the state dir, or where a deep state dir would overflow
+    sockaddr_un, a short stable name in a folder of this user's own (POSIX's temp folder is
+    writable by everyone; Windows' is the user's own already)."""
+    path = state_dir / "litestream.sock"
+    if len(os.fsencode(path)) <= _MAX_SOCKET_PATH:
+        return path
+    digest = hashlib.sha256(os.fsencode(state_dir)).hexdigest()[:16]
+    folder = "chora-backup" if platform == "win32" else f"chora-backup-{os.getuid()}"
+    return Path(tempfile.gettempdir()) / folder / f"{digest}.sock"
 
 
 def _can_be_folder(path: Path) -> bool:

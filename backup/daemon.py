@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -30,11 +31,20 @@ from . import logfile
 from .config import LOCAL, R2, Settings, require_r2
 from .errors import BackupError, ConfigError, LitestreamError, translate
 from .files import open_private, private_dir, to_null, write_private
-from .litestream import Litestream, check_endpoint, is_replicate, popen_flags, replicators
+from .litestream import (
+    CREATE_NEW_PROCESS_GROUP,
+    CREATE_NO_WINDOW,
+    Litestream,
+    check_endpoint,
+    is_replicate,
+    replicators,
+)
 from .render import NO_CONFIG, LitestreamConfig, WriteResult, read_config, write_config
 
 if TYPE_CHECKING:
     from .owner import Claim
+
+log = logging.getLogger("backup.daemon")
 
 LOCK_TIMEOUT = 120.0  # a start holds the lock until its first sync at most
 STOP_MARGIN = 15.0  # beyond litestream's shutdown-sync-timeout, so a kill never races the final sync
@@ -56,16 +66,19 @@ class Posix:
 
         fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
-    def interrupt(self, proc: psutil.Process | subprocess.Popen, sig: int = signal.SIGTERM) -> None:
-        """Ask litestream to make its final sync and exit."""
+    def interrupt(self, proc: psutil.Process | subprocess.Popen, sig: int = signal.SIGTERM) -> bool:
+        """Ask litestream to make its final sync and exit; True: the signal was sent."""
         proc.send_signal(sig)
+        return True
 
 
 class Windows:
     """Windows: litestream only handles os.Interrupt (Ctrl-C / Ctrl-Break)."""
 
-    def __init__(self, kill: Callable[[int, int], None] | None = None, msvcrt: Any = None):
-        self._kill = kill or os.kill
+    HELPER_WAIT = 15.0  # seconds for the Ctrl-Break helper to start and answer
+
+    def __init__(self, run: Callable[..., subprocess.CompletedProcess] | None = None, msvcrt: Any = None):
+        self._run = run or subprocess.run
         self._msvcrt = msvcrt
 
     def _locking(self) -> Any:
@@ -90,16 +103,20 @@ class Windows:
         fh.seek(0)
         m.locking(fh.fileno(), m.LK_UNLCK, 1)
 
-    def interrupt(self, proc: psutil.Process | subprocess.Popen, sig: int = 0) -> None:
-        # The daemon was started with CREATE_NEW_PROCESS_GROUP, so its pid is
-        # its group id and CTRL_BREAK_EVENT reaches it alone. Where that cannot
-        # reach it (another console), there is no control socket on Windows to
-        # ask for a sync first: terminate, and the next start catches up from
-        # the WAL.
+    def interrupt(self, proc: psutil.Process | subprocess.Popen, sig: int = 0) -> bool:
+        """Ctrl-Break to litestream, through a helper attached to its console (see
+        ``backup.winconsole``); True when delivered. The helper starts with a console of
+        its own (no window), so the event never reaches this process or its terminal."""
+        argv = [sys.executable, "-I", "-m", "backup.winconsole", str(proc.pid)]
         try:
-            self._kill(proc.pid, getattr(signal, "CTRL_BREAK_EVENT", 1))
-        except OSError:
-            proc.terminate()
+            done = self._run(argv, creationflags=CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             timeout=self.HELPER_WAIT)
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.debug("the Ctrl-Break helper did not run: %s", exc)
+            return False
+        log.debug("the Ctrl-Break helper exited %s", done.returncode)
+        return done.returncode == 0
 
 
 def current_platform() -> Posix | Windows:
@@ -400,9 +417,11 @@ def _private_socket_folder(settings: Settings, socket: Path | None) -> None:
         )
 
 
-def _remove_socket(socket: Path | None) -> None:
-    """A litestream that was killed leaves its socket file behind: take it away."""
-    if socket is not None and socket.is_socket():
+def _remove_socket(socket: Path | None, platform: str = sys.platform) -> None:
+    """A litestream that was killed leaves its socket file behind: take it away. (Python
+    cannot tell a Windows socket file from another file: there, whatever is at that path,
+    in our own state dir or folder, with no daemon running.)"""
+    if socket is not None and (socket.is_socket() or (platform == "win32" and socket.is_file())):
         socket.unlink(missing_ok=True)
 
 
@@ -517,6 +536,7 @@ def start_background(
         settings = settings.masking(prepared.config.heartbeat_url)  # the URL litestream will log
         resnapshot = _snapshot_after_crash(settings, litestream, state, prepared.config)
         _keep_running_copy(settings, prepared)
+        _remove_socket(prepared.config.socket)  # a killed daemon's, which litestream may not take for one
         argv = litestream.argv("replicate")
         logfile.rotate(settings.logfile)
         offset = logfile.size(settings.logfile)
@@ -562,8 +582,7 @@ def spawn_logged(
     read_end, write_end = os.pipe()
     try:
         environ = {k: v for k, v in os.environ.items() if v not in settings.secrets()}
-        log_pump = logfile.start_pump(log, read_end, environ, popen_flags(detached=True), settings.secrets(),
-                                      touch=touch, restored=restored)
+        log_pump = logfile.start_pump(log, read_end, environ, settings.secrets(), touch=touch, restored=restored)
         try:
             proc = litestream.spawn(command, *args, stdout=write_end, stderr=subprocess.STDOUT, detached=True,
                                     config=config)
@@ -585,6 +604,27 @@ def _synced(litestream: Litestream, socket: Path) -> set[Path] | None:
     if listing is None:
         return None  # not listening yet
     return {Path(db["path"]) for db in listing if db.get("path") and db.get("last_sync_at")}
+
+
+def _synced_by_replicas(settings: Settings, litestream: Litestream, config: LitestreamConfig) -> set[Path]:
+    """Databases whose replica holds the txid litestream has captured locally: a first sync
+    proven from the replica itself, where there is no control socket to ask."""
+    from .replica import Replica, local_txid
+
+    synced = set()
+    for entry in config.databases:
+        for one in entry.databases():
+            local = local_txid(one.path)
+            if local is None:
+                continue
+            try:
+                newest = Replica(settings, one, litestream, litestream.config_file, found=bool(entry.pattern),
+                                 remember=False).newest_txid()
+            except BackupError:
+                continue  # not reachable yet: the next look may be
+            if newest is not None and newest >= local:
+                synced.add(one.path)
+    return synced
 
 
 # How an error looks in litestream's log: text and JSON log lines, and the
@@ -619,6 +659,7 @@ def _wait_healthy(
     """
     started = time.monotonic()
     deadline = started + timeout
+    next_listing = started
 
     def failure(reason: str) -> BackupError:
         lines = tuple(settings.mask(l) for l in logfile.tail(settings.logfile, 20, offset))
@@ -639,10 +680,12 @@ def _wait_healthy(
         synced: set[Path] | None = None
         if config.socket:
             synced = _synced(litestream, config.socket)
-            if synced is not None and all(p in synced for p in pending):
-                return waiting, ()
-        elif time.monotonic() - started > 2.0:
-            # No control socket (Windows): alive and quiet for two ticks.
+        elif time.monotonic() >= next_listing and (pending or time.monotonic() - started > 2.0):
+            # No control socket (a hand-written config): the replicas prove it, a listing a
+            # second; with nothing to sync yet, two quiet seconds prove it read its config.
+            next_listing = time.monotonic() + 1.0
+            synced = _synced_by_replicas(settings, litestream, config)
+        if synced is not None and all(p in synced for p in pending):
             return waiting, ()
         if time.monotonic() > deadline:
             return waiting, tuple(p for p in pending if p not in (synced or set()))
@@ -788,6 +831,7 @@ def run_foreground(
             if _snapshot_after_crash(settings, litestream, state, prepared.config):
                 output.write(AFTER_CRASH + "\n")
             _keep_running_copy(settings, prepared)
+            _remove_socket(prepared.config.socket)
             argv = litestream.argv("replicate")
             proc = litestream.spawn("replicate", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             try:  # a failure before the pidfile names it must leave no process behind
@@ -844,9 +888,11 @@ def stop_process(state: DaemonState, timeout: float, platform: Posix | Windows |
     proc = state.process
     if proc is None:
         return False
+    delivered = True
     with contextlib.suppress(psutil.NoSuchProcess):
-        platform.interrupt(proc)
-    forced = not _wait_gone(proc, timeout)
+        delivered = platform.interrupt(proc)
+    # Undelivered (Windows: no console to reach it through), nothing is coming: no wait.
+    forced = not _wait_gone(proc, timeout if delivered else 0.5)
     if forced:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
@@ -857,6 +903,11 @@ def stop_process(state: DaemonState, timeout: float, platform: Posix | Windows |
 # -- stop ----------------------------------------------------------------------
 
 
+CAUGHT_UP_LATER = "nothing committed is lost: the replica catches up at the next start"
+# What litestream logs when its final sync on a stop did not happen (db.go, 0.5).
+SYNC_NOT_DONE = ("shutdown sync failed after timeout", "shutdown sync skipped", "shutdown sync interrupted")
+
+
 @dataclass(frozen=True)
 class StopResult:
     was_running: bool
@@ -864,14 +915,28 @@ class StopResult:
     forced: bool = False
     stale: DaemonState | None = None
     timeout: float = 0.0  # how long the final sync was given
+    final_sync: bool | None = None  # known done, known not done, or not known
 
     def as_lines(self) -> list[str]:
         lines = [f"removed a stale pidfile ({self.stale.reason})"] if self.stale else []
         if not self.was_running:
             return lines + ["not running"]
+        if self.forced and self.final_sync:  # synced through its socket, then it would not exit
+            return lines + [f"stopped (pid {self.pid}) after its final sync; it did not exit on "
+                            "its own and was killed"]
         if self.forced:
-            return lines + [f"killed (pid {self.pid}) after {self.timeout:g}s without a clean stop"]
+            return lines + [f"killed (pid {self.pid}) after {self.timeout:g}s without a final sync; "
+                            f"{CAUGHT_UP_LATER}"]
+        if self.final_sync:
+            return lines + [f"stopped (pid {self.pid}) after its final sync"]
+        if self.final_sync is False:
+            return lines + [f"stopped (pid {self.pid}); its final sync did not complete (see "
+                            f"'inv backup.logs'); {CAUGHT_UP_LATER}"]
         return lines + [f"stopped (pid {self.pid})"]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"was_running": self.was_running, "pid": self.pid, "forced": self.forced,
+                "final_sync": self.final_sync}
 
 
 def stop_timeout(settings: Settings, state: DaemonState) -> float:
@@ -905,9 +970,36 @@ def stop(
                 _remove_pidfile(settings.pidfile, state.record)
             return StopResult(False, stale=state if state.state == "stale" else None)
         timeout = stop_timeout(settings, state) if timeout is None else timeout
+        offset = logfile.size(settings.logfile)
+        # Windows: litestream's own final sync needs a Ctrl-Break that may not reach it;
+        # ask for the sync first, through its socket, and wait for it.
+        synced = _sync_now(settings, state, timeout) if isinstance(platform, Windows) else None
         forced = stop_process(state, timeout, platform)
         _remove_pidfile(settings.pidfile, state.record)
-        return StopResult(True, pid=state.record.pid, forced=forced, timeout=timeout)
+        if forced:
+            final = synced
+        else:  # it stopped on our signal: its own final sync ran, and says so if it failed
+            text = logfile.read_since(settings.logfile, offset)
+            final = synced or not any(mark in text for mark in SYNC_NOT_DONE)
+        return StopResult(True, pid=state.record.pid, forced=forced, timeout=timeout, final_sync=final)
+
+
+def _sync_now(settings: Settings, state: DaemonState, timeout: float) -> bool | None:
+    """Every database of the running daemon synced to its replica through the control
+    socket (``sync -wait``): True when each replica holds its local txid, None without a socket."""
+    try:
+        config = active_config(settings, state).config
+    except ConfigError:
+        return None
+    if config.socket is None:
+        return None
+    control = Litestream(settings).control(config.socket)
+    paths = [one.path for db in config.databases for one in db.databases() if one.path.exists()]
+    for path in paths:
+        answer = control.sync(path, wait=timeout)
+        if not answer or int(answer.get("replicated_txid") or 0) < int(answer.get("txid") or 0):
+            return False
+    return True
 
 
 def replicate_once(

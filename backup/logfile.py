@@ -160,24 +160,26 @@ def pump(
 
 
 def start_pump(
-    path: Path, source: int, environ: Mapping[str, str], popen_flags: dict, secrets: tuple[str, ...] = (),
+    path: Path, source: int, environ: Mapping[str, str], secrets: tuple[str, ...] = (),
     touch: Path | None = None, restored: Path | None = None,
 ) -> subprocess.Popen:
     """``python -m backup.logfile``, reading the pipe ``source``, detached like the daemon."""
     import json
 
+    from .litestream import start_process
+
     environ = {**environ, MASK_VARIABLE: json.dumps(list(secrets))}
     if touch is not None:
         environ[TOUCH_VARIABLE] = str(touch)
         environ[RESTORED_VARIABLE] = str(restored or touch)
-    return subprocess.Popen(
+    return start_process(
         # -I: the daemon's folder on sys.path must not decide which backup.logfile runs.
         [sys.executable, "-I", "-m", "backup.logfile", str(path), str(MAX_BYTES)],
+        True,
         stdin=source,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env=dict(environ),
-        **popen_flags,
     )
 
 

@@ -32,7 +32,7 @@ from typing import Any
 
 from .config import Settings
 from .errors import BackupError
-from .files import private_dir, write_private
+from .files import private_dir, same_path, write_private
 from .litestream import local_state_dir, replicators
 from .render import Entry
 from .store import Store, open_store
@@ -224,10 +224,10 @@ class Ownership:
         if local.instance == owner.instance:
             # The writer itself, perhaps moved or renamed: refresh who and where.
             me = self._me(local)
-            moved = (owner.host, owner.database) != (me.host, me.database)
+            moved = owner.host != me.host or not same_path(owner.database, me.database)
             if moved and owner.host == me.host and _same_instance(Path(owner.database), local):
                 raise self._refuse(owner, f"{db} is a copy of it (both are on this host)")
-            if moved or owner.config != me.config:
+            if moved or not same_path(owner.config, me.config):
                 self.store.write(RECORD, _dump(Owner(**{**asdict(me), "since": owner.since})))
             return Claim(where, "continued")
         self._check_takeover(owner, local)
@@ -237,7 +237,7 @@ class Ownership:
 
     def _check_takeover(self, owner: Owner, local: Local) -> None:
         """Another file of this lineage wrote last: continue only from its latest state."""
-        if _writer_alive(owner) and owner.database != str(self.entry.path):
+        if _writer_alive(owner) and not same_path(owner.database, self.entry.path):
             raise self._refuse(owner, f"its litestream is running ({owner.config})")
         if local.restored_from != owner.instance:
             raise self._refuse(

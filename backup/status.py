@@ -259,7 +259,6 @@ def _daemon_view(workspace: Workspace, unit: Database, now: float) -> tuple[int 
     per database; in between, the last answer stands.
     """
     from .files import read_json, update_json
-    from .litestream import ControlSocket
 
     try:
         unit.replica.check()  # a TCP connect to the endpoint: free, and says at once it is cut
@@ -270,7 +269,8 @@ def _daemon_view(workspace: Workspace, unit: Database, now: float) -> tuple[int 
     if isinstance(last, dict) and now - float(last.get("at", 0)) < parse_duration(unit.sync_interval) \
             and last.get("pid") == workspace.state.pid:
         return last.get("replicated_txid"), None
-    answer = ControlSocket(workspace.config.socket).sync(unit.path) if workspace.config.socket else None
+    socket = workspace.config.socket
+    answer = workspace.litestream.control(socket).sync(unit.path) if socket else None
     if answer is None:
         return None, None
     replicated = int(answer.get("replicated_txid") or 0) or None

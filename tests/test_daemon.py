@@ -25,11 +25,11 @@ from backup.errors import BackupError
 from backup.litestream import Litestream
 from backup.config import START_WAIT
 
-from conftest import BIN, Workspace, insert, make_db, rows, wait_for
+from conftest import BIN, LITESTREAM, Workspace, insert, make_db, rows, wait_for
 
 STARTED = re.compile(r"^started \(pid (\d+)\)$", re.M)
 ALREADY = re.compile(r"^already running \(pid (\d+)\)$", re.M)
-STOPPED = re.compile(r"^stopped \(pid (\d+)\)$", re.M)
+STOPPED = re.compile(r"^stopped \(pid (\d+)\) after its final sync$", re.M)
 
 
 # -- helpers -----------------------------------------------------------------------
@@ -71,7 +71,7 @@ def start_bg(ws: Workspace, *args: str) -> int:
 def stop(ws: Workspace, pid: int) -> None:
     result = ws.inv("backup.stop")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"stopped (pid {pid})" in result.stdout
+    assert f"stopped (pid {pid}) after its final sync" in result.stdout
     assert not alive(pid)
     assert not ws.pidfile.exists()
     assert litestreams(ws) == []
@@ -97,7 +97,7 @@ def plausible_record(
     ws: Workspace, pid: int, create_time: float, cmdline: list[str] | None = None
 ) -> None:
     """A pidfile as start-bg writes it, naming ``pid``."""
-    binary = str((BIN / "litestream").resolve())
+    binary = str(LITESTREAM.resolve())
     argv = [binary, "replicate", "-config", str(ws.config), "-no-expand-env"]
     ws.state.mkdir(parents=True, exist_ok=True)
     ws.pidfile.write_text(json.dumps({
@@ -138,6 +138,7 @@ def sleeper():
 # -- 1. start-bg, write, stop, restore ------------------------------------------
 
 
+@pytest.mark.posix
 @pytest.mark.parametrize(
     "commands",
     [
@@ -162,6 +163,7 @@ def test_local_daemon_keeps_every_row_through_stop(ws, commands):
     assert restored[-1][1] == "just before stop" and len(restored) == 6
 
 
+@pytest.mark.posix
 def test_s3_daemon_keeps_every_row_through_stop(r2ws):
     assert r2ws.inv("backup.setup").returncode == 0
     make_db(r2ws.db, 3)
@@ -210,6 +212,7 @@ def test_start_bg_replaces_a_pidfile_naming_a_dead_pid(ws):
     stop(ws, new)
 
 
+@pytest.mark.posix
 @pytest.mark.parametrize("forged_cmdline", [False, True], ids=["litestream-argv", "sleep-argv"])
 def test_a_pidfile_naming_an_unrelated_live_process_is_never_signalled(ws, sleeper, forged_cmdline):
     """The pid is a live ``sleep``; the record claims a litestream, or even the sleep's own argv."""
@@ -237,6 +240,7 @@ def test_a_pidfile_naming_an_unrelated_live_process_is_never_signalled(ws, sleep
     assert sleeper.poll() is None and me.status() != psutil.STATUS_ZOMBIE
 
 
+@pytest.mark.posix
 @pytest.mark.parametrize(
     "text",
     [
@@ -269,6 +273,7 @@ def test_a_damaged_pidfile_is_stale_not_a_traceback(ws, text):
     stop(ws, pid)
 
 
+@pytest.mark.posix
 def test_the_daemon_is_still_found_after_the_clock_steps(ws):
     """psutil's create time follows the wall clock: an NTP step must not orphan the daemon."""
     assert ws.inv("backup.local", "--no-start").returncode == 0
@@ -284,6 +289,7 @@ def test_the_daemon_is_still_found_after_the_clock_steps(ws):
     stop(ws, pid)
 
 
+@pytest.mark.posix
 def test_a_daemon_no_pidfile_names_still_blocks_a_second_one(ws, tmp_path):
     """Another BACKUP_STATE_DIR means another pidfile, but the same config: refuse."""
     assert ws.inv("backup.local", "--no-start").returncode == 0
@@ -341,6 +347,7 @@ def test_twenty_concurrent_starts_leave_one_daemon_and_twenty_stops_leave_none(w
 # -- 4. recovery after kill -9 ---------------------------------------------------
 
 
+@pytest.mark.posix
 def test_start_bg_recovers_after_kill_9_and_loses_nothing(ws):
     assert ws.inv("backup.local", "--no-start").returncode == 0
     make_db(ws.db, 3)
@@ -412,6 +419,7 @@ def test_start_bg_against_a_missing_bucket_fails_naming_the_bucket(r2ws):
 # -- 6. foreground start refuses while a daemon runs ---------------------------------
 
 
+@pytest.mark.posix
 def test_foreground_start_refuses_while_start_bg_daemon_runs(ws):
     assert ws.inv("backup.local", "--no-start").returncode == 0
     make_db(ws.db, 1)
@@ -454,35 +462,41 @@ class FakeMsvcrt:
             raise OSError(errno.EACCES, "Permission denied")
 
 
-def test_windows_interrupt_sends_ctrl_break_to_the_pid(monkeypatch):
-    monkeypatch.delattr(signal, "CTRL_BREAK_EVENT", raising=False)  # as on POSIX
-    sent = []
+class FakeRun:
+    """subprocess.run as the Ctrl-Break helper's caller sees it."""
+
+    def __init__(self, returncode: int = 0, error: Exception | None = None):
+        self.returncode, self.error, self.calls = returncode, error, []
+
+    def __call__(self, argv, **kwargs):
+        self.calls.append((argv, kwargs))
+        if self.error is not None:
+            raise self.error
+        return subprocess.CompletedProcess(argv, self.returncode)
+
+
+def test_windows_interrupt_runs_the_ctrl_break_helper_on_a_console_of_its_own():
+    from backup.litestream import CREATE_NEW_PROCESS_GROUP, CREATE_NO_WINDOW
+
+    run = FakeRun()
+    assert daemon.Windows(run=run, msvcrt=FakeMsvcrt()).interrupt(FakeProc(4242)) is True
+    [(argv, kwargs)] = run.calls
+    assert argv == [sys.executable, "-I", "-m", "backup.winconsole", "4242"]
+    assert kwargs["creationflags"] == CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW
+    assert kwargs["timeout"] == daemon.Windows.HELPER_WAIT
+
+
+def test_windows_interrupt_says_when_ctrl_break_could_not_be_delivered():
     proc = FakeProc(4242)
-    platform = daemon.Windows(kill=lambda pid, sig: sent.append((pid, sig)), msvcrt=FakeMsvcrt())
-    platform.interrupt(proc)
-    assert sent == [(4242, 1)]  # CTRL_BREAK_EVENT's value on Windows
-    assert proc.terminated == 0
-
-
-def test_windows_interrupt_uses_signal_ctrl_break_event_when_present(monkeypatch):
-    monkeypatch.setattr(signal, "CTRL_BREAK_EVENT", 77, raising=False)
-    sent = []
-    daemon.Windows(kill=lambda pid, sig: sent.append((pid, sig))).interrupt(FakeProc(5))
-    assert sent == [(5, 77)]
-
-
-def test_windows_interrupt_falls_back_to_terminate():
-    def refuse(pid: int, sig: int) -> None:
-        raise OSError(errno.EINVAL, "no console")
-
-    proc = FakeProc(4242)
-    daemon.Windows(kill=refuse).interrupt(proc)
-    assert proc.terminated == 1
+    assert daemon.Windows(run=FakeRun(returncode=3)).interrupt(proc) is False  # no console to attach to
+    assert daemon.Windows(run=FakeRun(error=OSError(errno.ENOENT, "no python"))).interrupt(proc) is False
+    assert daemon.Windows(run=FakeRun(error=subprocess.TimeoutExpired("helper", 15))).interrupt(proc) is False
+    assert proc.terminated == 0  # stop decides what comes next, not the interrupt
 
 
 def test_windows_lock_and_unlock_lock_the_first_byte(tmp_path):
     fake = FakeMsvcrt()
-    platform = daemon.Windows(kill=lambda pid, sig: None, msvcrt=fake)
+    platform = daemon.Windows(msvcrt=fake)
     path = tmp_path / "litestream.lock"
     path.write_bytes(b"left by someone")
     with open(path, "a+b") as fh:
@@ -498,7 +512,7 @@ def test_windows_lock_and_unlock_lock_the_first_byte(tmp_path):
 def test_windows_lock_turns_oserror_into_blocking_io_error(tmp_path):
     fake = FakeMsvcrt()
     fake.held = True
-    platform = daemon.Windows(kill=lambda pid, sig: None, msvcrt=fake)
+    platform = daemon.Windows(msvcrt=fake)
     with open(tmp_path / "litestream.lock", "a+b") as fh:
         fake.handles[fh.fileno()] = fh
         with pytest.raises(BlockingIOError):
@@ -509,7 +523,7 @@ def test_a_held_windows_lock_times_out_with_an_actionable_error(tmp_path):
     fake = FakeMsvcrt()
     fake.held = True
     settings = config.load(cwd=tmp_path, environ={"BACKUP_STATE_DIR": str(tmp_path / "state")})
-    platform = daemon.Windows(kill=lambda pid, sig: None, msvcrt=fake)
+    platform = daemon.Windows(msvcrt=fake)
     began = time.monotonic()
     with pytest.raises(BackupError, match="another chora-backup command has held .*lock"):
         with daemon._locked(settings, platform, timeout=0.3):
@@ -541,6 +555,7 @@ def test_rotate_keeps_a_log_within_the_cap(tmp_path):
     logfile.rotate(tmp_path / "absent.log", max_bytes=100)  # nothing to do, no error
 
 
+@pytest.mark.posix
 def test_start_bg_rotates_a_huge_log(ws):
     assert ws.inv("backup.local", "--no-start").returncode == 0
     make_db(ws.db, 1)
@@ -579,6 +594,7 @@ def test_a_stop_signal_before_the_child_exists_stops_it_once_it_does():
     assert platform.interrupted == [4242]
 
 
+@pytest.mark.posix
 def test_only_the_first_stop_signal_reaches_litestream():
     platform = _RecordingPlatform()
     stopper = daemon._Stopper(platform)
@@ -588,6 +604,7 @@ def test_only_the_first_stop_signal_reaches_litestream():
     assert platform.interrupted == [4242]
 
 
+@pytest.mark.posix
 def test_the_stop_signals_include_a_closed_terminal():
     assert signal.SIGHUP in daemon.STOP_SIGNALS and signal.SIGINT in daemon.STOP_SIGNALS
     assert signal.SIGTERM in daemon.STOP_SIGNALS
@@ -627,6 +644,7 @@ def test_a_pidfile_whose_process_cannot_be_inspected_is_unknown_not_stale(unknow
     assert settings.pidfile.read_bytes() == before  # never deleted as stale
 
 
+@pytest.mark.posix
 def test_status_says_unknown_and_is_not_healthy(unknown_pidfile, tmp_path):
     from backup import status
 
@@ -644,6 +662,7 @@ def mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
 
 
+@pytest.mark.posix
 def test_runtime_files_are_private_whatever_the_umask(ws):
     previous = os.umask(0o022)
     try:
@@ -661,6 +680,7 @@ def test_runtime_files_are_private_whatever_the_umask(ws):
         os.umask(previous)
 
 
+@pytest.mark.posix
 def test_a_log_left_readable_by_an_earlier_version_is_made_private(ws):
     make_db(ws.db)
     assert ws.inv("backup.local", "--no-start").returncode == 0
@@ -672,6 +692,7 @@ def test_a_log_left_readable_by_an_earlier_version_is_made_private(ws):
     assert (ws.state / "litestream.log").read_text().startswith("old line\n")
 
 
+@pytest.mark.posix
 def test_a_state_dir_left_open_by_an_earlier_version_is_tightened(ws):
     make_db(ws.db)
     assert ws.inv("backup.local", "--no-start").returncode == 0
@@ -681,6 +702,7 @@ def test_a_state_dir_left_open_by_an_earlier_version_is_tightened(ws):
     assert mode(ws.state) == 0o700
 
 
+@pytest.mark.posix
 def test_a_socket_outside_the_state_dir_gets_a_private_folder(tmp_path):
     deep = tmp_path / ("d" * 120)
     settings = config.load(cwd=tmp_path, environ={"BACKUP_STATE_DIR": str(deep)})
@@ -691,6 +713,7 @@ def test_a_socket_outside_the_state_dir_gets_a_private_folder(tmp_path):
     assert mode(socket.parent) == 0o700
 
 
+@pytest.mark.posix
 def test_a_shared_socket_folder_is_refused(tmp_path):
     folder = tmp_path / "shared"
     folder.mkdir()
@@ -729,6 +752,7 @@ def test_stop_waits_longer_than_litestreams_own_final_sync_retries(tmp_path):
     assert daemon.stop_timeout(settings, stopped) == 30 + daemon.STOP_MARGIN
 
 
+@pytest.mark.posix
 def test_the_log_pump_bounds_the_log_without_losing_a_line(tmp_path):
     log = tmp_path / "litestream.log"
     lines = [f"time=... level=INFO msg=\"line {i:05d}\" {'x' * 60}\n".encode() for i in range(3000)]
@@ -772,7 +796,7 @@ def test_the_log_pump_masks_the_secrets_it_is_handed_through_its_environment(tmp
     line = (f'time=2026-11-26T10:00:00Z level=ERROR msg="heartbeat ping failed" system=store url={url} '
             f'error="http request: Get \\"{url}\\": dial tcp: connection refused"\n')
     read_end, write_end = os.pipe()
-    proc = logfile.start_pump(log, read_end, dict(os.environ), {}, secrets=(url, "/6c1d-token"))
+    proc = logfile.start_pump(log, read_end, dict(os.environ), secrets=(url, "/6c1d-token"))
     os.close(read_end)
     os.write(write_end, line.encode() + b"time=... level=INFO msg=ok\n")
     os.close(write_end)

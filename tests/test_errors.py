@@ -19,6 +19,8 @@ CASES = [
     ("api error AccessDenied: Access Denied", "Object Read & Write permission on the bucket"),
     ('dial tcp: lookup x.r2.cloudflarestorage.com: no such host', "cannot resolve the storage endpoint"),
     ("dial tcp 127.0.0.1:1: connect: connection refused", "refused the connection"),
+    ("dial tcp 127.0.0.1:1: connectex: No connection could be made because the target machine "
+     "actively refused it.", "refused the connection"),  # Go's words on Windows
     ("tls: failed to verify certificate: x509: certificate signed by unknown authority",
      "TLS certificate was not trusted"),
     ("http: server gave HTTP response to HTTPS client", "use an http:// R2_ENDPOINT"),
@@ -160,6 +162,7 @@ def test_a_database_that_is_not_a_database_is_one_clean_line(ws: Workspace):
         assert result.stderr.strip().splitlines()[-1].startswith("error: "), (command, result.stderr)
 
 
+@pytest.mark.posix
 def test_output_to_a_reader_that_left_ends_quietly(ws: Workspace):
     import os
     import subprocess

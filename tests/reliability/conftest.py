@@ -24,7 +24,7 @@ import pytest
 
 from conftest import (
     ACCESS_KEY_ID,
-    BIN,
+    LITESTREAM,
     SECRET_ACCESS_KEY,
     Workspace,
     rows,
@@ -432,7 +432,7 @@ def sentinel() -> Iterator[subprocess.Popen]:
 
 def stale_pidfile(ws: Workspace, pid: int) -> None:
     """A pidfile as start-bg writes it, claiming that ``pid`` is this workspace's litestream."""
-    argv = [str((BIN / "litestream").resolve()), "replicate", "-config", str(ws.config), "-no-expand-env"]
+    argv = [str(LITESTREAM.resolve()), "replicate", "-config", str(ws.config), "-no-expand-env"]
     ws.state.mkdir(parents=True, exist_ok=True)
     ws.pidfile.write_text(json.dumps({
         "pid": pid,
