@@ -80,6 +80,7 @@ def assert_token_nowhere(ws: Workspace) -> None:
             assert TOKEN.encode() not in path.read_bytes(), f"the ping token is in {path}"
 
 
+@pytest.mark.posix
 def test_a_real_daemon_pings_the_heartbeat_and_serves_metrics(ws: Workspace, pings: PingServer):
     metrics_port = free_port()
     ws.write_env(BACKUP_HEARTBEAT_URL=pings.url, BACKUP_HEARTBEAT_INTERVAL="1m",

@@ -149,6 +149,7 @@ def test_a_damaged_record_is_a_clean_error(tmp_path, replica):
     assert "is damaged" in err.value.message
 
 
+@pytest.mark.posix
 def test_records_are_private(tmp_path, replica):
     settings, entry = workspace(tmp_path, "a", replica)
     make_db(entry.path)

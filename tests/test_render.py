@@ -150,6 +150,7 @@ def test_read_config_missing_says_what_to_run(tmp_path):
         read_config(tmp_path / "litestream.yml")
 
 
+@pytest.mark.posix
 def test_litestream_reads_tricky_paths_exactly(ws: Workspace):
     """Go's YAML parser (litestream's) agrees with ours, and -no-expand-env keeps '$'."""
     name = "dir with $HOME: 'q' {x} é"
@@ -164,6 +165,7 @@ def test_litestream_reads_tricky_paths_exactly(ws: Workspace):
     assert '"database": "' + str(folder / "my $db.db") + '"' in status.stdout
 
 
+@pytest.mark.posix
 def test_heartbeat_and_metrics_render_as_litestream_global_keys(tmp_path):
     url = "https://hc-ping.com/5be1-token?with=$HOME"
     settings = r2_settings(tmp_path, BACKUP_HEARTBEAT_URL=url, BACKUP_HEARTBEAT_INTERVAL="2m",

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 
 from conftest import BIN, Workspace, insert, make_db, rows, wait_for
 
@@ -29,6 +30,7 @@ def replicate_in_foreground(ws: Workspace, *command: str, env: dict | None = Non
     return output
 
 
+@pytest.mark.posix
 def test_setup_then_start_replicates_to_s3_through_the_ca_bundle_bug(r2ws):
     """AWS_CA_BUNDLE is set here on purpose: without the workaround every S3 call fails."""
     setup = r2ws.inv("backup.setup")
@@ -44,6 +46,7 @@ def test_setup_then_start_replicates_to_s3_through_the_ca_bundle_bug(r2ws):
     r2ws.assert_no_secrets()
 
 
+@pytest.mark.posix
 def test_chora_backup_console_script_runs_the_same_tasks(r2ws):
     assert r2ws.cli("setup").returncode == 0
     make_db(r2ws.db, 2)
@@ -55,6 +58,7 @@ def test_chora_backup_console_script_runs_the_same_tasks(r2ws):
     r2ws.assert_no_secrets()
 
 
+@pytest.mark.posix
 def test_local_replicates_to_the_default_folder_without_any_env(ws):
     assert not (ws.path / ".env").exists()
     replicate_in_foreground(ws, "backup.local")
@@ -78,6 +82,7 @@ def test_start_without_config_says_what_to_run(ws):
     )
 
 
+@pytest.mark.posix
 def test_start_warns_about_a_missing_database_and_waits(ws):
     assert ws.inv("backup.local", "--no-start").returncode == 0
     proc = ws.spawn(str(BIN / "inv"), "backup.start")

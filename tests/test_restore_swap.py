@@ -29,6 +29,7 @@ def mode(path: Path) -> int:
     return path.stat().st_mode & 0o777
 
 
+@pytest.mark.posix
 def test_a_private_database_stays_private_after_a_forced_restore(backed_up):
     ws = backed_up
     os.chmod(ws.db, 0o600)
@@ -39,6 +40,7 @@ def test_a_private_database_stays_private_after_a_forced_restore(backed_up):
     assert mode(ws.db) == 0o640
 
 
+@pytest.mark.posix
 def test_a_restore_to_a_new_path_is_no_looser_than_the_umask(backed_up):
     ws = backed_up
     out = ws.root / "copy.db"

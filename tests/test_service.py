@@ -45,6 +45,7 @@ def home(tmp_path, monkeypatch) -> Path:
     folder = tmp_path / "home"
     folder.mkdir()
     monkeypatch.setenv("HOME", str(folder))
+    monkeypatch.setenv("USERPROFILE", str(folder))  # where Python finds ~ on Windows
     monkeypatch.delenv("XDG_CONFIG_HOME", raising=False)
     return folder
 
@@ -57,6 +58,7 @@ def settings_for(tmp_path: Path) -> config.Settings:
     return config.load(cwd=ws, environ={"BACKUP_STATE_DIR": str(tmp_path / "state")})
 
 
+@pytest.mark.posix
 def test_systemd_install_is_idempotent_and_uninstall_removes_only_its_file(tmp_path, home):
     settings = settings_for(tmp_path)
     unit = service.unit_for(settings, service.SYSTEMD, environ={"BACKUP_STATE_DIR": str(tmp_path / "state")})
@@ -122,6 +124,7 @@ def test_secrets_only_in_the_shell_are_refused(tmp_path, home):
         service.install(settings, service.unit_for(settings, service.SYSTEMD), FakeManager())
 
 
+@pytest.mark.posix
 def test_launchd_plist_and_commands(tmp_path, home):
     settings = settings_for(tmp_path)
     unit = service.unit_for(settings, service.LAUNCHD, stop_timeout=30,
@@ -185,6 +188,7 @@ def test_dry_run_prints_each_managers_file_and_changes_nothing(ws: Workspace):
     )
 
 
+@pytest.mark.posix
 def test_without_a_user_systemd_install_says_why_and_writes_nothing(ws: Workspace):
     if shutil.which("systemctl") is None:
         pytest.skip("no systemctl here")
@@ -233,6 +237,7 @@ class Systemd(service.Runner):
         return subprocess.CompletedProcess(argv, 0, "", "")
 
 
+@pytest.mark.posix
 def test_the_unit_verifies_and_its_command_replicates_stops_cleanly_and_fails_loudly(
     r2ws: Workspace, s3_endpoint, monkeypatch
 ):

@@ -8,6 +8,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 from conftest import BIN, SECRETS, Workspace, insert, make_db, s3_client, s3_lists, wait_for
 from backup import config
 
@@ -114,6 +116,7 @@ def test_logs_shows_the_tail(ws: Workspace):
     assert 0 < len(result.stdout.strip().splitlines()) <= 3
 
 
+@pytest.mark.posix
 def test_logs_follow_prints_new_lines_masked(r2ws: Workspace):
     r2ws.state.mkdir(parents=True, exist_ok=True)
     log = r2ws.state / "litestream.log"

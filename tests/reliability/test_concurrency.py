@@ -13,10 +13,13 @@ import threading
 import time
 
 import psutil
+import pytest
 
 from conftest import BIN, Workspace, insert, make_db, rows
 
 from .conftest import SEED, Restores, alive, litestreams, setup, stale_pidfile, stop
+
+pytestmark = pytest.mark.posix
 
 STARTED = re.compile(r"^started \(pid (\d+)\)$", re.M)
 ALREADY = re.compile(r"^already running \(pid (\d+)\)$", re.M)

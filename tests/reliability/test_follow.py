@@ -14,6 +14,7 @@ import sqlite3
 import time
 
 import psutil
+import pytest
 
 from conftest import BIN, Workspace, insert, make_db, rows, wait_for
 
@@ -47,6 +48,7 @@ def restores_running(ws: Workspace) -> list[psutil.Process]:
             if (p.info["cmdline"] or [])[1:2] == ["restore"] and str(ws.path) in " ".join(p.info["cmdline"])]
 
 
+@pytest.mark.posix
 def test_a_follower_keeps_a_readable_copy_through_stops_and_a_kill(rws, report, tmp_path_factory):
     began = time.monotonic()
     setup(rws)
@@ -151,6 +153,7 @@ def test_follow_refuses_what_it_must_not_touch(rws):
         assert "Traceback" not in text and len(text.strip().splitlines()) == 1, text
 
 
+@pytest.mark.posix
 def test_follow_in_the_foreground_stops_on_ctrl_c(rws):
     write_s3_env(rws)
     setup(rws)
