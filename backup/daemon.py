@@ -606,6 +606,10 @@ def _synced(litestream: Litestream, socket: Path) -> set[Path] | None:
     return {Path(db["path"]) for db in listing if db.get("path") and db.get("last_sync_at")}
 
 
+# litestream's warning when it cannot listen on its control socket; it replicates on without.
+SOCKET_FAILED = "failed to start control server"
+
+
 def _synced_by_replicas(settings: Settings, litestream: Litestream, config: LitestreamConfig) -> set[Path]:
     """Databases whose replica holds the txid litestream has captured locally: a first sync
     proven from the replica itself, where there is no control socket to ask."""
@@ -678,11 +682,12 @@ def _wait_healthy(
         waiting = tuple(db.path for db in config.databases if not db.pattern and not db.path.exists())
         pending = [one.path for db in config.databases for one in db.databases() if one.path.exists()]
         synced: set[Path] | None = None
-        if config.socket:
+        if config.socket and SOCKET_FAILED not in logfile.read_since(settings.logfile, offset):
             synced = _synced(litestream, config.socket)
         elif time.monotonic() >= next_listing and (pending or time.monotonic() - started > 2.0):
-            # No control socket (a hand-written config): the replicas prove it, a listing a
-            # second; with nothing to sync yet, two quiet seconds prove it read its config.
+            # No control socket (a hand-written config, or one litestream could not open: it
+            # goes on without): the replicas prove it, a listing a second; with nothing to
+            # sync yet, two quiet seconds prove it read its config.
             next_listing = time.monotonic() + 1.0
             synced = _synced_by_replicas(settings, litestream, config)
         if synced is not None and all(p in synced for p in pending):
@@ -986,7 +991,8 @@ def stop(
 
 def _sync_now(settings: Settings, state: DaemonState, timeout: float) -> bool | None:
     """Every database of the running daemon synced to its replica through the control
-    socket (``sync -wait``): True when each replica holds its local txid, None without a socket."""
+    socket (``sync -wait``): True when each replica holds its local txid, False when one does
+    not, None when the socket does not answer or there is none."""
     try:
         config = active_config(settings, state).config
     except ConfigError:
@@ -995,11 +1001,13 @@ def _sync_now(settings: Settings, state: DaemonState, timeout: float) -> bool | 
         return None
     control = Litestream(settings).control(config.socket)
     paths = [one.path for db in config.databases for one in db.databases() if one.path.exists()]
+    done = True
     for path in paths:
         answer = control.sync(path, wait=timeout)
-        if not answer or int(answer.get("replicated_txid") or 0) < int(answer.get("txid") or 0):
-            return False
-    return True
+        if answer is None:
+            return None  # no answer (a socket litestream could not open): not known
+        done = done and int(answer.get("replicated_txid") or 0) >= int(answer.get("txid") or 0)
+    return done
 
 
 def replicate_once(

@@ -281,3 +281,20 @@ def test_a_killed_daemons_socket_file_is_removed_before_a_start_on_windows(tmp_p
     assert left.exists()  # elsewhere only a real socket is taken for one
     daemon._remove_socket(left, platform="win32")
     assert not left.exists()
+
+
+def test_a_socket_litestream_cannot_open_falls_back_to_the_replicas_proof(ws):
+    """litestream only warns when it cannot listen (a Windows before 10 1803, a path taken)
+    and replicates on: start-bg then proves the first sync from the replica."""
+    make_db(ws.db, 3)
+    assert ws.inv("backup.local", "--no-start").returncode == 0
+    ws.socket().parent.mkdir(parents=True, exist_ok=True)
+    ws.socket().write_bytes(b"not a socket")  # litestream: "socket path exists but is not a socket"
+    result = ws.inv("backup.start-bg", "--timeout", "20")
+    try:
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "first sync of" not in result.stdout, result.stdout  # proven, not left pending
+        assert daemon.SOCKET_FAILED in (ws.state / "litestream.log").read_text()
+        assert ws.restore(ws.root / "proven.db") == rows(ws.db)
+    finally:
+        assert ws.inv("backup.stop").returncode == 0
