@@ -70,11 +70,11 @@ def spawn_start(ws, **popen) -> subprocess.Popen:
     return proc
 
 
-@pytest.mark.posix
 # Built from the names this system has: the module must import on Windows too (no SIGHUP).
 STOP_SIGNALS = [getattr(signal, name) for name in ("SIGHUP", "SIGINT", "SIGTERM") if hasattr(signal, name)]
 
 
+@pytest.mark.posix
 @pytest.mark.parametrize("sig", STOP_SIGNALS, ids=lambda s: s.name)
 def test_every_stop_signal_to_a_foreground_start_ends_in_the_final_sync(rws, report, sig):
     """A closed terminal, Ctrl-C, or a kill: litestream's clean stop, exit 0, the last row replicated."""
