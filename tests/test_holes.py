@@ -246,7 +246,7 @@ def test_a_hole_fails_everything_until_a_snapshot_repairs_it_across_compaction_t
 
     # Compaction every few seconds at every level from the restart on, so that
     # ticks come within the test.
-    set_levels(ws, "3s", "6s", "12s")
+    set_levels(ws, "2s", "4s", "8s")
     log = ws.state / "litestream.log"
     offset = log.stat().st_size  # from here on, no compaction may trip over the hole
     pid = ws.daemon_pid()
