@@ -405,9 +405,11 @@ def _snapshot_after_crash(settings: Settings, litestream: Litestream, state: Dae
 def _private_socket_folder(settings: Settings, socket: Path | None) -> None:
     """The control socket's folder must be this user's alone: anyone who can reach the
     socket can make the daemon sync, pause or stop replicating."""
-    if socket is None or sys.platform == "win32":
+    if socket is None:
         return
     folder = private_dir(socket.parent)
+    if sys.platform == "win32":
+        return  # made (litestream will not), in the user's own %TEMP%; no POSIX mode to check
     info = folder.stat()
     if info.st_uid != os.getuid() or info.st_mode & 0o077:
         raise BackupError(
@@ -663,7 +665,8 @@ def _wait_healthy(
     """
     started = time.monotonic()
     deadline = started + timeout
-    next_listing = started
+    next_listing = next_ask = started
+    ask_by_process = bool(config.socket) and litestream.control(config.socket).via_cli
 
     def failure(reason: str) -> BackupError:
         lines = tuple(settings.mask(l) for l in logfile.tail(settings.logfile, 20, offset))
@@ -683,7 +686,9 @@ def _wait_healthy(
         pending = [one.path for db in config.databases for one in db.databases() if one.path.exists()]
         synced: set[Path] | None = None
         if config.socket and SOCKET_FAILED not in logfile.read_since(settings.logfile, offset):
-            synced = _synced(litestream, config.socket)
+            if time.monotonic() >= next_ask:  # each ask a process where litestream's client asks
+                next_ask = time.monotonic() + (1.0 if ask_by_process else 0.0)
+                synced = _synced(litestream, config.socket)
         elif time.monotonic() >= next_listing and (pending or time.monotonic() - started > 2.0):
             # No control socket (a hand-written config, or one litestream could not open: it
             # goes on without): the replicas prove it, a listing a second; with nothing to
@@ -728,8 +733,12 @@ class _Stopper:
         self.requested = False
         self.forwarded = False
 
-    def __call__(self, _signum: int, _frame: object) -> None:
+    def __call__(self, signum: int, _frame: object) -> None:
         self.requested = True
+        if signum == getattr(signal, "SIGBREAK", None):
+            # Ctrl-Break in a Windows console reaches every process group on it, litestream's
+            # too (a new group blocks only Ctrl-C): a second one would skip its final sync.
+            self.forwarded = True
         self._forward()
 
     def attach(self, proc: subprocess.Popen) -> None:
@@ -911,6 +920,7 @@ def stop_process(state: DaemonState, timeout: float, platform: Posix | Windows |
 CAUGHT_UP_LATER = "nothing committed is lost: the replica catches up at the next start"
 # What litestream logs when its final sync on a stop did not happen (db.go, 0.5).
 SYNC_NOT_DONE = ("shutdown sync failed after timeout", "shutdown sync skipped", "shutdown sync interrupted")
+SHUT_DOWN = 'msg="litestream shut down"'  # its last line after a stop signal (main.go)
 
 
 @dataclass(frozen=True)
@@ -975,21 +985,40 @@ def stop(
                 _remove_pidfile(settings.pidfile, state.record)
             return StopResult(False, stale=state if state.state == "stale" else None)
         timeout = stop_timeout(settings, state) if timeout is None else timeout
+        deadline = time.monotonic() + timeout  # the sync first (Windows) and the stop share it
         offset = logfile.size(settings.logfile)
         # Windows: litestream's own final sync needs a Ctrl-Break that may not reach it;
         # ask for the sync first, through its socket, and wait for it.
-        synced = _sync_now(settings, state, timeout) if isinstance(platform, Windows) else None
-        forced = stop_process(state, timeout, platform)
+        synced = _sync_now(settings, state, deadline) if isinstance(platform, Windows) else None
+        forced = stop_process(state, max(1.0, deadline - time.monotonic()), platform)
         _remove_pidfile(settings.pidfile, state.record)
-        if forced:
-            final = synced
-        else:  # it stopped on our signal: its own final sync ran, and says so if it failed
-            text = logfile.read_since(settings.logfile, offset)
-            final = synced or not any(mark in text for mark in SYNC_NOT_DONE)
+        own = None if forced else _shutdown_sync(settings, offset)
+        if synced:
+            final: bool | None = True  # every replica held its local txid before the signal
+        elif own is not None:
+            final = own  # litestream's own final sync, as its log tells
+        else:
+            final = synced  # a socket sync that fell short (False), or nothing known (None)
         return StopResult(True, pid=state.record.pid, forced=forced, timeout=timeout, final_sync=final)
 
 
-def _sync_now(settings: Settings, state: DaemonState, timeout: float) -> bool | None:
+def _shutdown_sync(settings: Settings, offset: int, wait: float = 2.0) -> bool | None:
+    """What litestream's log says of its own final sync on a stop: True once it logged its
+    shutdown with no failed or skipped sync; False when it logged one; None when it did not
+    log a shutdown at all (it exited for another reason). The pump may lag a moment."""
+    deadline = time.monotonic() + wait
+    while True:
+        text = logfile.read_since(settings.logfile, offset)
+        if any(mark in text for mark in SYNC_NOT_DONE):
+            return False
+        if SHUT_DOWN in text:
+            return True
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(POLL)
+
+
+def _sync_now(settings: Settings, state: DaemonState, deadline: float) -> bool | None:
     """Every database of the running daemon synced to its replica through the control
     socket (``sync -wait``): True when each replica holds its local txid, False when one does
     not, None when the socket does not answer or there is none."""
@@ -1003,7 +1032,7 @@ def _sync_now(settings: Settings, state: DaemonState, timeout: float) -> bool | 
     paths = [one.path for db in config.databases for one in db.databases() if one.path.exists()]
     done = True
     for path in paths:
-        answer = control.sync(path, wait=timeout)
+        answer = control.sync(path, wait=max(1.0, deadline - time.monotonic()))
         if answer is None:
             return None  # no answer (a socket litestream could not open): not known
         done = done and int(answer.get("replicated_txid") or 0) >= int(answer.get("txid") or 0)

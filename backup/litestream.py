@@ -246,7 +246,7 @@ class ControlSocket:
         else:
             return None
         try:
-            proc = self._cli(*argv)
+            proc = self._cli(*argv, timeout=float(seconds) + 15)  # its own limit, then ours
         except (OSError, subprocess.SubprocessError, LitestreamError) as exc:
             log.debug("litestream %s could not ask the daemon: %s", argv[0], exc)
             return None
@@ -417,8 +417,8 @@ class Litestream:
         cli = None if hasattr(socket, "AF_UNIX") else self._control_cli
         return ControlSocket(path, timeout, cli=cli)
 
-    def _control_cli(self, *argv: str) -> subprocess.CompletedProcess:
-        return self.run(*argv, check=False, timeout=60)
+    def _control_cli(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return self.run(*argv, check=False, timeout=timeout)
 
     def listing(self, path: Path) -> list[dict[str, Any]] | None:
         """The running daemon's databases (``GET /list``), or None if it does not answer."""

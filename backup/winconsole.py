@@ -6,8 +6,9 @@ Windows delivers to the processes of one console. A daemon started detached
 no console with the command that stops it, so ``os.kill(pid, CTRL_BREAK_EVENT)``
 there either fails or reaches nobody. This module runs as a short-lived helper
 (``python -m backup.winconsole PID``, started with no console of the caller's): it
-leaves its own console, attaches to the daemon's, ignores the event itself, and
-sends Ctrl-Break to the daemon's process group (its pid: it leads the group).
+leaves its own console, attaches to the daemon's, and sends Ctrl-Break to the daemon's
+process group (its pid: it leads the group), of which the helper is not a member.
+"Delivered" means Windows accepted the event; the stop still waits to see it work.
 """
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ def send_ctrl_break(pid: int, kernel32: Any = None) -> int:
     kernel32.FreeConsole()  # AttachConsole fails while attached to one
     if not kernel32.AttachConsole(pid):
         return NO_CONSOLE  # it has none (started detached), or is gone
-    kernel32.SetConsoleCtrlHandler(None, True)  # the event is for the daemon, not for us
+    # Ctrl-C ignored here while attached (the Ctrl-Break goes to the daemon's group only,
+    # which this helper is not in).
+    kernel32.SetConsoleCtrlHandler(None, True)
     sent = kernel32.GenerateConsoleCtrlEvent(CTRL_BREAK_EVENT, pid)
     kernel32.FreeConsole()
     return DELIVERED if sent else NOT_SENT

@@ -298,3 +298,42 @@ def test_a_socket_litestream_cannot_open_falls_back_to_the_replicas_proof(ws):
         assert ws.restore(ws.root / "proven.db") == rows(ws.db)
     finally:
         assert ws.inv("backup.stop").returncode == 0
+
+
+def test_the_stop_reads_litestreams_own_final_sync_from_its_log(tmp_path):
+    settings = config.load(cwd=tmp_path, environ={"BACKUP_STATE_DIR": str(tmp_path / "state")})
+    settings.state_dir.mkdir()
+    log = settings.logfile
+    log.write_text("time=... msg=\"replicating\"\n")
+    offset = log.stat().st_size
+    assert daemon._shutdown_sync(settings, offset, wait=0.2) is None  # no shutdown logged: not known
+    with log.open("a") as fh:
+        fh.write('time=... level=INFO msg="signal received, litestream shutting down"\n'
+                 'time=... level=INFO msg="litestream shut down"\n')
+    assert daemon._shutdown_sync(settings, offset) is True
+    with log.open("a") as fh:
+        fh.write('time=... level=ERROR msg="shutdown sync failed after timeout" db=chora.db\n')
+    assert daemon._shutdown_sync(settings, offset) is False
+
+
+def test_a_ctrl_break_in_the_console_is_not_passed_on_a_second_time(monkeypatch):
+    """Windows sends a console's Ctrl-Break to litestream's group as well: forwarding it
+    again would make litestream skip its final sync."""
+
+    class Platform:
+        sent = 0
+
+        def interrupt(self, proc):
+            self.sent += 1
+            return True
+
+    monkeypatch.setattr(signal, "SIGBREAK", 21, raising=False)  # its number on Windows
+    platform = Platform()
+    stopper = daemon._Stopper(platform)
+    stopper.attach(object())
+    stopper(signal.SIGBREAK, None)
+    assert stopper.requested and platform.sent == 0
+    other = daemon._Stopper(platform)
+    other.attach(object())
+    other(signal.SIGINT, None)
+    assert platform.sent == 1

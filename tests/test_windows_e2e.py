@@ -82,8 +82,7 @@ def test_stop_makes_the_final_sync_and_a_restore_holds_the_last_row(winws, daemo
     pid = winws.daemon_pid()
     assert pid is not None, started.stdout
     daemons.append(pid)
-    # The first sync is in the replica (polled: without a control socket that answers,
-    # start-bg on Windows cannot wait for it).
+    # The first sync is in the replica: start-bg waited for it through the socket.
     first = rows(winws.db)
     attempt = itertools.count()
     wait_for(lambda: restored(winws, f"before-{next(attempt)}.db") == first, 60, what="the first sync")
@@ -91,8 +90,13 @@ def test_stop_makes_the_final_sync_and_a_restore_holds_the_last_row(winws, daemo
     insert(winws.db, LAST_ROW)
     expected = rows(winws.db)
     assert restored(winws, "not-yet.db") == first  # the next periodic sync is a minute away
+    offset = (winws.state / "litestream.log").stat().st_size
     output = stop(winws, pid)
-    assert "after its final sync" in output, output
+    assert f"stopped (pid {pid}) after its final sync" in output, output
+    # The Ctrl-Break reached litestream (it stopped on it, and was not killed).
+    assert "was killed" not in output and "killed (pid" not in output, output
+    log = (winws.state / "litestream.log").read_bytes()[offset:].decode("utf-8", "replace")
+    assert "signal received" in log and 'msg="litestream shut down"' in log, log[-2000:]
 
     assert restored(winws, "restored.db") == expected
     assert expected[-1][1] == LAST_ROW
