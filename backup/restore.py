@@ -282,13 +282,15 @@ def _past_hole(point: str, files: list[LtxFile]) -> None:
         )
 
 
-def _point_args(
+def point_args(
     files: list[LtxFile],
     db: Path,
     timestamp: datetime | None,
     txid: int | None,
     daemon_state: Callable[[], daemon.DaemonState],
 ) -> list[str]:
+    """litestream's arguments for a point (``-txid``/``-timestamp``; none for the latest),
+    once it is proven inside the replica's window; restore's errors otherwise."""
     span = window(files)
     if span is None:
         hole = plan(files).hole
@@ -367,7 +369,7 @@ def restore(
             _check_target(workspace.settings, target, force, target in live, dry_run, db.folder is not None)
         for db, _ in targets:  # every database can reach the point, before the first download
             try:
-                points[db.path] = _point_args(db.replica.files(), db.path, timestamp, txid,
+                points[db.path] = point_args(db.replica.files(), db.path, timestamp, txid,
                                               lambda: daemon.check(workspace.settings))
             except BackupError as exc:
                 if len(targets) == 1:

@@ -439,6 +439,36 @@ def restore(c, output=None, timestamp=None, txid=None, force=False, dry_run=Fals
     _show(result, json)
 
 
+@task(
+    positional=["sql"],
+    help={
+        "sql": "one statement that reads (SELECT, WITH, a PRAGMA that reads), asked of the "
+        "replica, never of the live database",
+        "timestamp": "ask the replica as it was then: the forms restore takes (RFC 3339, a local "
+        "date-time, an age such as 2h); default: the latest state",
+        "txid": "ask the replica as it was at this litestream txid (16 hex digits); default: the latest",
+        "db": "the database to ask when there are several (as for restore); default: the only one",
+        "json": "print {\"columns\", \"rows\", \"txid\", \"timestamp\"} instead of a table; default off",
+    },
+)
+@actionable
+def query(c, sql=None, timestamp=None, txid=None, db=None, json=False):
+    """Ask the backup a read-only SQL question, at any point in time, without restoring it."""
+    from .query import missing, run
+
+    if sql is None or not sql.strip():
+        raise BackupError("give the SQL to ask, e.g. inv backup.query \"select count(*) from t\"", code=EXIT_CONFIG)
+    if missing():  # before anything is read: what to install comes first
+        raise BackupError(missing(), code=EXIT_CONFIG)
+    when, upto = _point_in_time(timestamp, txid)
+    workspace = _from_replicas(cfg.load())
+    chosen = workspace.select(db)
+    if len(chosen) != 1:
+        names = ", ".join(d.name for d in chosen)
+        raise BackupError(f"a query asks one database: pick one of {names} with --db", code=EXIT_CONFIG)
+    _show(run(workspace, chosen[0], sql, timestamp=when, txid=upto), json)
+
+
 @task(help={
     "json": "print JSON (snapshots and window; {\"databases\": [...]} when there are several) "
     "instead of a table; default off",
@@ -606,6 +636,6 @@ def uninstall_service(c, manager=None, dry_run=False, json=False):
 ns = Collection("backup")
 for _task in (
     setup, local, start, start_bg, stop, status, logs, restore, snapshots, snapshot, verify, doctor,
-    cost, install_service, uninstall_service, follow,
+    cost, install_service, uninstall_service, follow, query,
 ):
     ns.add_task(_task)

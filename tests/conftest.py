@@ -275,6 +275,9 @@ class Workspace:
         pid = self.daemon_pid()
         if pid:
             kill_litestream(pid)
+        for pidfile in (self.state / "followers").glob("*.pid"):  # a test that failed mid-follow
+            with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+                kill_litestream(int(json.loads(pidfile.read_text())["pid"]))
 
 
 def kill_litestream(pid: int) -> None:

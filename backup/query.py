@@ -1,0 +1,256 @@
+"""backup.query: one read-only SQL statement against a replica, at any point in its
+window, without restoring it.
+
+litestream's VFS (the ``litestream-vfs`` wheel, a SQLite loadable extension) reads the
+replica in place, fetching only the pages a query touches, and travels in time
+(``litestream_set_time``). Three facts shape how it runs here:
+
+- it reads the replica URL, the credentials and ``AWS_CA_BUNDLE`` from the environment
+  the process *started* with, and once loaded it breaks every other SQLite connection of
+  that process: so it runs in a child (``python -I -m backup.query``) that gets the very
+  environment litestream gets (``Litestream.environment``: credentials as
+  ``LITESTREAM_*``, no ``AWS_CA_BUNDLE``, no metadata lookups) plus the replica's URL,
+  reads its request on stdin and writes its answer as JSON on its own stdout (the VFS
+  logs to fd 1, which the child points at stderr);
+- a point outside the replica's window gets only an opaque SQL error from it: the window
+  is checked first, with restore's own words (``restore.point_args``);
+- it travels by time only: ``--txid`` becomes the time of the file that ends at that
+  txid, and the answer's txid is checked against it.
+
+Read-only by construction: the connection is opened read-only, and an authorizer lets a
+statement read, call functions and query pragmas, nothing else; one statement per call.
+Python's ``sqlite3`` often cannot load extensions (pyenv, macOS): ``apsw`` can.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+from .errors import EXIT_CONFIG, BackupError
+
+EXTRA = "pip install 'chora-backup[query]'"
+NOT_ON_WINDOWS = (
+    "backup.query needs litestream's VFS, which has no Windows build: restore a copy with "
+    "'inv backup.restore --output PATH' (with --timestamp or --txid for an earlier point) and "
+    "query that"
+)
+# Pragmas whose argument names what to describe, not a value to set.
+READING_PRAGMAS = frozenset({
+    "table_info", "table_xinfo", "table_list", "index_list", "index_info", "index_xinfo",
+    "foreign_key_list", "foreign_key_check", "integrity_check", "quick_check",
+})
+READ_ONLY = ("only a statement that reads can be asked (SELECT, WITH, or a PRAGMA that reads): "
+             "the backup is never changed")
+
+
+@dataclass
+class Answer:
+    database: str
+    columns: list[str]
+    rows: list[list[Any]]
+    txid: str
+    timestamp: str
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"columns": self.columns, "rows": self.rows, "txid": self.txid, "timestamp": self.timestamp}
+
+    def as_lines(self) -> list[str]:
+        cells = [[_cell(v) for v in row] for row in self.rows]
+        widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(self.columns)]
+        lines = []
+        if self.columns:
+            lines.append("  ".join(c.ljust(w) for c, w in zip(self.columns, widths)).rstrip())
+            lines.append("  ".join("-" * w for w in widths))
+            lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+        count = f"{len(self.rows)} row{'s' if len(self.rows) != 1 else ''}"
+        lines.append(f"({count} from the replica of {self.database} at txid {self.txid}, {self.timestamp})")
+        return lines + self.notes
+
+
+def _cell(value: Any) -> str:
+    return "NULL" if value is None else str(value)
+
+
+def _json_value(value: Any) -> Any:
+    """A SQLite value as JSON: a blob as its SQL literal (x'0a1b')."""
+    return f"x'{value.hex()}'" if isinstance(value, (bytes, bytearray, memoryview)) else value
+
+
+def missing() -> str | None:
+    """Why backup.query cannot run here, or None."""
+    if sys.platform == "win32":
+        return NOT_ON_WINDOWS
+    import importlib.util
+
+    absent = [name for name, module in (("apsw", "apsw"), ("litestream-vfs", "litestream_vfs"))
+              if importlib.util.find_spec(module) is None]
+    if absent:
+        return f"backup.query needs {' and '.join(absent)} (optional): {EXTRA}"
+    return None
+
+
+def replica_url(entry: Any) -> str:
+    """The replica's URL as the VFS reads it (LITESTREAM_REPLICA_URL)."""
+    if entry.replica_type == "file":
+        return "file://" + quote(str(Path(entry.location).resolve()))
+    if entry.replica_type == "s3":
+        params = {"region": entry.region or "auto"}
+        if entry.endpoint:
+            params["endpoint"] = entry.endpoint
+        return f"s3://{entry.bucket}/{quote(entry.location.strip('/'))}?{urlencode(params)}"
+    raise BackupError(f"{entry.path}: backup.query reads file and S3 replicas, not {entry.replica_type!r} ones")
+
+
+def run(workspace: Any, db: Any, sql: str, timestamp: datetime | None = None, txid: int | None = None) -> Answer:
+    """Ask ``sql`` of ``db``'s replica, as it was at ``timestamp`` or ``txid`` (default: latest)."""
+    from .restore import point_args
+
+    if not sql.strip():
+        raise BackupError("give the SQL to run, e.g. inv backup.query \"select count(*) from t\"", code=EXIT_CONFIG)
+    reason = missing()
+    if reason:
+        raise BackupError(reason, code=EXIT_CONFIG)
+    files = db.replica.files()
+    point_args(files, db.path, timestamp, txid, lambda: workspace.state)  # restore's window and its errors
+    when = None
+    if txid is not None:
+        # The VFS travels by time: the moment the file ending at that txid was written
+        # (listed to the second, so the end of that second).
+        ends = [f.timestamp for f in files if f.max_txid == txid]
+        if not ends:
+            raise BackupError(f"--txid {txid:016x} is not the end of any file in the replica: give a txid "
+                              "'inv backup.snapshots' or 'inv backup.restore --dry-run' names, or --timestamp")
+        when = min(ends) + timedelta(milliseconds=999)
+    elif timestamp is not None:
+        when = timestamp
+    request = {"sql": sql, "time": _rfc3339_ms(when) if when else None}
+    environ = {**workspace.litestream.environment(), "LITESTREAM_REPLICA_URL": replica_url(db.entry)}
+    answer = _ask(request, environ, workspace.settings)
+    if txid is not None and answer["txid"] != f"{txid:016x}":
+        raise BackupError(
+            f"the VFS shows the replica by time, and txid {txid:016x} shares its second with later "
+            f"changes (it shows txid {answer['txid']}): 'inv backup.restore --txid {txid:016x} --output "
+            "PATH' gives that txid exactly"
+        )
+    return Answer(db.name, answer["columns"], answer["rows"], answer["txid"], answer["time"])
+
+
+def _rfc3339_ms(when: datetime) -> str:
+    """RFC 3339 in UTC to the microsecond, as litestream_set_time reads it."""
+    return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _ask(request: dict[str, Any], environ: dict[str, str], settings: Any) -> dict[str, Any]:
+    proc = subprocess.run(
+        # -I: the workspace's folder on sys.path must not decide which backup.query runs.
+        [sys.executable, "-I", "-m", "backup.query"],
+        input=json.dumps(request), env=environ, capture_output=True, text=True,
+    )
+    try:
+        answer = json.loads(proc.stdout or "null")
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        last = (proc.stderr or "").strip().splitlines()[-1:] or ["no output"]
+        raise BackupError(settings.mask(f"the query process failed (exit {proc.returncode}): {last[0]}"))
+    if "error" in answer:
+        raise BackupError(settings.mask(_explain(answer)))
+    return answer
+
+
+def _explain(answer: dict[str, Any]) -> str:
+    kind, message = answer.get("error"), str(answer.get("message", ""))
+    if kind == "read-only":
+        return f"{READ_ONLY} ({message})"
+    if kind == "several":
+        return "one statement at a time: run each on its own"
+    if kind == "vfs":
+        return f"litestream's VFS could not read the replica: {message}"
+    return f"SQL: {message}"
+
+
+# -- the child -----------------------------------------------------------------
+
+
+def _child() -> int:
+    """Read the request on stdin, answer on the original stdout (the VFS logs to fd 1)."""
+    answer_to = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    request = json.load(sys.stdin)
+    try:
+        result = _answer(request["sql"], request.get("time"))
+    except _Refused as exc:
+        result = {"error": exc.kind, "message": str(exc)}
+    json.dump(result, answer_to)
+    answer_to.close()
+    return 0
+
+
+class _Refused(Exception):
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.kind = kind
+
+
+def _answer(sql: str, when: str | None) -> dict[str, Any]:
+    import apsw
+    import litestream_vfs
+
+    try:
+        loader = apsw.Connection(":memory:")
+        loader.enable_load_extension(True)
+        loader.load_extension(litestream_vfs.loadable_path())
+        con = apsw.Connection("file:replica.db?vfs=litestream",
+                              flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+        if when:
+            con.execute("SELECT litestream_set_time(?)", (when,)).fetchall()
+        txid, time = con.execute("SELECT litestream_txid(), litestream_time()").fetchone()
+    except apsw.Error as exc:
+        raise _Refused("vfs", str(exc)) from None
+
+    allowed = {apsw.SQLITE_SELECT, apsw.SQLITE_READ, apsw.SQLITE_FUNCTION, apsw.SQLITE_RECURSIVE}
+
+    def authorize(action: int, arg1: Any, arg2: Any, *_: Any) -> int:
+        if action in allowed:
+            return apsw.SQLITE_OK
+        if action == apsw.SQLITE_PRAGMA and (arg2 is None or str(arg1).lower() in READING_PRAGMAS):
+            return apsw.SQLITE_OK  # a pragma read, or one that takes a name to describe
+        return apsw.SQLITE_DENY
+
+    con.authorizer = authorize
+    statements = 0
+
+    def one_statement(_cursor: Any, _sql: str, _bindings: Any) -> bool:
+        nonlocal statements
+        statements += 1
+        return statements == 1
+
+    cursor = con.cursor()
+    cursor.exec_trace = one_statement
+    try:
+        cursor.execute(sql)
+        columns = [d[0] for d in cursor.get_description()] if statements else []
+        rows = [[_json_value(v) for v in row] for row in cursor]
+    except apsw.ExecTraceAbort:
+        raise _Refused("several", sql) from None
+    except (apsw.AuthError, apsw.ReadOnlyError) as exc:
+        raise _Refused("read-only", str(exc)) from None
+    except apsw.ExecutionCompleteError:
+        columns, rows = [], []
+    except apsw.Error as exc:
+        raise _Refused("sql", str(exc)) from None
+    if statements > 1:
+        raise _Refused("several", sql)
+    return {"columns": columns, "rows": rows, "txid": txid, "time": time}
+
+
+if __name__ == "__main__":
+    sys.exit(_child())

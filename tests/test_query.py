@@ -1,0 +1,135 @@
+"""backup.query: ask the replica, at any point in its window, with litestream's real VFS.
+
+Two batches of rows with a moment between them, on a local folder replica and on the
+local S3 server; the latest count, the earlier count, --txid, the JSON shape, a write
+refused, a time before the window refused with the window named, no secret printed.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime, timezone
+from types import SimpleNamespace
+
+import pytest
+
+from backup import query
+
+from conftest import SECRETS, Workspace, insert, make_db, rows, wait_for
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="litestream's VFS has no Windows build")
+
+
+def two_batches(ws: Workspace) -> tuple[str, str]:
+    """Three rows, then (a moment later) two more, both in the replica: (the moment between
+    them, the txid of the first batch)."""
+    make_db(ws.db, 3)
+    started = ws.inv("backup.start-bg")
+    assert started.returncode == 0, started.stdout + started.stderr
+    first = ask(ws, "select count(*) from items", "--json")
+    time.sleep(1.2)
+    between = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    time.sleep(1.2)
+    insert(ws.db, "four", "five")
+    wait_for(lambda: ask(ws, "select count(*) from items", "--json")["rows"] == [[5]], 20, interval=0.3,
+             what="the second batch in the replica")
+    return between, first["txid"]
+
+
+def ask(ws: Workspace, sql: str, *args: str, env: dict | None = None) -> dict:
+    result = ws.inv("backup.query", sql, *args, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout) if "--json" in args else {"text": result.stdout}
+
+
+def refused(ws: Workspace, *args: str) -> str:
+    result = ws.inv("backup.query", *args)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stdout + result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    return result.stderr
+
+
+def check_time_travel(ws: Workspace) -> None:
+    between, first_txid = two_batches(ws)
+    latest = ask(ws, "select count(*) as n from items", "--json")
+    assert set(latest) == {"columns", "rows", "txid", "timestamp"}
+    assert latest["columns"] == ["n"] and latest["rows"] == [[5]]
+    earlier = ask(ws, "select count(*) from items", "--timestamp", between, "--json")
+    assert earlier["rows"] == [[3]] and earlier["txid"] == first_txid < latest["txid"]
+    by_txid = ask(ws, "select body from items order by id", "--txid", first_txid, "--json")
+    assert [row[0] for row in by_txid["rows"]] == ["row 0", "row 1", "row 2"]
+    table = ask(ws, "select id, body from items where id = 4")["text"]
+    assert "four" in table and f"at txid {latest['txid']}" in table and "(1 row from the replica" in table
+
+    assert "only a statement that reads" in refused(ws, "delete from items")
+    assert "only a statement that reads" in refused(ws, "create table x (y)")
+    assert "one statement at a time" in refused(ws, "select 1; select 2")
+    assert "SQL: no such table: nope" in refused(ws, "select * from nope")
+    early = refused(ws, "select 1", "--timestamp", "2020-01-01T00:00:00Z")
+    assert "is before the earliest backup: the replica can restore" in early and "txid 0000000000000001 to" in early
+    assert "is not a point in time" in refused(ws, "select 1", "--timestamp", "yesterday-ish")
+    assert "give the SQL to ask" in refused(ws, " ")
+    assert len(rows(ws.db)) == 5  # the live database untouched
+
+
+def test_query_a_local_replica_latest_and_in_the_past(ws):
+    ws.write_env(BACKUP_LOCAL_DIR=str(ws.root / "backups"), BACKUP_SYNC_INTERVAL="1s")
+    assert ws.inv("backup.local", "--no-start").returncode == 0
+    try:
+        check_time_travel(ws)
+    finally:
+        ws.inv("backup.stop")
+
+
+def test_query_an_s3_replica_through_the_ca_bundle_bug_and_print_no_secret(r2ws):
+    with (r2ws.path / ".env").open("a") as fh:
+        fh.write("BACKUP_SYNC_INTERVAL=1s\n")
+    assert r2ws.inv("backup.setup").returncode == 0
+    # The VFS, like the binary, fails every S3 call when AWS_CA_BUNDLE reaches it.
+    r2ws.env["AWS_CA_BUNDLE"] = "/etc/ssl/certs/ca-certificates.crt"
+    try:
+        check_time_travel(r2ws)
+    finally:
+        r2ws.inv("backup.stop")
+    r2ws.assert_no_secrets()
+    for text in r2ws.outputs:
+        assert not any(secret in text for secret in SECRETS)
+
+
+# -- without litestream ------------------------------------------------------------
+
+
+def test_the_vfs_reads_the_replica_at_its_url():
+    file_entry = SimpleNamespace(replica_type="file", location="/var/backups/chora db/x.db", path="/w/x.db")
+    assert query.replica_url(file_entry) == "file:///var/backups/chora%20db/x.db"
+    s3 = SimpleNamespace(replica_type="s3", bucket="b", location="ws/data/c.db", region=None,
+                         endpoint="https://acct.r2.cloudflarestorage.com", path="/w/c.db")
+    assert query.replica_url(s3) == ("s3://b/ws/data/c.db?region=auto&"
+                                     "endpoint=https%3A%2F%2Facct.r2.cloudflarestorage.com")
+
+
+def test_without_the_extra_or_on_windows_it_says_what_to_do(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "apsw" else real(name))
+    assert query.missing() == "backup.query needs apsw (optional): pip install 'chora-backup[query]'"
+    monkeypatch.setattr(sys, "platform", "win32")
+    assert "no Windows build" in query.missing() and "inv backup.restore --output PATH" in query.missing()
+
+
+def test_without_the_extra_the_task_names_the_install(ws, tmp_path):
+    """A fresh environment without apsw: one line saying what to install, exit 2."""
+    ws.write_env(BACKUP_LOCAL_DIR=str(ws.root / "backups"))
+    blocker = tmp_path / "no-apsw"
+    blocker.mkdir()
+    (blocker / "apsw.py").write_text("raise ImportError('not installed')\n")
+    (blocker / "sitecustomize.py").write_text(
+        "import importlib.util, sys\n"
+        "_real = importlib.util.find_spec\n"
+        "importlib.util.find_spec = lambda name, *a: None if name == 'apsw' else _real(name, *a)\n"
+    )
+    result = ws.inv("backup.query", "select 1", env={"PYTHONPATH": str(blocker)})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.strip() == "error: backup.query needs apsw (optional): pip install 'chora-backup[query]'"
