@@ -23,7 +23,7 @@ pytestmark = pytest.mark.posix
 
 STARTED = re.compile(r"^started \(pid (\d+)\)$", re.M)
 ALREADY = re.compile(r"^already running \(pid (\d+)\)$", re.M)
-STOPPED = re.compile(r"^stopped \(pid (\d+)\)$", re.M)
+STOPPED = re.compile(r"^stopped \(pid (\d+)\) after its final sync$", re.M)
 INTERLEAVED_ROUNDS = 2
 
 
