@@ -6,10 +6,20 @@ The request model counts what litestream 0.5.17 does on its timers, with
 coefficients measured by bench/requests.py against a local S3 server:
 
 - every sync that carries a change uploads one L0 file (a PUT);
+- so does every WAL checkpoint while writes happen (the database's
+  ``checkpoint-interval``, 1m by default): one more L0 file per checkpoint
+  that has written pages to move, at most one per write (measured in real
+  time: 51 L0 uploads for 35 writes in 15 minutes at 1m, 37 at 10m);
 - every tick of a compaction level that has something new to merge LISTs
   three times, GETs once, PUTs the merged file and deletes what it replaced
   (one DeleteObjects, counted as Class A because R2's price list does not
-  name the bulk call); a tick with nothing new costs nothing;
+  name the bulk call);
+- a tick with nothing new LISTs the level below once: litestream compares the
+  level below's newest txid with the *first* txid of the level's newest file,
+  so once that file merged more than one transaction every idle tick looks
+  (measured in real time: 612 LISTs an hour for an idle database at the
+  defaults, 480 of them the L0 retention check, 120 level 1, 12 level 2);
+  the snapshot level compares with the database's position and asks nothing;
 - every tick of the L0 retention check LISTs twice;
 - the daily snapshot is one more compaction level.
 
@@ -44,8 +54,10 @@ DEFAULT_TIMERS = {
     "l0-retention-check-interval": "15s",
     "levels": ["30s", "5m", "1h"],
     "snapshot": "24h",
+    "checkpoint-interval": "1m",  # a database key
 }
 LIST_PER_BUSY_TICK = 3
+LIST_PER_IDLE_TICK = 1
 LIST_PER_RETENTION_TICK = 2
 
 
@@ -54,9 +66,16 @@ class Timers:
     sync_interval: float  # seconds
     retention_check: float
     levels: tuple[float, ...]  # L1, L2, … then the snapshot level
+    checkpoint: float = 60.0  # the database's checkpoint-interval
 
     @classmethod
-    def from_config(cls, data: dict[str, Any], sync_interval: str) -> Timers:
+    def from_config(cls, data: dict[str, Any], sync_interval: str, checkpoint: object = None) -> Timers:
+        """From litestream.yml's global keys (``data``) and one database's sync and checkpoint
+        intervals (``checkpoint``: its ``checkpoint-interval``; default: litestream's, or the
+        first database entry's in ``data``)."""
+        if checkpoint is None:
+            first = (data.get("dbs") or [{}])[0] if isinstance(data.get("dbs"), list) else {}
+            checkpoint = (first or {}).get("checkpoint-interval", DEFAULT_TIMERS["checkpoint-interval"])
         levels = data.get("levels") or [{"interval": i} for i in DEFAULT_TIMERS["levels"]]
         snapshot = (data.get("snapshot") or {}).get("interval", DEFAULT_TIMERS["snapshot"])
         check = data.get("l0-retention-check-interval", DEFAULT_TIMERS["l0-retention-check-interval"])
@@ -68,6 +87,7 @@ class Timers:
             sync_interval=positive_duration("sync-interval", sync_interval),
             retention_check=positive_duration("l0-retention-check-interval", check),
             levels=tuple(positive_duration("levels/snapshot interval", i) for i in intervals),
+            checkpoint=positive_duration("checkpoint-interval", checkpoint),
         )
 
 
@@ -87,12 +107,14 @@ def positive_duration(key: str, value: object) -> float:
 
 @dataclass(frozen=True)
 class Requests:
-    """Requests an hour, by R2 class and by operation."""
+    """Requests an hour, by R2 class and by operation; ``parts``: Class A an hour by what
+    causes it (writes, checkpoints, each compaction level, L0 expiry, snapshot)."""
 
     put: float
     list: float
     delete: float
     get: float
+    parts: tuple[tuple[str, float], ...] = ()
 
     @property
     def class_a(self) -> float:
@@ -103,20 +125,43 @@ class Requests:
         return self.get
 
 
+def checkpoint_uploads(timers: Timers, writes_per_hour: float) -> float:
+    """L0 uploads an hour that WAL checkpoints add: one per checkpoint that has pages to
+    move, so no more than the writes, nor than the syncs."""
+    return min(3600 / timers.checkpoint, writes_per_hour, 3600 / timers.sync_interval)
+
+
 def requests_per_hour(timers: Timers, writes_per_hour: float) -> Requests:
-    uploads = min(writes_per_hour, 3600 / timers.sync_interval)  # syncs that carry a change
-    put, lists, delete, get = uploads, 0.0, 0.0, 0.0
-    arriving = uploads  # files an hour reaching the level below
-    for interval in timers.levels:
+    writes = min(writes_per_hour, 3600 / timers.sync_interval)  # syncs that carry a change
+    checkpoints = checkpoint_uploads(timers, writes_per_hour)
+    put, lists, delete, get = writes + checkpoints, 0.0, 0.0, 0.0
+    parts = [("writes", writes), ("checkpoints", checkpoints)]
+    arriving = writes + checkpoints  # files an hour reaching the level below
+    for n, interval in enumerate(timers.levels, start=1):
         ticks = 3600 / interval
         busy = ticks * min(1.0, arriving * interval / 3600)
+        snapshot = n == len(timers.levels)
+        idle_lists = 0.0 if snapshot else (ticks - busy) * LIST_PER_IDLE_TICK
         put += busy
-        lists += busy * LIST_PER_BUSY_TICK
+        lists += busy * LIST_PER_BUSY_TICK + idle_lists
         get += busy
         delete += busy
         arriving = busy
-    lists += 3600 / timers.retention_check * LIST_PER_RETENTION_TICK
-    return Requests(put=put, list=lists, delete=delete, get=get)
+        name = "snapshot" if snapshot else f"compaction level {n}"
+        parts.append((name, busy * (1 + LIST_PER_BUSY_TICK + 1) + idle_lists))  # PUT, LISTs, DeleteObjects
+    expiry = 3600 / timers.retention_check * LIST_PER_RETENTION_TICK
+    lists += expiry
+    parts.append(("L0 expiry", expiry))
+    return Requests(put=put, list=lists, delete=delete, get=get, parts=tuple(parts))
+
+
+def writes_from_uploads(timers: Timers, uploads_per_hour: float) -> float:
+    """The writes an hour behind ``uploads_per_hour`` L0 files (writes plus checkpoints):
+    the inverse of what requests_per_hour adds."""
+    per_checkpoint = 3600 / timers.checkpoint
+    if uploads_per_hour >= 2 * per_checkpoint:
+        return uploads_per_hour - per_checkpoint  # a checkpoint every interval
+    return uploads_per_hour / 2  # each write followed by its own checkpoint
 
 
 @dataclass(frozen=True)
@@ -158,6 +203,7 @@ class Estimate:
             "class_b_per_hour": round(self.requests.class_b, 1),
             "class_b_per_month": round(self.class_b_month),
             "class_b_usd": round(listed["class_b"], 4),
+            "class_a_per_hour_by_cause": {name: round(count, 1) for name, count in self.requests.parts},
             "writes_per_month": round(self.writes_per_hour * HOURS_PER_MONTH),
             "prices_checked": PRICES_CHECKED,
         }
@@ -169,6 +215,7 @@ class Estimate:
             f"- Storage: {self.storage_gb:.4f} GB x ${PRICE_STORAGE_GB_MONTH}/GB-month = ${listed['storage']:.4f}",
             f"- Class A ops (write, list): {self.requests.class_a:.0f}/hour = {self.class_a_month:,.0f}/month "
             f"x $4.50/million = ${listed['class_a']:.2f}",
+            *(f"    {name}: {count:.1f}/hour" for name, count in self.requests.parts),
             f"- Class B ops (read): {self.requests.class_b:.0f}/hour = {self.class_b_month:,.0f}/month "
             f"x $0.36/million = ${listed['class_b']:.4f}",
             "- Egress: FREE",
@@ -195,9 +242,14 @@ def observed_writes_per_month(files: list[LtxFile], l0_retention: float, now: fl
 
 def combined(estimates: list[Estimate]) -> Estimate:
     """Several databases' estimates as one bill (the free tier applies to the sum)."""
+    parts: dict[str, float] = {}
+    for e in estimates:
+        for name, count in e.requests.parts:
+            parts[name] = parts.get(name, 0.0) + count
     return Estimate(
         writes_per_hour=sum(e.writes_per_hour for e in estimates),
-        requests=Requests(*(sum(getattr(e.requests, k) for e in estimates) for k in ("put", "list", "delete", "get"))),
+        requests=Requests(*(sum(getattr(e.requests, k) for e in estimates) for k in ("put", "list", "delete", "get")),
+                          parts=tuple(parts.items())),
         stored_bytes=sum(e.stored_bytes for e in estimates),
     )
 
@@ -252,11 +304,12 @@ def project(workspace: Workspace, writes_per_month: float | None = None) -> Proj
     databases = workspace.databases
     for db in databases:
         files = db.replica.files()
-        if observed:
-            writes = observed_writes_per_month(files, retention, now)
+        timers = Timers.from_config(data, db.sync_interval, db.entry.checkpoint_interval)
+        if observed:  # its L0 files are writes and checkpoints
+            uploads = observed_writes_per_month(files, retention, now) / HOURS_PER_MONTH
+            writes = writes_from_uploads(timers, uploads) * HOURS_PER_MONTH
         else:
             writes = (writes_per_month or 0.0) / max(1, len(databases))
-        timers = Timers.from_config(data, db.sync_interval)
         each.append((db.name, estimate(timers, writes, sum(f.size for f in files))))
     total = combined([e for _, e in each])  # no database yet: litestream asks nothing
     return Projection(total, observed, config.path, tuple(each) if workspace.several else ())

@@ -86,13 +86,37 @@ def _config(settings: Settings, workspace: Workspace | None, problem: BackupErro
         expected = render(settings, mode)
     except BackupError as exc:
         return Check("config", FAIL, f"cannot regenerate it: {exc.message}")
-    if path.read_text("utf-8") != expected:
+    text = path.read_text("utf-8")
+    if text != expected:
         command = "inv backup.setup" if mode == R2 else "inv backup.local --no-start"
+        if mode == R2 and _without_cost_keys(text) == _without_cost_keys(expected):
+            return Check("config", WARN, f"{path} predates the settings that cut the R2 bill "
+                         "(compaction levels, checkpoint interval)", f"re-run '{command}' to cut the bill")
         return Check(
             "config", FAIL, f"{path} is stale: it no longer matches .env",
             f"re-run '{command}'",
         )
     return Check("config", OK, f"{path} matches .env ({'R2' if mode == R2 else 'local'} mode)")
+
+
+# The keys that decide the request bill and nothing else (see backup.cost).
+COST_KEYS = ("levels", "l0-retention", "l0-retention-check-interval", "snapshot")
+
+
+def _without_cost_keys(text: str) -> Any:
+    """A litestream.yml's settings but those that only change what it costs."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    data = {k: v for k, v in data.items() if k not in COST_KEYS}
+    data["dbs"] = [{k: v for k, v in db.items() if k != "checkpoint-interval"} if isinstance(db, dict) else db
+                   for db in data.get("dbs") or []]
+    return data
 
 
 def _database(db: Path, name: str = "database") -> Check:

@@ -1,8 +1,19 @@
 """Count the S3 requests litestream makes, by Cloudflare R2 billing class.
 
-    python bench/requests.py [--minutes N] [--warmup N] [--speedup K]
+    python bench/requests.py --speedup 1 --warmup 10 --minutes 15      # the reference: real time
+    python bench/requests.py [--minutes N] [--warmup N] [--speedup K]   # quick, time-compressed
+    python bench/requests.py --speedup 1 --variants project,project:l1=15m:checkpoint=10m
 
-Defaults: 6 minutes of warm-up and 3 measured at K=10, about 10 minutes in all.
+The reference is real time (``--speedup 1``): 10 minutes of warm-up and a 15-minute
+window, about 27 minutes with the restores. The time-compressed mode (default K=10:
+6 minutes of warm-up and 3 measured, about 10 minutes) is for quick comparisons only:
+it cannot see WAL checkpoints, whose timer is local and not scaled, so each of its real
+minutes holds about ten writes and one checkpoint, and a checkpoint's extra upload
+almost always rides on a write's. In real time, at litestream's 1-minute checkpoint, a
+write every 26 s ships half again as many files as it writes. ``--variants`` runs
+configs side by side: ``defaults``, ``project`` (what ``inv backup.setup`` renders),
+and ``project`` with overrides (``l1``/``l2``/``l3`` for a level's interval,
+``checkpoint`` for the databases' checkpoint-interval, or a global key).
 
 Starts moto's S3 server on 127.0.0.1 and runs four real litestream daemons
 side by side, each against its own bucket: litestream's default settings and
@@ -28,6 +39,7 @@ Every process this starts is stopped by its pid on exit, Ctrl-C included.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import signal
@@ -214,6 +226,29 @@ def scale(duration: str, speedup: float) -> str:
     return f"{round(config.parse_duration(duration) * 1000 / speedup)}ms"
 
 
+def with_overrides(data: dict, overrides: dict[str, str]) -> dict:
+    """The rendered config with ``overrides``: ``l1``/``l2``/``l3`` (a level's interval),
+    ``checkpoint`` (the database's checkpoint-interval), or any other global key."""
+    data = yaml.safe_load(yaml.safe_dump(data))
+    for key, value in overrides.items():
+        if key in ("l1", "l2", "l3"):
+            data["levels"][int(key[1]) - 1]["interval"] = value
+        elif key == "checkpoint":
+            for db in data["dbs"]:
+                db["checkpoint-interval"] = value
+        else:
+            data[key] = value
+    return data
+
+
+def parse_variant(text: str) -> tuple[str, dict[str, str]]:
+    """'project:l1=15m:checkpoint=10m' -> ('project', {'l1': '15m', 'checkpoint': '10m'})."""
+    base, *pairs = text.split(":")
+    if base not in ("defaults", "project") or not all("=" in p for p in pairs):
+        raise SystemExit(f"bench: --variants takes defaults or project[:key=value...], not {text!r}")
+    return base, dict(p.split("=", 1) for p in pairs)
+
+
 def scaled_config(data: dict, variant: str, speedup: float) -> dict:
     """The rendered config for ``variant`` with every litestream timer divided by ``speedup``."""
     out = {k: v for k, v in data.items() if k not in COST_KEYS}
@@ -230,6 +265,11 @@ def scaled_config(data: dict, variant: str, speedup: float) -> dict:
             out[key] = scale(value, speedup)
     replica = out["dbs"][0]["replica"]
     replica["sync-interval"] = scale(replica["sync-interval"], speedup)
+    # checkpoint-interval is a local timer (no request of its own): never scaled; the
+    # defaults run has litestream's own (1m).
+    if variant != "project":
+        for db in out["dbs"]:
+            db.pop("checkpoint-interval", None)
     return out
 
 
@@ -237,7 +277,7 @@ def scaled_config(data: dict, variant: str, speedup: float) -> dict:
 class Run:
     """One daemon: a config variant and a workload, in its own folder and bucket."""
 
-    variant: str  # "defaults" or "project"
+    variant: str  # "defaults", "project", or "project:l1=15m:..." (see parse_variant)
     workload: str  # "idle" or "seed"
     root: Path
     settings: config.Settings | None = None
@@ -245,10 +285,15 @@ class Run:
     timers: Timers | None = None  # unscaled, for backup.cost's model
     proc: subprocess.Popen | None = None
     writes: list[float] = field(default_factory=list)  # wall-clock time of each write
+    max_wal: int = 0  # the largest the WAL got while measured (bytes)
 
     @property
     def name(self) -> str:
         return f"{self.workload:<5} {self.variant:<9}"
+
+    @property
+    def base(self) -> str:
+        return parse_variant(self.variant)[0]
 
     @property
     def log(self) -> Path:
@@ -265,7 +310,7 @@ class Run:
 
 def prepare(run: Run, endpoint: str, speedup: float, s3) -> None:
     run.root.mkdir(parents=True)
-    bucket = f"bench-{run.variant}-{run.workload}-{uuid.uuid4().hex[:8]}"
+    bucket = f"bench-{run.base}-{run.workload}-{uuid.uuid4().hex[:8]}"
     s3.create_bucket(Bucket=bucket)
     environ = {
         "R2_ENDPOINT": endpoint, "R2_BUCKET": bucket,
@@ -275,13 +320,16 @@ def prepare(run: Run, endpoint: str, speedup: float, s3) -> None:
     run.settings = config.load(cwd=run.root, environ=environ, mode=config.R2)
     run.settings.state_dir.mkdir(parents=True)
     rendered = render(run.settings, config.R2)
-    run.timers = Timers.from_config(
-        yaml.safe_load(rendered) if run.variant == "project" else {}, run.settings.interval(config.R2)
-    )
-    if run.variant == "project" and speedup == 1:
+    base, overrides = parse_variant(run.variant)
+    full = with_overrides(yaml.safe_load(rendered), overrides) if base == "project" else {}
+    run.timers = Timers.from_config(full, run.settings.interval(config.R2))
+    if base == "project" and speedup == 1 and not overrides:
         text, data = rendered, yaml.safe_load(rendered)
+    elif base == "project" and speedup == 1:
+        data = full
+        text = yaml.safe_dump(data, sort_keys=False)
     else:
-        data = scaled_config(yaml.safe_load(rendered), run.variant, speedup)
+        data = scaled_config(full or yaml.safe_load(rendered), base, speedup)
         text = yaml.safe_dump(data, sort_keys=False)
     run.settings.config_path.write_text(text, "utf-8")
     run.intended = {**DEFAULTS, **{k: data[k] for k in COST_KEYS if k in data}}
@@ -321,6 +369,10 @@ def check_started(run: Run) -> None:
         expected, seconds(want["l0-retention-check-interval"]), seconds(want["l0-retention"])
     ):
         raise SystemExit(f"bench: litestream did not take the {run.variant} settings; its log:\n{text}")
+    if "checkpoint" in parse_variant(run.variant)[1]:  # a database key: proven by the file it read
+        want_checkpoint = parse_variant(run.variant)[1]["checkpoint"]
+        if yaml.safe_load(run.settings.config_path.read_text())["dbs"][0].get("checkpoint-interval") != want_checkpoint:
+            raise SystemExit(f"bench: {run.variant}: checkpoint-interval not in the config")
 
 
 def compacted_history(run: Run) -> bool:
@@ -341,6 +393,14 @@ def writer(runs: list[Run], period: float, stop_event: threading.Event) -> None:
     finally:
         for _, con in cons:
             con.close()
+
+
+def wal_sampler(runs: list[Run], stop_event: threading.Event) -> None:
+    """Each database's WAL size once a second: how far it grows between checkpoints."""
+    while not stop_event.wait(1.0):
+        for run in runs:
+            with contextlib.suppress(OSError):
+                run.max_wal = max(run.max_wal, Path(f"{run.settings.db}-wal").stat().st_size)
 
 
 def idle_history(runs: list[Run], gap: float, stop_event: threading.Event) -> None:
@@ -410,7 +470,7 @@ def measure(args: argparse.Namespace, root: Path) -> dict:
         environ = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "LITESTREAM_"))}
         if os.environ.get("AWS_CA_BUNDLE"):
             environ["AWS_CA_BUNDLE"] = os.environ["AWS_CA_BUNDLE"]
-        runs = [Run(v, w, root / f"{v}-{w}") for w in ("idle", "seed") for v in ("defaults", "project")]
+        runs = [Run(v, w, root / f"{n}-{w}") for w in ("idle", "seed") for n, v in enumerate(args.variants)]
         idle = [r for r in runs if r.workload == "idle"]
         seed = [r for r in runs if r.workload == "seed"]
         for run in runs:
@@ -435,6 +495,9 @@ def measure(args: argparse.Namespace, root: Path) -> dict:
                  args.warmup * 60 + 3600 / args.speedup, "the warm-up", interval=0.5)
             begin, t0 = requests_log.mark(), time.monotonic()
             writes_before = {run.name: len(run.writes) for run in runs}
+            sampler = threading.Thread(target=wal_sampler, args=(runs, stop_event))
+            threads.append(sampler)
+            sampler.start()
             stop_event.wait(args.minutes * 60)
             end, elapsed = requests_log.mark(), time.monotonic() - t0
             middle = time.time() - elapsed / 2
@@ -480,11 +543,16 @@ def report(args: argparse.Namespace, result: dict) -> None:
         print(f"{run.name:<16}{a:>8.0f}{b:>8.0f}{free:>8.0f}"
               f"{dollars(a, b, gb, False):>14.2f}{dollars(a, b, gb, True):>17.2f}")
     print()
+    floor = 3600 / WRITE_PERIOD
     for workload in ("idle", "seed"):
-        ours, theirs = rates[workload, "project"], rates[workload, "defaults"]
-        ratio = f"{ours / theirs:.3f}" if theirs else "n/a"
-        print(f"{workload}: Class A, project / defaults = {ours:.0f} / {theirs:.0f} = {ratio}")
-    print(f"seed floor: one PUT per write = {3600 / WRITE_PERIOD:.0f} Class A / hour")
+        if (workload, "project") in rates and (workload, "defaults") in rates:
+            ours, theirs = rates[workload, "project"], rates[workload, "defaults"]
+            ratio = f"{ours / theirs:.3f}" if theirs else "n/a"
+            print(f"{workload}: Class A, project / defaults = {ours:.0f} / {theirs:.0f} = {ratio}")
+    print(f"seed floor: one PUT per write = {floor:.0f} Class A / hour")
+    for (workload, variant), a in rates.items():
+        if workload == "seed":
+            print(f"  seed {variant}: {a:.0f} Class A / hour = {a / floor:.2f}x the floor")
     print()
     print("backup.cost's model (inv backup.cost) against these counts, Class A / hour:")
     for run in result["runs"]:
@@ -507,6 +575,9 @@ def report(args: argparse.Namespace, result: dict) -> None:
             print(f"  {run.name} {r.label:<10} {r.seconds:5.2f} s  GET {ops['GetObject']:>3}  "
                   f"LIST {ops['ListObjectsV2']:>3}  HEAD {ops['HeadObject']:>4}  rows {r.rows}/{r.expected}")
     print()
+    print("largest WAL while measured: " + ", ".join(
+        f"{run.name.split()[0]} {run.variant} {run.max_wal / 1024:.0f} KiB" for run in result["runs"]
+    ))
     print("replica size at the end: " + ", ".join(
         f"{run.name.split()[0]} {run.variant} {result['bytes'][run.name] / 1024:.0f} KiB" for run in result["runs"]
     ))
@@ -521,9 +592,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=None,
                         help="wall-clock minutes run before measuring (default: one simulated hour, "
                         "the project's l0-retention, so its L0 expiry is in the window: 60/K)")
+    parser.add_argument("--variants", default="defaults,project",
+                        help="comma-separated configs side by side: defaults, project, and project with "
+                        "overrides such as project:l1=15m:checkpoint=10m (default: defaults,project)")
     parser.add_argument("--speedup", type=float, default=10.0,
                         help="divide every litestream timer and the write period by this, 1-10 (default 10)")
     args = parser.parse_args(argv)
+    args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for variant in args.variants:
+        parse_variant(variant)
     if args.warmup is None:
         args.warmup = 60 / args.speedup
     if not 1 <= args.speedup <= 10:

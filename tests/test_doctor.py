@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from conftest import Workspace, make_db
 
@@ -35,6 +36,23 @@ def test_a_stale_config_fails_and_says_to_rerun_setup(r2ws: Workspace):
     human = r2ws.inv("backup.doctor")
     assert human.stderr.strip() == "error: 1 check(s) failed: config"
     r2ws.assert_no_secrets()
+
+
+def test_a_config_from_before_the_cheaper_settings_says_to_rerun_setup(r2ws: Workspace):
+    """The config an earlier chora-backup generated: the same replica, the old cost settings."""
+    make_db(r2ws.db)
+    assert r2ws.inv("backup.setup").returncode == 0
+    text = r2ws.config.read_text()
+    old = re.sub(r"(?m)^    checkpoint-interval: \S+\n", "", text)
+    old = re.sub(r"levels:\n  - interval: \S+", "levels:\n  - interval: 5m", old)
+    assert old != text
+    r2ws.config.write_text(old)
+    code, found = checks(r2ws)
+    assert found["config"]["state"] == "warn", found["config"]
+    assert "predates the settings that cut the R2 bill" in found["config"]["detail"]
+    assert found["config"]["fix"] == "re-run 'inv backup.setup' to cut the bill"
+    assert r2ws.inv("backup.setup").returncode == 0  # setup again: the new settings
+    assert checks(r2ws)[1]["config"]["state"] == "ok"
 
 
 def test_a_missing_bucket_fails_the_replica_check(r2ws: Workspace):
