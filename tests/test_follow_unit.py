@@ -8,13 +8,21 @@ from pathlib import Path
 from backup import config, daemon, follow, sqlitefile
 
 
-def rollback_db(path: Path, n: int) -> None:
+def db_with_rows(path: Path, n: int, journal_mode: str) -> None:
     con = sqlite3.connect(path)
-    con.execute("PRAGMA journal_mode=DELETE")
+    con.execute(f"PRAGMA journal_mode={journal_mode}")
     con.execute("CREATE TABLE IF NOT EXISTS t (x)")
     con.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(n)])
     con.commit()
     con.close()
+
+
+def rollback_db(path: Path, n: int) -> None:
+    db_with_rows(path, n, "DELETE")
+
+
+def wal_db(path: Path, n: int) -> None:
+    db_with_rows(path, n, "WAL")
 
 
 def test_a_reader_holding_the_copy_sees_a_change_once_the_counter_moves(tmp_path):
@@ -54,15 +62,6 @@ def test_touch_marks_a_wal_header_rollback_and_leaves_other_files_alone(tmp_path
     other.write_bytes(b"x" * 100)
     assert not sqlitefile.touch(other) and other.read_bytes() == b"x" * 100
     assert not sqlitefile.touch(tmp_path / "missing.db")
-
-
-def wal_db(path: Path, n: int) -> None:
-    con = sqlite3.connect(path)
-    con.execute("PRAGMA journal_mode=WAL")
-    con.execute("CREATE TABLE IF NOT EXISTS t (x)")
-    con.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(n)])
-    con.commit()
-    con.close()
 
 
 READY_LINE = b'time=... level=INFO msg="entering follow mode" db=chora.db\n'
