@@ -2,30 +2,33 @@
 
 Prices live here and nowhere else (bench/requests.py imports them).
 
-The request model counts what litestream 0.5.17 does on its timers, with
-coefficients measured by bench/requests.py against a local S3 server:
+The request model counts what litestream 0.5.17 does on its timers (read in
+its store.go and db.go; the counts checked by bench/requests.py against a local
+S3 server, in real time):
 
 - every sync that carries a change uploads one L0 file (a PUT);
-- so does every WAL checkpoint while writes happen (the database's
-  ``checkpoint-interval``, 1m by default): one more L0 file per checkpoint
-  that has written pages to move, at most one per write (measured in real
-  time: 51 L0 uploads for 35 writes in 15 minutes at 1m, 37 at 10m);
-- every tick of a compaction level that has something new to merge LISTs
-  three times, GETs once, PUTs the merged file and deletes what it replaced
-  (one DeleteObjects, counted as Class A because R2's price list does not
-  name the bulk call);
+- so does a WAL checkpoint while writes happen (the database's
+  ``checkpoint-interval``, 1m by default; litestream checkpoints once the
+  database file is older than that and something was synced since): one more
+  L0 file per interval, at most one per write;
+- a level-1 tick with something new LISTs the L0 files, PUTs the merged file,
+  then enforces the L0 retention: two more LISTs and, once files are past
+  ``l0-retention``, a DeleteObjects (Class A: R2's price list does not name the
+  bulk call). A level-2 or level-3 tick with something new LISTs once and PUTs;
 - a tick with nothing new LISTs the level below once: litestream compares the
   level below's newest txid with the *first* txid of the level's newest file,
   so once that file merged more than one transaction every idle tick looks
-  (measured in real time: 612 LISTs an hour for an idle database at the
-  defaults, 480 of them the L0 retention check, 120 level 1, 12 level 2);
-  the snapshot level compares with the database's position and asks nothing;
-- every tick of the L0 retention check LISTs twice;
-- the daily snapshot is one more compaction level.
+  (612 LISTs an hour measured for an idle database at the defaults: 480 from the
+  L0 retention check, 120 level 1, 12 level 2);
+- the snapshot tick PUTs a snapshot when the database moved, and every tick
+  enforces retention at the snapshot level and each level below (a LIST each,
+  a DeleteObjects each when it removes something);
+- every tick of the L0 retention check LISTs twice.
 
 Writes are taken as evenly spread (the seed's "a write every 26 s"), so a
 level is busy on a tick when at least one file reached the level below it
-during that tick.
+during that tick; a checkpoint's upload follows a write's, so it reaches level 1
+in the same tick.
 """
 from __future__ import annotations
 
@@ -56,9 +59,8 @@ DEFAULT_TIMERS = {
     "snapshot": "24h",
     "checkpoint-interval": "1m",  # a database key
 }
-LIST_PER_BUSY_TICK = 3
-LIST_PER_IDLE_TICK = 1
-LIST_PER_RETENTION_TICK = 2
+LIST_PER_IDLE_TICK = 1  # every level but the snapshot's
+LIST_PER_L0_RETENTION = 2  # the level-1 files, then the L0 files
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,7 @@ class Timers:
     sync_interval: float  # seconds
     retention_check: float
     levels: tuple[float, ...]  # L1, L2, … then the snapshot level
-    checkpoint: float = 60.0  # the database's checkpoint-interval
+    checkpoint: float = 60.0  # the database's checkpoint-interval; 0: no timed checkpoints
 
     @classmethod
     def from_config(cls, data: dict[str, Any], sync_interval: str, checkpoint: object = None) -> Timers:
@@ -74,8 +76,9 @@ class Timers:
         intervals (``checkpoint``: its ``checkpoint-interval``; default: litestream's, or the
         first database entry's in ``data``)."""
         if checkpoint is None:
-            first = (data.get("dbs") or [{}])[0] if isinstance(data.get("dbs"), list) else {}
-            checkpoint = (first or {}).get("checkpoint-interval", DEFAULT_TIMERS["checkpoint-interval"])
+            dbs = data.get("dbs")
+            first = dbs[0] if isinstance(dbs, list) and dbs and isinstance(dbs[0], dict) else {}
+            checkpoint = first.get("checkpoint-interval")
         levels = data.get("levels") or [{"interval": i} for i in DEFAULT_TIMERS["levels"]]
         snapshot = (data.get("snapshot") or {}).get("interval", DEFAULT_TIMERS["snapshot"])
         check = data.get("l0-retention-check-interval", DEFAULT_TIMERS["l0-retention-check-interval"])
@@ -87,8 +90,17 @@ class Timers:
             sync_interval=positive_duration("sync-interval", sync_interval),
             retention_check=positive_duration("l0-retention-check-interval", check),
             levels=tuple(positive_duration("levels/snapshot interval", i) for i in intervals),
-            checkpoint=positive_duration("checkpoint-interval", checkpoint),
+            checkpoint=checkpoint_seconds(checkpoint),
         )
+
+
+def checkpoint_seconds(value: object) -> float:
+    """A checkpoint-interval in seconds as litestream takes it: unset is 1m, zero is off."""
+    if value is None or value == "":
+        value = DEFAULT_TIMERS["checkpoint-interval"]
+    if str(value).strip() in ("0", "0s"):
+        return 0.0
+    return positive_duration("checkpoint-interval", value)
 
 
 def positive_duration(key: str, value: object) -> float:
@@ -128,6 +140,8 @@ class Requests:
 def checkpoint_uploads(timers: Timers, writes_per_hour: float) -> float:
     """L0 uploads an hour that WAL checkpoints add: one per checkpoint that has pages to
     move, so no more than the writes, nor than the syncs."""
+    if timers.checkpoint <= 0:
+        return 0.0
     return min(3600 / timers.checkpoint, writes_per_hour, 3600 / timers.sync_interval)
 
 
@@ -135,29 +149,39 @@ def requests_per_hour(timers: Timers, writes_per_hour: float) -> Requests:
     writes = min(writes_per_hour, 3600 / timers.sync_interval)  # syncs that carry a change
     checkpoints = checkpoint_uploads(timers, writes_per_hour)
     put, lists, delete, get = writes + checkpoints, 0.0, 0.0, 0.0
-    parts = [("writes", writes), ("checkpoints", checkpoints)]
-    arriving = writes + checkpoints  # files an hour reaching the level below
+    parts = {"writes": writes, "checkpoints": checkpoints}
+    expiry = 3600 / timers.retention_check * LIST_PER_L0_RETENTION  # the L0 retention timer
+    arriving = writes  # times an hour that files reach the level below
+    count = len(timers.levels)
     for n, interval in enumerate(timers.levels, start=1):
         ticks = 3600 / interval
         busy = ticks * min(1.0, arriving * interval / 3600)
-        snapshot = n == len(timers.levels)
-        idle_lists = 0.0 if snapshot else (ticks - busy) * LIST_PER_IDLE_TICK
-        put += busy
-        lists += busy * LIST_PER_BUSY_TICK + idle_lists
+        if n == count:  # the snapshot, then retention at every level
+            level_put, level_list, level_delete = busy, ticks * count, busy * count
+            name = "snapshot"
+        else:
+            level_put, level_list, level_delete = busy, busy + (ticks - busy) * LIST_PER_IDLE_TICK, 0.0
+            name = f"compaction level {n}"
+            if n == 1:  # each busy level-1 tick enforces the L0 retention
+                expiry += busy * (LIST_PER_L0_RETENTION + 1)
+                lists += busy * LIST_PER_L0_RETENTION
+                delete += busy
+        put += level_put
+        lists += level_list
+        delete += level_delete
         get += busy
-        delete += busy
+        parts[name] = level_put + level_list + level_delete
         arriving = busy
-        name = "snapshot" if snapshot else f"compaction level {n}"
-        parts.append((name, busy * (1 + LIST_PER_BUSY_TICK + 1) + idle_lists))  # PUT, LISTs, DeleteObjects
-    expiry = 3600 / timers.retention_check * LIST_PER_RETENTION_TICK
-    lists += expiry
-    parts.append(("L0 expiry", expiry))
-    return Requests(put=put, list=lists, delete=delete, get=get, parts=tuple(parts))
+    lists += 3600 / timers.retention_check * LIST_PER_L0_RETENTION
+    parts["L0 expiry"] = expiry
+    return Requests(put=put, list=lists, delete=delete, get=get, parts=tuple(parts.items()))
 
 
 def writes_from_uploads(timers: Timers, uploads_per_hour: float) -> float:
     """The writes an hour behind ``uploads_per_hour`` L0 files (writes plus checkpoints):
     the inverse of what requests_per_hour adds."""
+    if timers.checkpoint <= 0:
+        return uploads_per_hour
     per_checkpoint = 3600 / timers.checkpoint
     if uploads_per_hour >= 2 * per_checkpoint:
         return uploads_per_hour - per_checkpoint  # a checkpoint every interval

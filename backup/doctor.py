@@ -87,36 +87,44 @@ def _config(settings: Settings, workspace: Workspace | None, problem: BackupErro
     except BackupError as exc:
         return Check("config", FAIL, f"cannot regenerate it: {exc.message}")
     text = path.read_text("utf-8")
-    if text != expected:
-        command = "inv backup.setup" if mode == R2 else "inv backup.local --no-start"
-        if mode == R2 and _without_cost_keys(text) == _without_cost_keys(expected):
-            return Check("config", WARN, f"{path} predates the settings that cut the R2 bill "
-                         "(compaction levels, checkpoint interval)", f"re-run '{command}' to cut the bill")
-        return Check(
-            "config", FAIL, f"{path} is stale: it no longer matches .env",
-            f"re-run '{command}'",
-        )
-    return Check("config", OK, f"{path} matches .env ({'R2' if mode == R2 else 'local'} mode)")
+    label = "R2" if mode == R2 else "local"
+    if text == expected:
+        return Check("config", OK, f"{path} matches .env ({label} mode)")
+    command = "inv backup.setup" if mode == R2 else "inv backup.local --no-start"
+    found, wanted = _settings(text), _settings(expected)
+    if found is not None and found == wanted:
+        return Check("config", OK, f"{path} matches .env ({label} mode; only its comments are older)")
+    if found is not None and _without_timers(found) == _without_timers(wanted):
+        what, why = ("the settings that cut the R2 bill", "to cut the bill") if mode == R2 else \
+            ("the timer settings R2 mode uses", "to use them")
+        return Check("config", WARN, f"{path} predates {what} (compaction levels, L0 expiry check, "
+                     "checkpoint interval)", f"re-run '{command}' {why}")
+    return Check("config", FAIL, f"{path} is stale: it no longer matches .env", f"re-run '{command}'")
 
 
-# The keys that decide the request bill and nothing else (see backup.cost).
-COST_KEYS = ("levels", "l0-retention", "l0-retention-check-interval", "snapshot")
+# Settings whose change decides only how often litestream asks the bucket (see backup.cost):
+# a config that differs from the generated one in these alone is older, not wrong.
+TIMER_KEYS = ("levels", "l0-retention-check-interval")
+DB_TIMER_KEYS = ("checkpoint-interval",)
 
 
-def _without_cost_keys(text: str) -> Any:
-    """A litestream.yml's settings but those that only change what it costs."""
+def _settings(text: str) -> dict[str, Any] | None:
+    """A litestream.yml's settings, or None when it is not a YAML mapping."""
     import yaml
 
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError:
         return None
-    if not isinstance(data, dict):
-        return None
-    data = {k: v for k, v in data.items() if k not in COST_KEYS}
-    data["dbs"] = [{k: v for k, v in db.items() if k != "checkpoint-interval"} if isinstance(db, dict) else db
-                   for db in data.get("dbs") or []]
-    return data
+    return data if isinstance(data, dict) else None
+
+
+def _without_timers(data: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in data.items() if k not in TIMER_KEYS}
+    if isinstance(out.get("dbs"), list):
+        out["dbs"] = [{k: v for k, v in db.items() if k not in DB_TIMER_KEYS} if isinstance(db, dict) else db
+                      for db in out["dbs"]]
+    return out
 
 
 def _database(db: Path, name: str = "database") -> Check:

@@ -195,7 +195,7 @@ class Entry:
     # Folder replication (dir + pattern): ``path`` is the folder; each database
     # found replicates at ``location``/<its name>.
     pattern: str | None = None
-    checkpoint_interval: str = "1m"  # the database's WAL checkpoint timer (litestream's default)
+    checkpoint_interval: str = "1m"  # the database's WAL checkpoint timer ("0s": off; 1m is litestream's default)
 
     def databases(self) -> list[Entry]:
         """The databases this entry replicates now: itself, or what its folder holds."""
@@ -290,6 +290,19 @@ def _duration(path: Path, key: str, value: object, of: object = None) -> str:
     )
 
 
+def _checkpoint_interval(path: Path, value: object, of: object) -> str:
+    """A database's checkpoint-interval as litestream takes it: unset is its 1m default,
+    zero turns the timed checkpoint off ("0s")."""
+    if value is None or value == "":
+        return "1m"
+    try:
+        if str(value).strip() == "0" or parse_duration(str(value)) == 0:
+            return "0s"
+    except ValueError:
+        pass
+    return _duration(path, "checkpoint-interval", value, of)
+
+
 def read_config(path: Path, text: bytes | None = None, label: str = "") -> LitestreamConfig:
     """What litestream.yml replicates, parsed the way litestream reads it here.
 
@@ -337,8 +350,7 @@ def read_config(path: Path, text: bytes | None = None, label: str = "") -> Lites
                 location=str(replica.get("path") or ""),
                 region=str(replica["region"]) if replica.get("region") else None,
                 pattern=None if entry.get("path") else str(entry["pattern"]),
-                checkpoint_interval=_duration(path, "checkpoint-interval",
-                                              entry.get("checkpoint-interval", "1m"), name),
+                checkpoint_interval=_checkpoint_interval(path, entry.get("checkpoint-interval"), name),
             )
         )
     socket = data.get("socket") if isinstance(data.get("socket"), dict) else {}

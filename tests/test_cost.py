@@ -32,6 +32,7 @@ def timers_for(level1: str, checkpoint: str) -> cost.Timers:
 REAL_TIME = [
     ("seed, levels 5m/1h/6h, checkpoint 1m (the config before)", timers_for("5m", "1m"), 136, 248),
     ("seed, level 1 at 15m", timers_for("15m", "1m"), 136, 216),
+    ("seed, checkpoint 10m", timers_for("5m", "10m"), 136, 188),
     ("seed, levels 15m/1h/6h, checkpoint 10m (generated now)", timers_for("15m", "10m"), 136, 156),
     ("idle, litestream defaults", DEFAULTS, 0, 628),
     ("seed, litestream defaults", DEFAULTS, 136, 1340),
@@ -52,8 +53,19 @@ def test_model_agrees_with_real_time_measurements_within_10_percent(label, timer
 def test_an_idle_level_looks_once_a_tick_and_the_snapshot_level_never():
     parts = dict(cost.requests_per_hour(DEFAULTS, 0).parts)
     assert parts["compaction level 1"] == 120 and parts["compaction level 2"] == 12
-    assert parts["compaction level 3"] == 1 and parts["snapshot"] == 0
+    assert parts["compaction level 3"] == 1
+    assert parts["snapshot"] == pytest.approx(4 / 24)  # its retention LISTs the snapshot level and levels 1-3
     assert parts["L0 expiry"] == 480 and parts["writes"] == parts["checkpoints"] == 0
+
+
+def test_a_busy_level_1_tick_also_expires_l0_files_and_upper_levels_list_once():
+    timers = cost.Timers.from_config({"l0-retention-check-interval": "1h"}, "10s")
+    requests = cost.requests_per_hour(timers, 3600)  # every tick of every level busy
+    parts = dict(requests.parts)
+    assert parts["compaction level 1"] == 120 * 2  # a LIST and a PUT
+    assert parts["L0 expiry"] == 120 * 3 + 2  # two LISTs and a DeleteObjects, plus the hourly timer
+    assert parts["compaction level 2"] == 12 * 2 and parts["compaction level 3"] == 1 * 2
+    assert requests.delete == pytest.approx(120 + 4 / 24)  # level 1's, and the snapshot's retention
 
 
 def test_the_generated_config_is_what_was_measured_and_meets_the_targets(tmp_path):
@@ -135,7 +147,8 @@ def test_checkpoints_add_an_upload_each_while_writes_happen():
     ten = cost.Timers.from_config({"dbs": [{"path": "/x", "checkpoint-interval": "10m"}]}, "10s")
     assert ten.checkpoint == 600
     # Measured in real time (bench/README.md): 51 L0 uploads for 35 writes in 15 minutes at
-    # the default, 37 at 10m: per hour 140 writes, plus 60 or 6 checkpoints.
+    # the default, 37 at 10m: per hour 140 writes plus 64 or 8 checkpoints, one per interval
+    # plus the few seconds litestream takes to notice (the model counts 60 and 6).
     assert cost.checkpoint_uploads(every_minute, 140) == 60
     assert cost.checkpoint_uploads(ten, 140) == 6
     assert cost.checkpoint_uploads(every_minute, 20) == 20  # each write its own checkpoint
@@ -161,6 +174,11 @@ def test_writes_are_recovered_from_the_l0_files_they_and_their_checkpoints_left(
         timers = cost.Timers.from_config({"dbs": [{"path": "/x", "checkpoint-interval": checkpoint}]}, "1s")
         uploads = writes + cost.checkpoint_uploads(timers, writes)
         assert cost.writes_from_uploads(timers, uploads) == pytest.approx(writes)
+
+
+def test_a_database_entry_that_is_not_a_mapping_gets_litestreams_checkpoint_interval():
+    assert cost.Timers.from_config({"dbs": [5]}, "10s").checkpoint == 60
+    assert cost.Timers.from_config({"dbs": "x"}, "10s").checkpoint == 60
 
 
 def test_a_checkpoint_interval_that_is_not_a_duration_is_named():

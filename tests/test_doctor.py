@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from conftest import Workspace, make_db
 
 
@@ -53,6 +55,36 @@ def test_a_config_from_before_the_cheaper_settings_says_to_rerun_setup(r2ws: Wor
     assert found["config"]["fix"] == "re-run 'inv backup.setup' to cut the bill"
     assert r2ws.inv("backup.setup").returncode == 0  # setup again: the new settings
     assert checks(r2ws)[1]["config"]["state"] == "ok"
+
+    # Old timers and another bucket: stale, not merely older.
+    r2ws.config.write_text(re.sub(r"(?m)^(      bucket: ).*$", r"\1someone-elses", old))
+    assert "bucket: someone-elses" in r2ws.config.read_text()
+    assert checks(r2ws)[1]["config"]["state"] == "fail"
+    # Only the comments differ: it matches.
+    r2ws.config.write_text(text.replace("# How often", "# How very often"))
+    assert checks(r2ws)[1]["config"]["state"] == "ok"
+
+
+def test_a_local_config_from_before_the_timer_settings_says_to_rerun_local(ws: Workspace):
+    make_db(ws.db)
+    assert ws.inv("backup.local", "--no-start").returncode == 0
+    text = ws.config.read_text()
+    ws.config.write_text(re.sub(r"(?m)^    checkpoint-interval: \S+\n", "", text))
+    code, found = checks(ws)
+    assert found["config"]["state"] == "warn", found["config"]
+    assert "predates the timer settings R2 mode uses" in found["config"]["detail"]
+    assert found["config"]["fix"] == "re-run 'inv backup.local --no-start' to use them"
+
+
+@pytest.mark.parametrize("dbs", ["5", "true"])
+def test_a_config_whose_dbs_is_not_a_list_is_stale_not_a_crash(ws: Workspace, dbs):
+    make_db(ws.db)
+    assert ws.inv("backup.local", "--no-start").returncode == 0
+    text = ws.config.read_text()
+    ws.config.write_text(text[:text.index("dbs:")] + f"dbs: {dbs}\n")
+    result = ws.inv("backup.doctor", "--json")
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 1 and result.stderr.count("\n") <= 1, result.stderr
 
 
 def test_a_missing_bucket_fails_the_replica_check(r2ws: Workspace):

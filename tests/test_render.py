@@ -186,3 +186,27 @@ def test_heartbeat_and_metrics_render_as_litestream_global_keys(tmp_path):
 def test_without_heartbeat_or_metrics_the_config_has_neither_key(tmp_path):
     data = yaml.safe_load(render(r2_settings(tmp_path), config.R2))
     assert not {"heartbeat-url", "heartbeat-interval", "addr"} & set(data)
+
+
+@pytest.mark.parametrize("value, read", [("", "1m"), ("null", "1m"), ("0", "0s"), ("0s", "0s"), ("10m", "10m")])
+def test_checkpoint_interval_is_read_as_litestream_takes_it(tmp_path, value, read):
+    """Unset or null is litestream's 1m; zero turns its timed checkpoint off; neither is an error."""
+    from backup import cost
+    from backup.render import read_config
+
+    path = tmp_path / "litestream.yml"
+    key = f"    checkpoint-interval: {value}\n" if value else ""
+    path.write_text(f"dbs:\n  - path: /x.db\n{key}    replica:\n      type: file\n      path: /r\n")
+    (db,) = read_config(path).databases
+    assert db.checkpoint_interval == read
+    timers = cost.Timers.from_config({}, "10s", db.checkpoint_interval)
+    assert cost.checkpoint_uploads(timers, 100) == (0 if read == "0s" else 60 if read == "1m" else 6)
+
+
+def test_a_checkpoint_interval_that_is_not_one_is_named(tmp_path):
+    from backup.render import read_config
+
+    path = tmp_path / "litestream.yml"
+    path.write_text("dbs:\n  - path: /x.db\n    checkpoint-interval: soon\n    replica:\n      type: file\n      path: /r\n")
+    with pytest.raises(ConfigError, match="checkpoint-interval 'soon' of .* is not a positive duration"):
+        read_config(path)
