@@ -1,11 +1,12 @@
 """Count the S3 requests litestream makes, by Cloudflare R2 billing class.
 
-    python bench/requests.py --speedup 1 --warmup 10 --minutes 15      # the reference: real time
+    python bench/requests.py --speedup 1 --warmup 10 --minutes 60      # the reference: real time
     python bench/requests.py [--minutes N] [--warmup N] [--speedup K]   # quick, time-compressed
     python bench/requests.py --speedup 1 --variants project,project:l1=15m:checkpoint=10m
 
-The reference is real time (``--speedup 1``): 10 minutes of warm-up and a 15-minute
-window, about 27 minutes with the restores. The time-compressed mode (default K=10:
+The reference is real time (``--speedup 1``): 10 minutes of warm-up, up to 15 more for
+each idle database's first level-1 merge, the window, then the restores: about 85 minutes
+for a 60-minute window (the one that sees the hourly timers), 40 for a 15-minute one. The time-compressed mode (default K=10:
 6 minutes of warm-up and 3 measured, about 10 minutes) is for quick comparisons only:
 it cannot see WAL checkpoints, whose timer is local and not scaled, so each of its real
 minutes holds about ten writes and one checkpoint, and a checkpoint's extra upload

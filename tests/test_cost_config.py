@@ -22,11 +22,11 @@ from conftest import Workspace, insert, make_db, r2_settings, rows, wait_for
 
 COST_SETTINGS = {
     "l0-retention": "1h",
-    "l0-retention-check-interval": "1h",
+    "l0-retention-check-interval": "6h",
     "levels": [{"interval": "15m"}, {"interval": "1h"}, {"interval": "6h"}],
     "snapshot": {"interval": "24h", "retention": "48h"},
 }
-CHECKPOINT_INTERVAL = "10m"  # on each database entry
+CHECKPOINT_INTERVAL = "30m"  # on each database entry
 # litestream 0.5.17's values for the same keys.
 LITESTREAM_DEFAULTS = {
     "l0-retention-check-interval": "15s",
@@ -125,7 +125,7 @@ def test_point_in_time_restore_with_the_generated_r2_config(r2ws: Workspace):
 
     # Unknown keys are silently ignored: the daemon's own log proves it took ours.
     logged = wait_for(lambda: monitors(r2ws.state / "litestream.log"), 30, what="start-up log")
-    assert logged == {1: 900.0, 2: 3600.0, 3: 21600.0, 9: 86400.0, "check": 3600.0, "l0-retention": 3600.0}
+    assert logged == {1: 900.0, 2: 3600.0, 3: 21600.0, 9: 86400.0, "check": 21600.0, "l0-retention": 3600.0}
 
     empty = caught_up(r2ws)
     insert(r2ws.db, "a1", "a2")
