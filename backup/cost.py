@@ -148,9 +148,10 @@ def checkpoint_uploads(timers: Timers, writes_per_hour: float) -> float:
 def requests_per_hour(timers: Timers, writes_per_hour: float) -> Requests:
     writes = min(writes_per_hour, 3600 / timers.sync_interval)  # syncs that carry a change
     checkpoints = checkpoint_uploads(timers, writes_per_hour)
-    put, lists, delete, get = writes + checkpoints, 0.0, 0.0, 0.0
+    put, delete, get = writes + checkpoints, 0.0, 0.0
     parts = {"writes": writes, "checkpoints": checkpoints}
-    expiry = 3600 / timers.retention_check * LIST_PER_L0_RETENTION  # the L0 retention timer
+    timer = 3600 / timers.retention_check * LIST_PER_L0_RETENTION  # the L0 retention timer's LISTs
+    lists, expiry = timer, timer
     arriving = writes  # times an hour that files reach the level below
     count = len(timers.levels)
     for n, interval in enumerate(timers.levels, start=1):
@@ -172,7 +173,6 @@ def requests_per_hour(timers: Timers, writes_per_hour: float) -> Requests:
         get += busy
         parts[name] = level_put + level_list + level_delete
         arriving = busy
-    lists += 3600 / timers.retention_check * LIST_PER_L0_RETENTION
     parts["L0 expiry"] = expiry
     return Requests(put=put, list=lists, delete=delete, get=get, parts=tuple(parts.items()))
 
