@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import parse_duration
 from .errors import ConfigError
+from .render import checkpoint_interval
 
 if TYPE_CHECKING:
     from .replica import LtxFile
@@ -57,7 +58,6 @@ DEFAULT_TIMERS = {
     "l0-retention-check-interval": "15s",
     "levels": ["30s", "5m", "1h"],
     "snapshot": "24h",
-    "checkpoint-interval": "1m",  # a database key
 }
 LIST_PER_IDLE_TICK = 1  # every level but the snapshot's
 LIST_PER_L0_RETENTION = 2  # the level-1 files, then the L0 files
@@ -95,12 +95,12 @@ class Timers:
 
 
 def checkpoint_seconds(value: object) -> float:
-    """A checkpoint-interval in seconds as litestream takes it: unset is 1m, zero is off."""
-    if value is None or value == "":
-        value = DEFAULT_TIMERS["checkpoint-interval"]
-    if str(value).strip() in ("0", "0s"):
-        return 0.0
-    return positive_duration("checkpoint-interval", value)
+    """A checkpoint-interval in seconds as litestream takes it (render.checkpoint_interval):
+    unset is 1m, zero is off."""
+    try:
+        return parse_duration(checkpoint_interval(value))
+    except ValueError:
+        return positive_duration("checkpoint-interval", value)  # raises, naming the key
 
 
 def positive_duration(key: str, value: object) -> float:

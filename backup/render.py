@@ -290,17 +290,23 @@ def _duration(path: Path, key: str, value: object, of: object = None) -> str:
     )
 
 
-def _checkpoint_interval(path: Path, value: object, of: object) -> str:
+def checkpoint_interval(value: object) -> str:
     """A database's checkpoint-interval as litestream takes it: unset is its 1m default,
-    zero turns the timed checkpoint off ("0s")."""
+    zero turns the timed checkpoint off ("0s"); ValueError when it is not a duration."""
     if value is None or value == "":
         return "1m"
+    text = str(value).strip()
+    seconds = 0.0 if text == "0" else parse_duration(text)
+    if seconds < 0:
+        raise ValueError(f"a negative duration: {text!r}")
+    return "0s" if seconds == 0 else str(value)
+
+
+def _checkpoint_interval(path: Path, value: object, of: object) -> str:
     try:
-        if str(value).strip() == "0" or parse_duration(str(value)) == 0:
-            return "0s"
+        return checkpoint_interval(value)
     except ValueError:
-        pass
-    return _duration(path, "checkpoint-interval", value, of)
+        return _duration(path, "checkpoint-interval", value, of)  # raises, naming the file and database
 
 
 def read_config(path: Path, text: bytes | None = None, label: str = "") -> LitestreamConfig:
