@@ -18,17 +18,18 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import psutil
 
-from . import logfile
-from .config import LOCAL, R2, Settings, require_r2
+from . import logfile, wal
+from .config import LOCAL, R2, START_WAIT, Settings, require_r2
 from .errors import BackupError, ConfigError, LitestreamError, translate
 from .files import open_private, private_dir, to_null, write_private
 from .litestream import (
@@ -331,6 +332,7 @@ class Prepared:
     config: LitestreamConfig
     text: bytes
     claims: tuple[Claim, ...]
+    repaired: tuple[str, ...] = ()  # set by replicate_once: databases copied whole first
 
     @property
     def sha256(self) -> str:
@@ -400,6 +402,13 @@ def _snapshot_after_crash(settings: Settings, litestream: Litestream, state: Dae
         return False  # 'replicate -once' would wait for a database that is not there
     litestream.run("replicate", "-once", "-force-snapshot", config=settings.config_path, timeout=None)
     return True
+
+
+def _guard(config: LitestreamConfig) -> tuple[wal.Pin, list[str]]:
+    """Every database's WAL pinned, and repaired where litestream would resume from it wrongly
+    (see ``backup.wal``). Needs the lock held; the caller releases the pin once litestream
+    has synced."""
+    return wal.guard([one.path for db in config.databases for one in db.databases() if one.path.exists()])
 
 
 def _private_socket_folder(settings: Settings, socket: Path | None) -> None:
@@ -503,11 +512,13 @@ class StartResult:
     syncing: tuple[Path, ...] = ()  # databases whose first sync was still running at the timeout
     timeout: float = 0.0  # how long the start waited for first syncs
     resnapshot: bool = False  # a fresh snapshot was taken first: the last daemon died
+    repaired: tuple[str, ...] = ()  # databases copied whole first: their WAL restarted meanwhile
 
     def as_lines(self) -> list[str]:
         if self.already_running:
             return [f"already running (pid {self.pid})"]
         lines = [f"replaced a stale pidfile ({self.stale.reason})"] if self.stale else []
+        lines += list(self.repaired)
         if self.resnapshot:
             lines.append(AFTER_CRASH)
         lines += [claim.describe() for claim in self.claims if claim.describe()]
@@ -536,27 +547,29 @@ def start_background(
         refuse_unrecorded(settings)
         prepared = _prepare(settings, litestream)
         settings = settings.masking(prepared.config.heartbeat_url)  # the URL litestream will log
-        resnapshot = _snapshot_after_crash(settings, litestream, state, prepared.config)
-        _keep_running_copy(settings, prepared)
-        _remove_socket(prepared.config.socket)  # a killed daemon's, which litestream may not take for one
-        argv = litestream.argv("replicate")
-        logfile.rotate(settings.logfile)
-        offset = logfile.size(settings.logfile)
-        proc, log_pump = _spawn_with_log(settings, litestream)
-        record = None
-        try:  # from here on, a failure (or Ctrl-C) must leave no process behind
-            record = _record(proc, argv, settings, False, prepared)
-            _write_pidfile(settings.pidfile, record)
-            waiting, syncing = _wait_healthy(
-                settings, litestream, prepared.config, proc, log_pump, offset, timeout
-            )
-        except BaseException:
-            _kill(proc)
-            _kill(log_pump)  # it ends with litestream's output; this is for a pump left waiting
-            _remove_socket(prepared.config.socket)
-            if record is not None:
-                _remove_pidfile(settings.pidfile, record)
-            raise
+        pin, repaired = _guard(prepared.config)
+        with pin:  # no WAL restart until litestream has synced once (or the wait is over)
+            resnapshot = _snapshot_after_crash(settings, litestream, state, prepared.config)
+            _keep_running_copy(settings, prepared)
+            _remove_socket(prepared.config.socket)  # a killed daemon's, which litestream may not take for one
+            argv = litestream.argv("replicate")
+            logfile.rotate(settings.logfile)
+            offset = logfile.size(settings.logfile)
+            proc, log_pump = _spawn_with_log(settings, litestream)
+            record = None
+            try:  # from here on, a failure (or Ctrl-C) must leave no process behind
+                record = _record(proc, argv, settings, False, prepared)
+                _write_pidfile(settings.pidfile, record)
+                waiting, syncing = _wait_healthy(
+                    settings, litestream, prepared.config, proc, log_pump, offset, timeout
+                )
+            except BaseException:
+                _kill(proc)
+                _kill(log_pump)  # it ends with litestream's output; this is for a pump left waiting
+                _remove_socket(prepared.config.socket)
+                if record is not None:
+                    _remove_pidfile(settings.pidfile, record)
+                raise
         return StartResult(
             proc.pid,
             settings.logfile,
@@ -567,6 +580,7 @@ def start_background(
             syncing=syncing,
             timeout=timeout,
             resnapshot=resnapshot,
+            repaired=tuple(repaired),
         )
 
 
@@ -842,19 +856,30 @@ def run_foreground(
                     output.write(f"{claim.describe()}\n")
             if stopper.requested:
                 return 0  # asked to stop before anything started
-            if _snapshot_after_crash(settings, litestream, state, prepared.config):
-                output.write(AFTER_CRASH + "\n")
-            _keep_running_copy(settings, prepared)
-            _remove_socket(prepared.config.socket)
-            argv = litestream.argv("replicate")
-            proc = litestream.spawn("replicate", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-            try:  # a failure before the pidfile names it must leave no process behind
-                stopper.attach(proc)
-                record = _record(proc, argv, settings, True, prepared)
-                _write_pidfile(settings.pidfile, record)
+            pin, repaired = _guard(prepared.config)
+            try:
+                for line in repaired:
+                    output.write(line + "\n")
+                if _snapshot_after_crash(settings, litestream, state, prepared.config):
+                    output.write(AFTER_CRASH + "\n")
+                _keep_running_copy(settings, prepared)
+                _remove_socket(prepared.config.socket)
+                argv = litestream.argv("replicate")
+                proc = litestream.spawn("replicate", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                try:  # a failure before the pidfile names it must leave no process behind
+                    stopper.attach(proc)
+                    record = _record(proc, argv, settings, True, prepared)
+                    _write_pidfile(settings.pidfile, record)
+                except BaseException:
+                    _kill(proc)
+                    raise
             except BaseException:
-                _kill(proc)
+                pin.release()
                 raise
+            # The output must be read meanwhile (a full pipe would stall litestream): the pin
+            # is lifted beside it, once litestream has synced.
+            threading.Thread(target=_release_after_first_sync, args=(pin, litestream, prepared.config, proc),
+                             name="wal-pin", daemon=True).start()
         try:
             assert proc.stdout is not None
             for raw in proc.stdout:
@@ -864,13 +889,33 @@ def run_foreground(
             if proc.poll() is None:
                 stopper(0, None)
                 proc.wait()
-            try:
-                with _locked(settings, platform):
+            pin.release()
+            if proc.returncode == 0:
+                try:
+                    with _locked(settings, platform):
+                        _remove_pidfile(settings.pidfile, record)
+                except BackupError:
+                    # Another command holds the lock too long: the pidfile still names only
+                    # this run (checked before removing), and litestream stopped cleanly.
                     _remove_pidfile(settings.pidfile, record)
-            except BackupError:
-                # Another command holds the lock too long: the pidfile still names only
-                # this run (checked before removing), and litestream stopped cleanly.
-                _remove_pidfile(settings.pidfile, record)
+            # Otherwise litestream died (killed, crashed): the pidfile stays, stale, so the next
+            # start — a service's restart included — snapshots first, as after any crash.
+
+
+def _release_after_first_sync(pin: wal.Pin, litestream: Litestream, config: LitestreamConfig,
+                              proc: subprocess.Popen, timeout: float = START_WAIT) -> None:
+    """Lift the WAL pin once litestream has synced every database (its control socket says
+    so), has exited, or ``timeout`` has passed: its first sync comes a second after start."""
+    deadline = time.monotonic() + timeout
+    pending = {one.path for db in config.databases for one in db.databases() if one.path.exists()}
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            synced = _synced(litestream, config.socket) if config.socket else None
+            if synced is not None and pending <= synced:
+                return
+            time.sleep(0.2)
+    finally:
+        pin.release()
 
 
 # -- what a follower's process shares with the daemon's ----------------------------
@@ -1056,8 +1101,10 @@ def replicate_once(
             return None
         refuse_unrecorded(settings)
         prepared = _prepare(settings, litestream, config)
-        litestream.run("replicate", "-once", *args, config=settings.config_path, timeout=timeout)
-        return prepared
+        pin, repaired = _guard(prepared.config)
+        with pin:
+            litestream.run("replicate", "-once", *args, config=settings.config_path, timeout=timeout)
+        return replace(prepared, repaired=tuple(repaired))
 
 
 def rewrite_config(settings: Settings, text: str, force: bool = False) -> WriteResult:

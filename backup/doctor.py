@@ -18,6 +18,7 @@ from .owner import read_local, read_owner
 from .render import LitestreamConfig, render
 from .status import gather, is_wal
 from .timeparse import from_litestream
+from .wal import risk
 from .workspace import Database, Workspace
 
 OK, WARN, FAIL = "ok", "warn", "fail"
@@ -403,6 +404,9 @@ def run_checks(
         for db in workspace.databases:
             named = (lambda c, db=db: replace_name(c, f"{c.name} ({db.name})")) if several else (lambda c: c)
             checks.append(named(_database(db.path)))
+            if not workspace.running and (why := risk(db.path)):
+                checks.append(named(Check("wal", WARN, f"the next start takes a fresh full copy of "
+                                          f"{db.path} first: {why}", "nothing to do: the start does it")))
             if binary.state == OK and env.state == OK:
                 checks.append(named(_replica(db)))
                 checks.append(named(_owner(settings, db)))

@@ -178,9 +178,12 @@ def _snapshot(settings: Settings, litestream: Litestream, databases: list[Databa
     reset = {db.path: _prepare(db, before[db.path], holes[db.path], step, several) for db in databases}
     step("taking a snapshot: litestream replicate -once -force-snapshot")
     # Claimed like any replicating start; the caller holds the workspace lock.
-    if daemon.replicate_once(settings, litestream, "-force-snapshot", timeout=None, lock=False,
-                             config=config) is None:
+    prepared = daemon.replicate_once(settings, litestream, "-force-snapshot", timeout=None, lock=False,
+                                     config=config)
+    if prepared is None:
         raise BackupError("a daemon started meanwhile: run 'inv backup.snapshot' again")
+    for line in prepared.repaired:
+        step(line)
     results = []
     for db in databases:
         db.replica.forget()  # the snapshot changed the replica: list it again

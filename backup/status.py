@@ -22,6 +22,7 @@ from .errors import (
 from .litestream import local_state_dir
 from .replica import SNAPSHOT_LEVEL, LtxFile, local_txid
 from .timeparse import from_litestream
+from .wal import risk
 from .workspace import Database, Workspace
 
 MIN_MAX_AGE = 60.0  # seconds; see max_age()
@@ -47,6 +48,9 @@ class DatabaseStatus:
     latest_snapshot: str | None = None
     last_sync_at: str | None = None
     unseen_changes: bool = False  # written while no litestream was watching
+    # With no daemon: why the next start takes a fresh full copy first (backup.wal), or None.
+    # Not a failure in itself: the start repairs what litestream alone would miss.
+    next_start_full_copy: str | None = None
     first_sync_pending: bool = False  # the running daemon has not synced it once yet
     sync_interval: str = "1s"
     # Can a restore reach the replica's newest file? None when the replica was not read.
@@ -219,6 +223,8 @@ def _database_status(
         status.hole = chain.hole.as_dict()
         status.error = chain.hole.message()
     _lag(status, db, local, replica_txid, now, running)
+    if not running:
+        status.next_start_full_copy = risk(db)
     return status
 
 
@@ -525,6 +531,8 @@ def _lines(status: Status) -> list[str]:
             secs = "unknown" if db.lag_seconds is None else f"{db.lag_seconds:g}s"
             lines.append(f"  lag            {db.lag_txids} txid(s), missing local changes for {secs}")
         lines.append(f"  last snapshot  {db.latest_snapshot or '-'}")
+        if db.next_start_full_copy:
+            lines.append(f"  next start     takes a fresh full copy first: {db.next_start_full_copy}")
     for f in status.followers:
         lines.append("")
         lines.append(f"follower  {f.output}")

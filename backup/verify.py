@@ -16,11 +16,13 @@ import shutil
 import sqlite3
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import daemon
 from .errors import NOTHING_TO_RESTORE, SNAPSHOT_FIX, BackupError
+from .owner import read_local, read_owner
 from .replica import local_txid
 from .restore import connect_readonly, integrity_check, nothing_yet
 from .status import max_age as default_max_age
@@ -209,10 +211,12 @@ class _Syncer:
             try:
                 # The file as this command read it, unless it changed under a daemon since.
                 config = None if ws.config_changed else ws.config
-                if daemon.replicate_once(ws.settings, ws.litestream, config=config) is None:  # one started meanwhile
+                prepared = daemon.replicate_once(ws.settings, ws.litestream, config=config)
+                if prepared is None:  # one started meanwhile
                     self._once = _Synced("a daemon started meanwhile", True, False)
                 else:
-                    self._once = _Synced("no daemon running: synced once with 'litestream replicate -once'", False, True)
+                    how = "no daemon running: synced once with 'litestream replicate -once'"
+                    self._once = _Synced("; ".join([how, *prepared.repaired]), False, True)
             except BackupError as exc:
                 self._once = exc
         if isinstance(self._once, BackupError):
@@ -320,16 +324,41 @@ def _table_difference(table: str, live: Digest, copy: Digest) -> str:
     return f"{table} (same {live.counts[table]} rows, different content)"
 
 
-def _content_check(live: Digest, copy: Digest) -> Check:
+# When the replica's owner record names this very database, another database's rows are
+# the least likely reason for a difference; the causes in the order they are seen.
+OWN_REPLICA_CAUSES = (
+    ": the replica lacks changes this database committed; likely causes, most likely first: "
+    "(1) rows committed while replication was off and a checkpoint restarted the WAL before "
+    "it started again (litestream resumes past them), (2) objects deleted from the replica "
+    "(a lifecycle rule, a person), (3) another database or process writing the same place "
+    "(BACKUP_REPLICA_PATH; 'inv backup.doctor' checks); fix: 'inv backup.snapshot' (a fresh "
+    "full copy), then 'inv backup.verify'"
+)
+
+
+def _content_check(live: Digest, copy: Digest, owned: Callable[[], bool] = lambda: False) -> Check:
     tables = sorted(set(live.sums) | set(copy.sums))
     differing = [t for t in tables if live.sums.get(t) != copy.sums.get(t)]
     if not differing:
         return Check("content", True, f"content identical in {len(tables)} table(s) ({CONTENT_METHOD})")
+    found = "content differs in " + ", ".join(_table_difference(t, live, copy) for t in differing)
+    if owned():
+        return Check("content", False, found + OWN_REPLICA_CAUSES)
     return Check("content", False, (
-        "content differs in " + ", ".join(_table_difference(t, live, copy) for t in differing)
-        + ": the backup does not hold this database's data; check that no other database "
+        found + ": the backup does not hold this database's data; check that no other database "
         "replicates to the same place (BACKUP_REPLICA_PATH) and run 'inv backup.doctor'"
     ))
+
+
+def _owned_here(unit: Database) -> bool:
+    """Does the replica's owner record name this very database file (its instance)?"""
+    if not unit.replica.has_store:
+        return False
+    try:
+        owner, local = read_owner(unit.replica.store()), read_local(unit.path)
+    except BackupError:
+        return False
+    return owner is not None and local is not None and owner.instance == local.instance
 
 
 def _counts_check(live: Digest, copy: Digest, why: str) -> Check:
@@ -344,9 +373,10 @@ def _counts_check(live: Digest, copy: Digest, why: str) -> Check:
 
 
 def _judge(
-    attempt: _Attempt, retried: str | None, result: VerifyResult, db: Path, replica: str, limit: float
+    attempt: _Attempt, retried: str | None, result: VerifyResult, unit: Database, limit: float
 ) -> None:
     """Turn the last attempt into checks: content, or counts when the database kept moving."""
+    db, replica = unit.path, unit.replica.where
     checks = attempt.checks
     if retried:
         checks[0] = Check("sync", True, f"{checks[0].detail}; checked twice, because {retried}")
@@ -372,7 +402,7 @@ def _judge(
             why = "the replica could not be made current"
             result.checks.append(_counts_check(attempt.live, attempt.copy, why))
         else:
-            result.checks.append(_content_check(attempt.live, attempt.copy))
+            result.checks.append(_content_check(attempt.live, attempt.copy, lambda: _owned_here(unit)))
 
     if result.lag_seconds is None:
         result.checks.append(Check(
@@ -460,7 +490,7 @@ def _verify_one(
             retried = why
             sync.again()
             shutil.rmtree(folder / str(n), ignore_errors=True)  # a large copy need not wait
-        _judge(attempt, retried, result, db, unit.replica.where, limit)
+        _judge(attempt, retried, result, unit, limit)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     return running
