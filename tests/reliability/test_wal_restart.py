@@ -194,10 +194,9 @@ def test_a_writer_checkpointing_in_a_loop_through_stop_and_start_loses_nothing(r
         wait_for(lambda: counts["restarts"] > 3, 30, interval=0.05, what="restarts while off")
         _, output = start_bg(rws)
         assert FULL_COPY in output
-        for _ in range(3):  # and a restart cycle with the daemon running
-            rws.inv("backup.stop")
-            rws.inv("backup.start-bg")
-        wait_for(lambda: counts["commits"] > 600, 60, interval=0.05, what="more commits")
+        rws.inv("backup.stop")  # and a stop and start with the writer going on throughout
+        rws.inv("backup.start-bg")
+        wait_for(lambda: counts["commits"] > 450, 60, interval=0.05, what="more commits")
     finally:
         done.set()
         writer.join(60)
@@ -293,7 +292,7 @@ def test_no_full_copy_when_nothing_restarted_the_wal_outside(rws, app, report):
     """Restarts with a running app writing, appending while off, and litestream's own
     checkpoints: never a repair."""
     repairs = 0
-    for n in range(4):
+    for n in range(2):  # bench/wal_guard.py counts more cycles under a steady writer
         _, output = start_bg(rws)
         repairs += output.count(FULL_COPY)
         app.add(200, 2000)  # past litestream's own checkpoint threshold now and then
@@ -304,7 +303,7 @@ def test_no_full_copy_when_nothing_restarted_the_wal_outside(rws, app, report):
     stop(rws)
     assert repairs == 0
     assert restored(rws) == app.rows()
-    report(f"wal restart [no false alarm]: 5 starts, {repairs} full copies")
+    report(f"wal restart [no false alarm]: 3 starts, {repairs} full copies")
 
 
 @pytest.mark.posix
