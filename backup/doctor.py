@@ -14,7 +14,7 @@ from . import daemon
 from .config import LOCAL, R2, Settings, parse_duration
 from .errors import SNAPSHOT_FIX, BackupError, hole_problem
 from .litestream import Litestream
-from .owner import read_local, read_owner
+from .owner import Ownership, read_local, read_owner
 from .render import LitestreamConfig, render
 from .status import gather, is_wal
 from .timeparse import from_litestream
@@ -186,6 +186,9 @@ def _owner(settings: Settings, db: Database) -> Check:
         return Check("owner", FAIL, exc.message)
     if owner is None:
         return Check("owner", OK, "no database has claimed the replica yet; the next start claims it")
+    if (local is None or local.lineage != owner.lineage) and Ownership(settings, db.entry, store).never_replicated(owner):
+        return Check("owner", OK, f"{owner.describe()} claimed the replica but never replicated "
+                     "there; the next start claims it for this database")
     if local is None or local.lineage != owner.lineage:
         return Check(
             "owner", FAIL, f"the replica holds the backups of {owner.describe()}, not of {db.path}",

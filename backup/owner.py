@@ -148,7 +148,7 @@ def _same_instance(db: Path, local: Local) -> bool:
 @dataclass(frozen=True)
 class Claim:
     replica: str
-    action: str  # "claimed", "adopted", "continued", "took-over"
+    action: str  # "claimed", "adopted", "continued", "took-over", "reclaimed"
     previous: Owner | None = None
 
     def describe(self) -> str | None:
@@ -157,6 +157,9 @@ class Claim:
             return f"claimed {self.replica} for this database"
         if self.action == "adopted":
             return f"recorded this database as the owner of {self.replica} (written before owner records)"
+        if self.action == "reclaimed" and self.previous:
+            return (f"claimed {self.replica} for this database (the earlier claim by "
+                    f"{self.previous.describe()} was never followed by replication)")
         if self.action == "took-over" and self.previous:
             return f"continuing {self.replica}, last written by {self.previous.describe()}"
         return None
@@ -184,6 +187,12 @@ class Ownership:
         )
 
     def _refuse(self, owner: Owner, why: str) -> BackupError:
+        if not self.store.has_history():
+            # Claimed but empty (a start elsewhere in progress or failed): nothing to restore.
+            return BackupError(
+                f"{self.store.where} is claimed by {owner.describe()}, which has not replicated "
+                f"there yet; {why}: {_fix(self.settings, self.entry)} — nothing was started"
+            )
         return BackupError(
             f"{self.store.where} holds the backups of {owner.describe()}; {why}: "
             f"{_fix(self.settings, self.entry)}, or restore that backup here with "
@@ -209,12 +218,21 @@ class Ownership:
                     "with 'inv backup.restore' — nothing was started"
                 )
             local = local or Local(lineage=uuid.uuid4().hex, instance=uuid.uuid4().hex)
+            # The local record first: a start that fails after the remote one is written (a
+            # folder it cannot write) must still find its own claim next time.
+            write_local(db, Local(local.lineage, local.instance, replica=where))
             if self.store.create(RECORD, _dump(self._me(local))):
-                write_local(db, Local(local.lineage, local.instance, replica=where))
                 return Claim(where, "adopted" if history else "claimed")
             owner = read_owner(self.store)  # another start won the race
             if owner is None:
                 raise BackupError(f"{where}/{RECORD} vanished while claiming it: try again")
+        if (local is None or local.lineage != owner.lineage) and self.never_replicated(owner):
+            # A claim no replication followed (a start that failed, here, by an earlier
+            # version that wrote the remote record first): nothing to protect, so no lock-out.
+            local = local or Local(lineage=uuid.uuid4().hex, instance=uuid.uuid4().hex)
+            write_local(db, Local(local.lineage, local.instance, replica=where))
+            self.store.write(RECORD, _dump(self._me(local)))
+            return Claim(where, "reclaimed", previous=owner)
         if local is None or local.lineage != owner.lineage:
             if db.exists():
                 why = "this database is another one"
@@ -231,9 +249,15 @@ class Ownership:
                 self.store.write(RECORD, _dump(Owner(**{**asdict(me), "since": owner.since})))
             return Claim(where, "continued")
         self._check_takeover(owner, local)
-        self.store.write(RECORD, _dump(self._me(local)))
         write_local(db, Local(local.lineage, local.instance, replica=where))
+        self.store.write(RECORD, _dump(self._me(local)))
         return Claim(where, "took-over", previous=owner)
+
+    def never_replicated(self, owner: Owner) -> bool:
+        """Is ``owner`` this very database file's own claim that no replication followed: this
+        host and path, no history under the prefix, and no litestream of its config running?"""
+        return (owner.host == socket.gethostname() and same_path(owner.database, self.entry.path)
+                and not _writer_alive(owner) and not self.store.has_history())
 
     def _check_takeover(self, owner: Owner, local: Local) -> None:
         """Another file of this lineage wrote last: continue only from its latest state."""

@@ -78,6 +78,13 @@ def test_a_missing_database_is_told_to_restore_first(tmp_path, replica):
     claim(a_settings, a)
     with pytest.raises(BackupError) as err:
         claim(b_settings, b)
+    # Claimed but nothing replicated yet: there is nothing to restore, so that is not the fix.
+    assert "has not replicated there yet" in err.value.message and "restore" not in err.value.message
+    history = replica / "chora.db" / "ltx" / "0"
+    history.mkdir(parents=True)
+    (history / "0000000000000001-0000000000000001.ltx").write_bytes(b"LTX1")
+    with pytest.raises(BackupError) as err:
+        claim(b_settings, b)
     assert "does not exist yet" in err.value.message and "inv backup.restore" in err.value.message
 
 
