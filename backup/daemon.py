@@ -333,6 +333,7 @@ class Prepared:
     text: bytes
     claims: tuple[Claim, ...]
     repaired: tuple[str, ...] = ()  # set by replicate_once: databases copied whole first
+    fresh: tuple[str, ...] = ()  # replicas that hold nothing: their history starts anew, whole
 
     @property
     def sha256(self) -> str:
@@ -344,7 +345,7 @@ def _prepare(settings: Settings, litestream: Litestream, given: LitestreamConfig
 
     ``given``: the file as the caller has already read it (a run with -once keeps no copy).
     """
-    from .owner import Ownership  # only a replicating start claims: keep status's imports light
+    from .owner import Ownership, reset_litestream_state  # only a replicating start claims
     from .replica import Replica
 
     path = settings.config_path
@@ -371,13 +372,21 @@ def _prepare(settings: Settings, litestream: Litestream, given: LitestreamConfig
     # Only the replicas chora-backup writes (S3, a folder) carry an owner record; a
     # hand-written config's other kinds are litestream's to check. A database a folder
     # entry finds later is claimed at the next start.
-    claims = []
+    claims, fresh = [], []
     for entry in config.databases:
         for one in entry.databases():
             replica = Replica(settings, one, litestream, path, found=entry.pattern is not None)
             if replica.has_store:
-                claims.append(Ownership(settings, one, replica.store(), replica.newest_txid).claim())
-    return Prepared(config, text, tuple(claims))
+                claim = Ownership(settings, one, replica.store(), replica.newest_txid).claim()
+                claims.append(claim)
+                # A replica that holds nothing (a new bucket or prefix) after this database
+                # replicated elsewhere: litestream would upload from txid 1 changes it keeps
+                # only from a later txid on, and fail. A new history starts whole instead.
+                if claim.action in ("claimed", "reclaimed") and (cleared := reset_litestream_state(one.path)):
+                    fresh.append(f"{replica.where} holds nothing yet: cleared litestream's local "
+                                 f"state ({cleared}) so the first sync uploads the whole database "
+                                 "(a new history)")
+    return Prepared(config, text, tuple(claims), fresh=tuple(fresh))
 
 
 AFTER_CRASH = (
@@ -512,7 +521,7 @@ class StartResult:
     syncing: tuple[Path, ...] = ()  # databases whose first sync was still running at the timeout
     timeout: float = 0.0  # how long the start waited for first syncs
     resnapshot: bool = False  # a fresh snapshot was taken first: the last daemon died
-    repaired: tuple[str, ...] = ()  # databases copied whole first: their WAL restarted meanwhile
+    repaired: tuple[str, ...] = ()  # histories that start whole: a new replica, a WAL restarted meanwhile
 
     def as_lines(self) -> list[str]:
         if self.already_running:
@@ -580,7 +589,7 @@ def start_background(
             syncing=syncing,
             timeout=timeout,
             resnapshot=resnapshot,
-            repaired=tuple(repaired),
+            repaired=prepared.fresh + tuple(repaired),
         )
 
 
@@ -858,7 +867,7 @@ def run_foreground(
                 return 0  # asked to stop before anything started
             pin, repaired = _guard(prepared.config)
             try:
-                for line in repaired:
+                for line in [*prepared.fresh, *repaired]:
                     output.write(line + "\n")
                 if _snapshot_after_crash(settings, litestream, state, prepared.config):
                     output.write(AFTER_CRASH + "\n")
@@ -1104,7 +1113,7 @@ def replicate_once(
         pin, repaired = _guard(prepared.config)
         with pin:
             litestream.run("replicate", "-once", *args, config=settings.config_path, timeout=timeout)
-        return replace(prepared, repaired=tuple(repaired))
+        return replace(prepared, repaired=prepared.fresh + tuple(repaired))
 
 
 def rewrite_config(settings: Settings, text: str, force: bool = False) -> WriteResult:

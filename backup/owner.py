@@ -23,6 +23,7 @@ are adopted by the database that has litestream state for them.
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import uuid
 from dataclasses import asdict, dataclass
@@ -107,6 +108,24 @@ def write_local(db: Path, record: Local) -> None:
     path = local_path(db)
     private_dir(path.parent)
     write_private(path, _dump(record))
+
+
+def reset_litestream_state(db: Path) -> Path | None:
+    """Clear litestream's local state for ``db``, keeping who this database is; the folder
+    cleared, or None when there was none. litestream then starts a new history whose first
+    file holds the whole database: what a replica that holds nothing needs, since litestream
+    otherwise uploads from txid 1 changes it keeps locally only from a later txid on."""
+    local = local_state_dir(db)
+    if not _has_litestream_state(db):
+        return None
+    mine = read_local(db)
+    try:
+        shutil.rmtree(local)
+    except OSError as exc:
+        raise BackupError(f"cannot clear litestream's local state {local}: {exc.strerror}") from None
+    if mine:
+        write_local(db, mine)
+    return local
 
 
 def read_owner(store: Store) -> Owner | None:

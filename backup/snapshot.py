@@ -23,7 +23,6 @@ a new history whose first file holds the whole database.
 """
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -31,8 +30,8 @@ from typing import Any
 from . import daemon
 from .config import START_WAIT, Settings
 from .errors import BackupError, hole_problem
-from .litestream import Litestream, local_state_dir
-from .owner import read_local, write_local
+from .litestream import Litestream
+from .owner import reset_litestream_state
 from .render import read_config
 from .replica import SNAPSHOT_LEVEL, LtxFile, plan
 from .store import ltx_key
@@ -198,16 +197,9 @@ def _prepare(db: Database, files: list[LtxFile], hole: Any, step: Say, several: 
         step(f"{tag}{hole_problem(hole.from_txid, hole.to_txid)}")
     if files:
         return False
-    local = local_state_dir(db.path)
-    if not local.exists():
+    local = reset_litestream_state(db.path)
+    if local is None:
         return False
-    mine = read_local(db.path)  # who this database is survives the reset
-    try:
-        shutil.rmtree(local)
-    except OSError as exc:
-        raise BackupError(f"cannot clear litestream's local state {local}: {exc.strerror}") from None
-    if mine:
-        write_local(db.path, mine)
     step(f"{tag}the replica holds nothing: cleared litestream's local state ({local}) so "
          "the snapshot starts a new history")
     return True
