@@ -328,6 +328,16 @@ class Replica:
             "hole": chain.hole.as_dict() if chain.hole else None,
         })
 
+    def relist(self) -> list[LtxFile]:
+        """List the replica now through chora-backup's own store (one LIST per 1,000 files;
+        litestream's listing asks once per level) and remember it, as ``files`` does."""
+        self.check()
+        self._files = [LtxFile(level, low, high, size, modified)
+                       for level, low, high, size, modified in self.store().ltx_entries()]
+        if self._remember_listing:
+            self._remember(self._files)
+        return self._files
+
     def forget(self) -> None:
         """Drop the listing: this command has just changed the replica (a snapshot)."""
         self._files = None

@@ -52,6 +52,7 @@ class DatabaseStatus:
     # Not a failure in itself: the start repairs what litestream alone would miss.
     next_start_full_copy: str | None = None
     first_sync_pending: bool = False  # the running daemon has not synced it once yet
+    daemon_answered: bool = True  # False: its socket did not answer in time (busy uploading)
     sync_interval: str = "1s"
     # Can a restore reach the replica's newest file? None when the replica was not read.
     restorable: bool | None = None
@@ -257,32 +258,76 @@ def stalled_after(sync_interval: str) -> float:
     return max(3 * parse_duration(sync_interval), 10.0)
 
 
-def _daemon_view(workspace: Workspace, unit: Database, now: float) -> tuple[int | None, BackupError | None]:
-    """The replica's txid as the running daemon knows it: no request to the bucket.
+def _daemon_view(workspace: Workspace, unit: Database, now: float) -> tuple[int | None, BackupError | None, bool]:
+    """The replica's txid as the running daemon knows it: no request to the bucket; and
+    whether the daemon answered.
 
     ``POST /sync`` answers with it, but first syncs the WAL into litestream's local
     state, so a pending change is uploaded early: asked at most once per sync interval
-    per database; in between, the last answer stands.
+    per database; in between, the last answer stands. A daemon busy with a large upload
+    may not answer within the socket's timeout: then its last answer stands, however old.
     """
     from .files import read_json, update_json
 
     try:
         unit.replica.check()  # a TCP connect to the endpoint: free, and says at once it is cut
     except BackupError as exc:
-        return None, exc
+        return None, exc, True
     record_file = workspace.settings.state_dir / "daemon-sync.json"
     last = read_json(record_file).get(str(unit.path))
-    if isinstance(last, dict) and now - float(last.get("at", 0)) < parse_duration(unit.sync_interval) \
-            and last.get("pid") == workspace.state.pid:
-        return last.get("replicated_txid"), None
+    ours = isinstance(last, dict) and last.get("pid") == workspace.state.pid
+    if ours and now - float(last.get("at", 0)) < parse_duration(unit.sync_interval):
+        return last.get("replicated_txid"), None, True
     socket = workspace.config.socket
     answer = workspace.litestream.control(socket).sync(unit.path) if socket else None
     if answer is None:
-        return None, None
+        return (last.get("replicated_txid") if ours else None), None, False
     replicated = int(answer.get("replicated_txid") or 0) or None
-    update_json(record_file, str(unit.path), {"at": now, "pid": workspace.state.pid,
-                                              "replicated_txid": replicated})
-    return replicated, None
+    first = last.get("first_replicated_at") if ours else None
+    update_json(record_file, str(unit.path), {
+        "at": now, "pid": workspace.state.pid, "replicated_txid": replicated,
+        # When this daemon was first seen to have uploaded: a listing older than that
+        # (made during a long first upload) says nothing about the replica now.
+        "first_replicated_at": first or (now if replicated else None),
+    })
+    return replicated, None, True
+
+
+LISTING_MAX_AGE = 15 * 60.0  # status lists a replica again past this: at most four times an hour
+CONTRADICTED_AGE = 60.0  # sooner when the daemon contradicts the listing (it found nothing)
+
+
+def _current_listing(workspace: Workspace, unit: Database, now: float,
+                     replicated: int | None = None) -> dict[str, Any] | None:
+    """This workspace's last listing of the replica, listed again (one LIST through the
+    store) once it is older than LISTING_MAX_AGE — so restorability never goes stale without
+    bound — or than CONTRADICTED_AGE when it found nothing but the daemon has uploaded
+    (``replicated``): a listing made during a long first upload must not outlive it.
+    Attempts count too: a failing endpoint is not asked more often."""
+    from .files import read_json, update_json
+    from .replica import last_listing
+
+    listed = last_listing(workspace.settings, unit.path)
+    if listed and listed.get("replica") != unit.replica.where:
+        listed = None
+    at = _parse_time(listed["listed_at"]) if listed and listed.get("listed_at") else 0.0
+    attempts = workspace.settings.state_dir / "listing-attempts.json"
+    tried = read_json(attempts).get(str(unit.path))
+    contradicted = bool(listed and not listed.get("newest_txid") and replicated)
+    limit = CONTRADICTED_AGE if contradicted else LISTING_MAX_AGE
+    seen = read_json(workspace.settings.state_dir / "daemon-sync.json").get(str(unit.path)) or {}
+    uploaded_at = seen.get("first_replicated_at") if seen.get("pid") == workspace.state.pid else None
+    if contradicted and isinstance(uploaded_at, (int, float)) and at < uploaded_at:
+        limit = 0.0  # listed before this daemon's first upload was seen: list now, once
+    if now - at <= limit or not unit.replica.has_store or \
+            (isinstance(tried, (int, float)) and now - tried <= limit):
+        return listed
+    update_json(attempts, str(unit.path), now)
+    try:
+        unit.replica.relist()
+    except BackupError:
+        return listed  # the daemon's own errors say what is wrong with the endpoint
+    return last_listing(workspace.settings, unit.path)
 
 
 _LOG_TIME = re.compile(r"\btime=(\S+)")
@@ -331,10 +376,14 @@ def _from_daemon(workspace: Workspace, unit: Database, synced: dict[str, str], n
         return status
     # Until litestream has synced it once, nothing below says anything about the replica.
     status.first_sync_pending = not status.last_sync_at
-    replicated, unreachable = _daemon_view(workspace, unit, now)
+    replicated, unreachable, answered = _daemon_view(workspace, unit, now)
+    listed = _current_listing(workspace, unit, now, replicated)
+    if listed and listed.get("newest_txid"):
+        # What the bucket itself held when listed: never behind what the daemon told before.
+        replicated = max(replicated or 0, int(listed["newest_txid"], 16)) or None
     status.replica_txid = _hex(replicated)
-    listed = last_listing(workspace.settings, db)
-    if listed and listed.get("replica") == unit.replica.where:
+    status.daemon_answered = answered
+    if listed:
         status.listed_at = listed.get("listed_at")
         status.replica_time = listed.get("newest_time")
         status.latest_snapshot = listed.get("latest_snapshot")
@@ -371,6 +420,11 @@ def _from_daemon(workspace: Workspace, unit: Database, synced: dict[str, str], n
             f"has synced {db} (txid {replicated:016x}): {SNAPSHOT_FIX}"
         )
     _lag(status, db, local, replicated, now, True)
+    if not answered and not status.error and status.last_sync_at and (status.lag_txids or 0) > 0:
+        # The daemon did not answer in time (a large upload keeps it busy): its last
+        # successful sync, which /list gives at once, bounds how far behind the replica is.
+        status.lag_txids = None
+        status.lag_seconds = round(max(0.0, now - _parse_time(status.last_sync_at)), 1)
     if status.error and status.last_sync_at:
         # The daemon's last good sync bounds how long the replica has missed changes.
         status.lag_seconds = max(status.lag_seconds or 0.0,
@@ -509,7 +563,9 @@ def _lines(status: Status) -> list[str]:
         lines.append(f"  size           {_size(db.size_bytes)}, {wal}")
         lines.append(f"  local txid     {db.local_txid or '-'}")
         if db.replica_source == "daemon":
-            lines.append(f"  replica txid   {db.replica_txid or '-'}  (from the daemon; last sync "
+            source = "from the daemon" if db.daemon_answered else \
+                "the daemon did not answer in time (busy uploading?): as last known"
+            lines.append(f"  replica txid   {db.replica_txid or '-'}  ({source}; last sync "
                          f"{(db.last_sync_at or '-')[:19]})")
             lines.append(f"  last listed    {db.listed_at or 'never in this workspace'} (snapshot and "
                          "restorability as of then; 'inv backup.snapshots' lists now)")
@@ -530,6 +586,8 @@ def _lines(status: Status) -> list[str]:
         elif db.lag_txids is not None:
             secs = "unknown" if db.lag_seconds is None else f"{db.lag_seconds:g}s"
             lines.append(f"  lag            {db.lag_txids} txid(s), missing local changes for {secs}")
+        elif db.lag_seconds is not None:
+            lines.append(f"  lag            at most {db.lag_seconds:g}s (since the daemon's last successful sync)")
         lines.append(f"  last snapshot  {db.latest_snapshot or '-'}")
         if db.next_start_full_copy:
             lines.append(f"  next start     takes a fresh full copy first: {db.next_start_full_copy}")

@@ -6,7 +6,7 @@ to repair a hole, removes LTX files a fresh snapshot covers. Both a folder
 (local mode) and an S3 bucket offer the same small interface, with keys
 relative to the replica's root (``chora-backup-owner.json``; an L0 file is
 ``ltx/0/<min>-<max>.ltx`` in a folder but ``0000/<min>-<max>.ltx`` in a bucket,
-see ``ltx_key``; ``has_history`` reads the same layouts).
+see ``ltx_key``; ``has_history`` and ``ltx_entries`` read the same layouts).
 
 boto3 is imported only here and only when an S3 replica is opened, so the
 commands that never touch the bucket themselves (status) do not pay for it.
@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 from collections.abc import Iterable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -27,6 +29,7 @@ from .render import Entry
 if TYPE_CHECKING:
     from .replica import LtxFile
 
+LtxEntry = tuple[int, int, int, int, datetime]  # level, min txid, max txid, size, modified
 STORE_TYPES = ("s3", "file")  # the replica kinds chora-backup can open itself
 
 
@@ -53,6 +56,10 @@ class Store(Protocol):
 
     def has_history(self) -> bool:
         """Does the replica hold any LTX file (litestream's history), at any level?"""
+
+    def ltx_entries(self) -> list[LtxEntry]:
+        """Every LTX file, all levels, as ``(level, min txid, max txid, size, modified)``: one
+        LIST per 1,000 files on S3 (litestream's own listing asks once per level)."""
 
     def children(self) -> list[str]:
         """The names of the folders (key prefixes) right under the root: where litestream's
@@ -113,6 +120,24 @@ class FileStore:
         # A folder replica keeps ltx/<level>/<min>-<max>.ltx.
         folder = self._path("ltx")
         return folder.is_dir() and any(folder.rglob("*.ltx"))
+
+    def ltx_entries(self) -> list[LtxEntry]:
+        found = []
+        try:
+            for level in self._path("ltx").iterdir():
+                if not level.name.isdigit():
+                    continue
+                for f in level.iterdir():
+                    txids = _ltx_name(f.name)
+                    if txids:
+                        info = f.stat()
+                        modified = datetime.fromtimestamp(info.st_mtime, timezone.utc)
+                        found.append((int(level.name), *txids, info.st_size, modified))
+        except FileNotFoundError:
+            return found
+        except OSError as exc:
+            raise BackupError(f"cannot read {self.root}: {exc.strerror}") from None
+        return found
 
     def children(self) -> list[str]:
         try:
@@ -196,6 +221,21 @@ class S3Store:
         levels = [p["Prefix"][len(root):].rstrip("/") for p in answer.get("CommonPrefixes") or []]
         return any(len(level) == 4 and all(c in "0123456789abcdef" for c in level) for level in levels)
 
+    def ltx_entries(self) -> list[LtxEntry]:
+        root = self._key("")
+        found = []
+        token: dict[str, str] = {}
+        while True:
+            answer = self._call("list_objects_v2", Prefix=root, **token)
+            for obj in answer.get("Contents") or []:
+                level, _, name = obj["Key"][len(root):].partition("/")
+                txids = _ltx_name(name)
+                if txids and len(level) == 4 and all(c in "0123456789abcdef" for c in level):
+                    found.append((int(level, 16), *txids, int(obj["Size"]), obj["LastModified"]))
+            if not answer.get("IsTruncated"):
+                return found
+            token = {"ContinuationToken": answer["NextContinuationToken"]}
+
 
     def children(self) -> list[str]:
         root = self._key("")
@@ -207,6 +247,15 @@ class S3Store:
             if not answer.get("IsTruncated"):
                 return sorted(names)
             token = {"ContinuationToken": answer["NextContinuationToken"]}
+
+
+_LTX_NAME = re.compile(r"([0-9a-f]{16})-([0-9a-f]{16})\.ltx")
+
+
+def _ltx_name(name: str) -> tuple[int, int] | None:
+    """``<min>-<max>.ltx`` as its two txids; None for any other name (a .tmp, a record)."""
+    match = _LTX_NAME.fullmatch(name)
+    return (int(match.group(1), 16), int(match.group(2), 16)) if match else None
 
 
 def _client(entry: Entry, settings: Settings) -> Any:

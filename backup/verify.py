@@ -10,6 +10,7 @@ creates lives in one temp folder, removed on success, failure and Ctrl-C alike.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import shutil
@@ -273,6 +274,11 @@ def _attempt(unit: Database, sync: _Syncer, folder: Path, running: bool) -> _Att
         # An empty replica: whether to start a daemon depends on whether one runs.
         why = nothing_yet(db, daemon.check(sync.workspace.settings)) if exc.message == NOTHING_TO_RESTORE else exc.message
         attempt.checks.append(Check("restore", False, f"restore failed: {why}"))
+        if unit.replica.has_store:
+            # What this learned (a hole, an empty replica) is what the next status says:
+            # it reads the listing remembered here.
+            with contextlib.suppress(BackupError):
+                unit.replica.relist()
         return attempt
     attempt.restored_txid = int(summary["txid"], 16) if summary.get("txid") else 0
     attempt.checks.append(Check(

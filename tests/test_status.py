@@ -144,6 +144,7 @@ def test_status_with_a_running_daemon_lists_nothing_and_costs_no_uploads(r2ws: W
     make_db(r2ws.db)
     assert r2ws.inv("backup.setup").returncode == 0
     assert r2ws.inv("backup.start-bg").returncode == 0
+    assert status_json(r2ws)[0] == 0  # the first one lists once: no listing of it yet
     # litestream's own start-up compaction pass LISTs each level once: let it finish first.
     seen: list[int] = []
     wait_for(lambda: seen.append(s3_lists(s3_endpoint, r2ws.bucket)) or seen[-3:] == [seen[-1]] * 3,

@@ -42,6 +42,13 @@ class App:
             for _ in range(n):
                 self.con.execute("INSERT INTO t (body) VALUES (randomblob(?))", (size,))
 
+    def batch(self, n: int) -> None:
+        """``n`` rows in one transaction: one point in time for sure."""
+        with self.lock:
+            self.con.execute("BEGIN")
+            self.con.executemany("INSERT INTO t (body) VALUES (randomblob(100))", [()] * n)
+            self.con.execute("COMMIT")
+
     def checkpoint(self, mode: str = "PASSIVE") -> tuple[int, int, int]:
         with self.lock:
             return self.con.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
@@ -237,8 +244,11 @@ def test_every_point_in_time_from_the_repair_on_is_exact_across_a_level_1_compac
     assert FULL_COPY in output
     points: dict[int, list[tuple]] = {}
     for batch in range(3):
-        app.add(20)
-        wait_for(lambda: _replicated(rws), 30, interval=0.3, what="the batch replicated")
+        before = _local_txid(rws)
+        app.batch(20)
+        # Captured (a new txid) and uploaded: that txid's state is this batch's.
+        wait_for(lambda: _local_txid(rws) > before and _replicated(rws), 30, interval=0.3,
+                 what="the batch captured and replicated")
         points[_local_txid(rws)] = app.rows()
     log = rws.state / "litestream.log"
     newest = max(points)
