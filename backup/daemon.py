@@ -866,6 +866,7 @@ def run_foreground(
             if stopper.requested:
                 return 0  # asked to stop before anything started
             pin, repaired = _guard(prepared.config)
+            captured = _captured(prepared.config)
             try:
                 for line in [*prepared.fresh, *repaired]:
                     output.write(line + "\n")
@@ -887,7 +888,8 @@ def run_foreground(
                 raise
             # The output must be read meanwhile (a full pipe would stall litestream): the pin
             # is lifted beside it, once litestream has synced.
-            threading.Thread(target=_release_after_first_sync, args=(pin, litestream, prepared.config, proc),
+            threading.Thread(target=_release_after_first_sync,
+                             args=(pin, litestream, prepared.config, proc, captured),
                              name="wal-pin", daemon=True).start()
         try:
             assert proc.stdout is not None
@@ -899,7 +901,7 @@ def run_foreground(
                 stopper(0, None)
                 proc.wait()
             pin.release()
-            if proc.returncode == 0:
+            if proc.returncode >= 0 and proc.returncode != GO_PANIC:
                 try:
                     with _locked(settings, platform):
                         _remove_pidfile(settings.pidfile, record)
@@ -907,20 +909,34 @@ def run_foreground(
                     # Another command holds the lock too long: the pidfile still names only
                     # this run (checked before removing), and litestream stopped cleanly.
                     _remove_pidfile(settings.pidfile, record)
-            # Otherwise litestream died (killed, crashed): the pidfile stays, stale, so the next
-            # start — a service's restart included — snapshots first, as after any crash.
+            # Otherwise litestream was killed or crashed (a signal; a Go panic exits 2): the
+            # pidfile stays, stale, so the next start — a service's restart included —
+            # snapshots first, as after any crash. An exit 1 is a start-up failure: nothing
+            # was cut off mid-sync.
+
+
+GO_PANIC = 2  # the exit code of a Go program that panicked
+
+
+def _captured(config: LitestreamConfig) -> dict[Path, int]:
+    """Each database's local position (newest L0 txid) before litestream starts."""
+    return {one.path: (wal.position(one.path) or wal.Position(0, 0, 0, 0, (0, 0))).txid
+            for db in config.databases for one in db.databases() if one.path.exists()}
 
 
 def _release_after_first_sync(pin: wal.Pin, litestream: Litestream, config: LitestreamConfig,
-                              proc: subprocess.Popen, timeout: float = START_WAIT) -> None:
-    """Lift the WAL pin once litestream has synced every database (its control socket says
-    so), has exited, or ``timeout`` has passed: its first sync comes a second after start."""
+                              proc: subprocess.Popen, captured: dict[Path, int],
+                              timeout: float = START_WAIT) -> None:
+    """Lift the WAL pin once litestream has taken over every database — captured a change
+    past its position at start, or synced (its control socket says so) —, has exited, or
+    ``timeout`` has passed: its first sync comes a second after start."""
     deadline = time.monotonic() + timeout
-    pending = {one.path for db in config.databases for one in db.databases() if one.path.exists()}
     try:
         while proc.poll() is None and time.monotonic() < deadline:
+            moved = {db for db, txid in captured.items()
+                     if (wal.position(db) or wal.Position(0, 0, 0, 0, (0, 0))).txid > txid}
             synced = _synced(litestream, config.socket) if config.socket else None
-            if synced is not None and pending <= synced:
+            if set(captured) <= moved | (synced or set()):
                 return
             time.sleep(0.2)
     finally:

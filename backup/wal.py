@@ -13,8 +13,9 @@ silently lacks rows (``db.go``: ``verifyWithExecutor`` → ``lastPageMatch``;
 
 ``risk`` mirrors litestream's own checks and names exactly that state. ``truncate``
 repairs it: a TRUNCATE checkpoint moves every frame into the database and empties the
-WAL, so litestream's next sync finds the WAL shorter than its position and writes the
-whole database as a level-0 file ("wal truncated by another process"). That full copy sits
+WAL, so no stale frame is left to fool litestream: its next sync finds the WAL shorter
+than its position (or starting with other salts) and writes the whole database as a
+level-0 file ("wal truncated by another process", "wal overwritten by another process"). That full copy sits
 *in* the txid chain, so no later compaction can mix pre-stop pages back over it — which a
 level-9 snapshot taken after the faulty incremental would not prevent (litestream's restore
 planner prefers a compacted level-1 file that spans the faulty txid over the snapshot).
@@ -22,7 +23,8 @@ planner prefers a compacted level-1 file that spans the faulty txid over the sna
 ``Pin`` closes the window between the check and litestream's first sync: a helper process
 holds a shared lock on the WAL index's first reader slot (``WAL_READ_LOCK(1)``), which every
 WAL restart and every RESTART/TRUNCATE checkpoint must lock exclusively. Writers keep
-writing (they append instead of restarting); passive checkpoints keep working.
+writing (they append instead of restarting); a passive checkpoint copies only up to that
+reader's mark meanwhile, so the WAL grows for the few seconds the pin is held.
 """
 from __future__ import annotations
 
@@ -48,6 +50,7 @@ LTX_HEADER = 100  # bytes; see the ltx package: page size at 8, WAL offset/size 
 # A restart locks slots 1..4 exclusively (wal.c, walRestartLog); so does a RESTART or
 # TRUNCATE checkpoint. A shared lock on slot 1 makes both wait, and nothing else.
 READ_LOCK_1 = 120 + 3 + 1
+SHM_SALTS = 32  # the WAL index header's copy of the WAL header's salts (bytes 16..23)
 PIN_WAIT = 10.0  # seconds for the helper to pin every database
 TRUNCATE_WAIT = 30.0  # seconds a reader may hold the WAL before a repair gives up
 
@@ -193,17 +196,32 @@ def guard(databases: list[Path]) -> tuple[Pin, list[str]]:
     lines: list[str] = []
     for _ in range(GUARD_ROUNDS):
         pin = Pin.hold(databases)
+        for db in pin.pinned:
+            _settled(db)
         risky = [(db, why) for db in databases if (why := risk(db))]
         if not risky:
-            return pin, lines
+            return pin, lines + pin.missing(databases)
         pin.release()
         for db, why in risky:
             truncate(db)
             lines.append(REPAIRED.format(db=db, why=why))
     raise BackupError(
         f"the WAL of {', '.join(str(db) for db, _ in risky)} was restarted by another connection "
-        f"{GUARD_ROUNDS} times while replication was starting: retry 'inv backup.start-bg'"
+        f"{GUARD_ROUNDS} times while replication was starting: run the command again"
     )
+
+
+def _settled(db: Path, wait: float = 1.0) -> None:
+    """Wait (briefly) until the WAL file's header shows the salts the WAL index holds: a
+    restart updates the index and lets go of its locks before it writes the new header, so
+    a pin taken in between would read the old salts from the file."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        index = _read_at(Path(f"{db}-shm"), SHM_SALTS, 8)
+        header = _read_at(wal_path(db), 16, 8)
+        if len(index) < 8 or len(header) < 8 or index == header:
+            return
+        time.sleep(0.01)
 
 
 # -- the pin --------------------------------------------------------------------------
@@ -223,6 +241,16 @@ class Pin:
         self.pinned = pinned
         self.problems = problems  # databases that could not be pinned, and why
 
+    def missing(self, databases: list[Path]) -> list[str]:
+        """One line per database with a WAL this pin does not hold, saying why."""
+        return [
+            f"could not hold the WAL of {db} still until litestream's first sync "
+            f"({'; '.join(p for p in self.problems if str(db) in p) or 'the pin helper did not answer'}): "
+            "a checkpoint by another connection meanwhile could still skip rows; "
+            "'inv backup.verify' checks the replica"
+            for db in databases if wal_path(db).exists() and db not in self.pinned
+        ]
+
     @classmethod
     def hold(cls, databases: list[Path], wait: float = PIN_WAIT) -> Pin:
         wanted = [db for db in databases if wal_path(db).exists()]
@@ -237,17 +265,21 @@ class Pin:
             )
         except OSError as exc:
             return cls(None, (), (f"cannot start the WAL pin: {exc.strerror}",))
-        pinned, problems = [], []
-        assert proc.stdout is not None
-        deadline = time.monotonic() + wait
-        for line in proc.stdout:
-            word, _, rest = line.rstrip("\n").partition(" ")
-            if word == "pinned":
-                pinned.append(Path(rest))
-            elif word == "unpinned":
-                problems.append(rest)
-            elif word == "ready" or time.monotonic() > deadline:
-                break
+        lines: list[str] = []
+        ready = threading.Event()
+
+        def read() -> None:  # on a thread: a helper that hangs must not hang the start
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                lines.append(line.rstrip("\n"))
+                if line.startswith("ready"):
+                    break
+            ready.set()
+
+        threading.Thread(target=read, name="wal-pin-reader", daemon=True).start()
+        ready.wait(wait + 5)
+        pinned = [Path(l.partition(" ")[2]) for l in list(lines) if l.startswith("pinned ")]
+        problems = [l.partition(" ")[2] for l in list(lines) if l.startswith("unpinned ")]
         return cls(proc, tuple(pinned), tuple(problems))
 
     def release(self) -> None:

@@ -188,3 +188,16 @@ def test_the_windows_pin_takes_the_reader_slot_shared_as_sqlite_does():
     assert kernel32.calls == [(1234, 0x1, 0, 1, 0, 124, 0)]
     with pytest.raises(OSError):
         wal.lock_shared_windows(1234, wal.READ_LOCK_1, FakeKernel32(0))
+
+
+def test_a_database_that_cannot_be_pinned_is_said_so(tmp_path):
+    db = tmp_path / "a.db"
+    con = app(db)
+    add(con, 3)
+    con.execute("PRAGMA locking_mode=EXCLUSIVE")
+    add(con, 1)  # holds the database: no other connection can read it now
+    pin, lines = wal.guard([db])
+    pin.release()
+    assert len(lines) == 1 and f"could not hold the WAL of {db} still" in lines[0]
+    assert "'inv backup.verify' checks" in lines[0]
+    con.close()

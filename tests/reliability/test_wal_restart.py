@@ -353,3 +353,24 @@ def test_a_replica_that_lost_rows_is_named_with_its_causes_and_the_fix_works(rws
     assert restored(rws) == app.rows()
     verified(rws)
     report("wal restart [verify names it]: causes in order, 'inv backup.snapshot' repairs it")
+
+
+@pytest.mark.posix
+def test_a_litestream_that_fails_to_start_leaves_no_pidfile(rws, app):
+    """Exit 1 is a start-up failure, not a crash mid-sync: no stale pidfile, and no
+    after-crash snapshot at the next start."""
+    from conftest import LITESTREAM
+
+    wrapper = rws.root / "litestream-failing"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        'if [ "$1" = replicate ] && [ "$2" != -once ]; then echo "Error: cannot start" >&2; exit 1; fi\n'
+        f'exec "{LITESTREAM}" "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    failed = rws.cli("start", env={"LITESTREAM_BIN": str(wrapper)})
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert not rws.pidfile.exists()
+    _, output = start_bg(rws)
+    assert AFTER_CRASH not in output
+    stop(rws)
