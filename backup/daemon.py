@@ -41,6 +41,7 @@ from .litestream import (
     replicators,
 )
 from .render import NO_CONFIG, LitestreamConfig, WriteResult, read_config, write_config
+from .sqlitefile import is_sqlite
 
 if TYPE_CHECKING:
     from .owner import Claim
@@ -369,6 +370,13 @@ def _prepare(settings: Settings, litestream: Litestream, given: LitestreamConfig
                 f"the folder {entry.path} (BACKUP_DB {entry.pattern} in it) does not exist: "
                 "create it, or fix BACKUP_DB"
             )
+    for entry in config.databases:
+        for one in entry.databases():
+            if one.path.is_file() and not is_sqlite(one.path):
+                raise ConfigError(
+                    f"{one.path} is not an SQLite database: check BACKUP_DB (the file to back "
+                    "up) — nothing was started"
+                )
     # Only the replicas chora-backup writes (S3, a folder) carry an owner record; a
     # hand-written config's other kinds are litestream's to check. A database a folder
     # entry finds later is claimed at the next start.

@@ -67,7 +67,8 @@ def _env(settings: Settings, config: LitestreamConfig | None) -> Check:
     if missing:
         return Check(
             ".env", FAIL, f"missing {', '.join(missing)} in {settings.env_location()}",
-            "fill them in from .env.example, or run 'inv backup.local'",
+            f"set {'it' if len(missing) == 1 else 'them'} there (see .env.example), or back up to "
+            "a local folder with 'inv backup.local'",
         )
     where = str(settings.env_file) if settings.env_file else "the environment"
     return Check(".env", OK, f"R2 settings complete (from {where})")
@@ -76,7 +77,10 @@ def _env(settings: Settings, config: LitestreamConfig | None) -> Check:
 def _config(settings: Settings, workspace: Workspace | None, problem: BackupError | None) -> Check:
     if workspace is None or not workspace.configured:
         why = problem.message if problem else "no litestream.yml yet"
-        return Check("config", FAIL, why, "run 'inv backup.setup' (R2 or S3), or 'inv backup.local' (a local folder)")
+        fix = "run 'inv backup.setup' (R2 or S3), or 'inv backup.local' (a local folder)"
+        if ": run 'inv backup." in why:  # the message names the fix already: say it once
+            why, fix = why.split(": ", 1)
+        return Check("config", FAIL, why, fix)
     path = settings.config_path
     from .render import is_generated
 
@@ -100,6 +104,10 @@ def _config(settings: Settings, workspace: Workspace | None, problem: BackupErro
             ("the timer settings R2 mode uses", "to use them")
         return Check("config", WARN, f"{path} predates {what} (compaction levels, L0 expiry check, "
                      "checkpoint interval)", f"re-run '{command}' {why}")
+    if workspace.running:
+        # setup refuses to rewrite the file under a running daemon: stop it first.
+        return Check("config", FAIL, f"{path} is stale: it no longer matches .env",
+                     f"stop the daemon ('inv backup.stop'), re-run '{command}', then 'inv backup.start-bg'")
     return Check("config", FAIL, f"{path} is stale: it no longer matches .env", f"re-run '{command}'")
 
 

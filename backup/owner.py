@@ -169,11 +169,15 @@ class Claim:
     replica: str
     action: str  # "claimed", "adopted", "continued", "took-over", "reclaimed"
     previous: Owner | None = None
+    restored: bool = False  # adopted: this database was restored from that very replica
 
     def describe(self) -> str | None:
         """A line worth printing, or None when nothing changed hands."""
         if self.action == "claimed":
             return f"claimed {self.replica} for this database"
+        if self.action == "adopted" and self.restored:
+            return (f"claimed {self.replica} for this database at this start (restored from it; "
+                    "its history had no owner record yet)")
         if self.action == "adopted":
             return f"recorded this database as the owner of {self.replica} (written before owner records)"
         if self.action == "reclaimed" and self.previous:
@@ -236,12 +240,13 @@ class Ownership:
                     f"replicated there: {_fix(self.settings, self.entry)}, or restore them here "
                     "with 'inv backup.restore' — nothing was started"
                 )
+            restored = local is not None and local.replica == where
             local = local or Local(lineage=uuid.uuid4().hex, instance=uuid.uuid4().hex)
             # The local record first: a start that fails after the remote one is written (a
             # folder it cannot write) must still find its own claim next time.
             write_local(db, Local(local.lineage, local.instance, replica=where))
             if self.store.create(RECORD, _dump(self._me(local))):
-                return Claim(where, "adopted" if history else "claimed")
+                return Claim(where, "adopted" if history else "claimed", restored=history and restored)
             owner = read_owner(self.store)  # another start won the race
             if owner is None:
                 raise BackupError(f"{where}/{RECORD} vanished while claiming it: try again")

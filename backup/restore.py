@@ -444,7 +444,7 @@ def _restore(
                 "was replaced — the replica may be damaged, try an earlier --timestamp"
             )
         size = temp.stat().st_size
-        _same_access(temp, target)
+        _same_access(temp, target, db.path)
         # The download can take minutes: whoever opened the file meanwhile would keep
         # reading (or writing) the old one after the swap.
         _refuse_holders(target, " (opened during the restore)")
@@ -491,8 +491,10 @@ def _download(replica: Any, temp: Path, point: list[str], progress: Progress | N
     return summary
 
 
-def _same_access(temp: Path, target: Path) -> None:
-    """The restored file gets the replaced file's mode, owner and group; a new one the umask's."""
+def _same_access(temp: Path, target: Path, source: Path) -> None:
+    """The restored file gets the replaced file's mode, owner and group; a new one (a copy
+    elsewhere) the mode of the database it copies, or 0600 when that is gone, within the
+    umask: a copy of a private database must not come out world-readable."""
     if target.exists():
         info = target.stat()
         os.chmod(temp, stat.S_IMODE(info.st_mode))
@@ -502,9 +504,13 @@ def _same_access(temp: Path, target: Path) -> None:
             except PermissionError:
                 pass  # only the owner's group, or root, may: the mode still holds
     else:
+        try:
+            mode = stat.S_IMODE(source.stat().st_mode)
+        except OSError:
+            mode = 0o600
         mask = os.umask(0)
         os.umask(mask)
-        os.chmod(temp, 0o666 & ~mask)
+        os.chmod(temp, mode & ~mask)  # and never looser than this shell asks for
 
 
 def _swap(temp: Path, target: Path) -> tuple[Path | None, list[Path]]:

@@ -91,6 +91,19 @@ def touch(path: Path, rollback: bool = False, timeout: float = 30.0) -> bool:
     return True
 
 
+HEADER = b"SQLite format 3\x00"
+
+
+def is_sqlite(path: Path) -> bool:
+    """Is ``path`` an SQLite database (or empty, which SQLite takes for a new one)?"""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(HEADER))
+    except OSError:
+        return True  # not readable here: litestream's own error says why
+    return head in (b"", HEADER)
+
+
 TXID_SUFFIX = "-txid"  # litestream keeps a followed file's position in <file>-txid
 
 

@@ -598,7 +598,8 @@ def _lines(status: Status) -> list[str]:
         state = {"running": f"running (pid {f.pid})",
                  "starting": f"restoring (pid {f.pid}): " + (f"{f.reason}; see {logs}" if f.reason else
                                                             "not ready to read until it follows"),
-                 "stale": f"stopped: {f.reason}; {logs} says why, 'inv backup.follow' continues it",
+                 "stale": f"stale (its litestream is gone): {f.reason}; {logs} says why, "
+                          "'inv backup.follow' continues it",
                  }.get(f.state, f"{f.state}: {f.reason}")
         lines.append(f"  state          {state}")
         lines.append(f"  database       {f.database or '- (not one of this config: its lag cannot be checked)'}")

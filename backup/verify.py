@@ -77,7 +77,10 @@ class VerifyResult:
         if not self.configured:
             return ["no backup configured in this workspace (no litestream.yml): nothing to verify"]
         width = max((len(c.database) for c in self.checks), default=0)
-        return [
+        # A heading first: pre-commit strips the start of a hook's output, which took the
+        # first check's indentation away.
+        return ["verify: the replica restored to a temporary folder, checked and compared "
+                "with the live database"] + [
             f"  {'ok  ' if c.ok else 'FAIL'}  " + (f"{c.database:<{width}}  " if width else "")
             + f"{c.name:<9} {c.detail}"
             for c in self.checks

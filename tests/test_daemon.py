@@ -726,7 +726,8 @@ def test_a_shared_socket_folder_is_refused(tmp_path):
 
 def test_a_failed_start_leaves_no_process_pidfile_or_socket(ws):
     assert ws.inv("backup.local", "--no-start").returncode == 0
-    ws.db.write_bytes(b"this is not an SQLite database, but litestream only finds out once it runs" * 100)
+    # SQLite's header, then garbage: chora-backup's header check passes it, litestream fails.
+    ws.db.write_bytes(b"SQLite format 3\x00" + b"but damaged, as litestream only finds out once it runs" * 100)
     result = ws.inv("backup.start-bg", "--timeout", "20")
     assert result.returncode == 1, result.stdout + result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")

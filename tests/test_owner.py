@@ -206,3 +206,18 @@ def test_doctor_fails_when_the_replica_was_taken_over_under_a_running_daemon(tmp
     assert found.state == doctor.FAIL and "took this replica over" in found.detail
     monkeypatch.setattr(daemon, "check", lambda settings: daemon.DaemonState("stopped"))
     assert doctor._owner(a_settings, db).state == doctor.WARN
+
+
+def test_history_without_a_record_restored_here_is_claimed_at_this_start_and_says_so(tmp_path, replica):
+    """A database a folder entry found after its daemon started was never claimed; restored
+    on a new machine, its start says what happened, not 'written before owner records'."""
+    settings, entry = workspace(tmp_path, "a", replica)
+    make_db(entry.path)
+    history = replica / "chora.db" / "ltx" / "0"
+    history.mkdir(parents=True)
+    (history / "0000000000000001-0000000000000001.ltx").write_bytes(b"LTX1")
+    owner.record_restore(entry.path, None, 1, str(replica / "chora.db"))
+    made = claim(settings, entry)
+    assert made.action == "adopted" and made.restored
+    assert made.describe() == (f"claimed {replica / 'chora.db'} for this database at this start "
+                               "(restored from it; its history had no owner record yet)")

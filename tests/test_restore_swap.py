@@ -51,6 +51,21 @@ def test_a_restore_to_a_new_path_is_no_looser_than_the_umask(backed_up):
         assert mode(out) == expected
 
 
+@pytest.mark.posix
+def test_a_copy_of_a_private_database_stays_private(backed_up):
+    ws = backed_up
+    out = ws.root / "copy.db"
+    os.chmod(ws.db, 0o600)
+    result = ws.run("sh", "-c", f"umask 022; exec inv backup.restore --output '{out}'")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert mode(out) == 0o600  # the database's mode, not the umask's 0644
+    out.unlink()
+    ws.db.rename(ws.root / "gone.db")  # a new machine: no database to take the mode from
+    result = ws.run("sh", "-c", f"umask 022; exec inv backup.restore --output '{out}'")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert mode(out) == 0o600
+
+
 def settings_of(ws: Workspace) -> config.Settings:
     return config.load(cwd=ws.path, environ=ws.environ())
 

@@ -334,6 +334,8 @@ def test_the_readme_hook_runs_through_pre_commit_and_shows_the_warning(ws: Works
     assert result.returncode == 0, output
     assert "Passed" in output and "verify: ok" in output
     assert any(line.startswith(WARNING) for line in output.splitlines()), output
+    checks = [line for line in output.splitlines() if re.match(r"\s*(ok|FAIL) {2,}\S", line)]
+    assert checks and all(line.startswith("  ") for line in checks), output  # pre-commit strips
 
     example["repos"][0]["hooks"][0]["args"] = ["--require-running"]
     strict = run_hook(example)

@@ -94,6 +94,8 @@ def test_a_follower_keeps_a_readable_copy_through_stops_and_a_kill(rws, report, 
                  10, what="the kill")
         code, found = followers(other)
         assert code == 1 and found[0]["state"] == "stale", found
+        text = other.inv("backup.status").stdout
+        assert "  state          stale (its litestream is gone)" in text, text  # the JSON's word
         insert(rws.db, "after the kill")
         time.sleep(2)
         recovered = follow(other, "--background")
