@@ -22,7 +22,7 @@ from .errors import (
 from .litestream import local_state_dir
 from .replica import SNAPSHOT_LEVEL, LtxFile, local_txid
 from .timeparse import from_litestream
-from .wal import risk
+from .wal import position, risk, wal_salts
 from .workspace import Database, Workspace
 
 MIN_MAX_AGE = 60.0  # seconds; see max_age()
@@ -153,16 +153,47 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
-def unseen_since(db: Path) -> float | None:
+def unseen_since(db: Path, stopped_at: float | None = None) -> float | None:
     """When litestream last captured this database, if it was written after that.
 
     Only meaningful while no daemon runs: a running one captures every change
-    within a sync interval. Slack absorbs the checkpoint litestream makes as
-    it stops.
+    within a sync interval. Decided from what changed where that can be read: a WAL
+    that still carries litestream's salts and ends where it stopped reading holds nothing
+    new, whatever the file times say (litestream's own stop checkpoints and touches the
+    database). Otherwise from the times, with litestream's shutdown (``stopped_at``, from
+    its log) and two seconds of slack not counted as a write.
     """
     captured = max((_mtime(p) for p in _local_ltx_dir(db).glob("*.ltx")), default=0.0)
+    pos, salts = position(db), wal_salts(db)
+    if pos is not None and salts is not None:
+        restarted = salts != pos.salts
+        return captured if restarted or _mtime_size(db.with_name(db.name + "-wal")) > pos.end else None
     written = max(_mtime(db), _mtime(db.with_name(db.name + "-wal")))
+    if stopped_at is not None and written <= stopped_at + 2.0:
+        return None
     return captured if written > captured + 2.0 else None
+
+
+def _mtime_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+SHUT_DOWN = re.compile(r'time=(\S+) level=INFO msg="litestream shut down"')
+
+
+def last_shutdown(settings: Settings, tail_bytes: int = 65536) -> float | None:
+    """When the daemon's litestream last logged its clean shutdown, if it did."""
+    from .logfile import size, read_since
+
+    text = read_since(settings.logfile, max(0, size(settings.logfile) - tail_bytes))
+    found = SHUT_DOWN.findall(text)
+    try:
+        return _parse_time(found[-1]) if found else None
+    except ValueError:
+        return None
 
 
 def unsynced_since(db: Path, replica_txid: int) -> float | None:
@@ -202,6 +233,7 @@ def _local_facts(unit: Database, **fields: Any) -> tuple[DatabaseStatus, int | N
 
 def _database_status(
     unit: Database, replica: list[LtxFile] | BackupError | None, now: float, running: bool,
+    stopped_at: float | None = None,
 ) -> DatabaseStatus:
     """One database's status from a listing of its replica (no daemon answered)."""
     db = unit.path
@@ -223,16 +255,16 @@ def _database_status(
     if chain.hole:
         status.hole = chain.hole.as_dict()
         status.error = chain.hole.message()
-    _lag(status, db, local, replica_txid, now, running)
+    _lag(status, db, local, replica_txid, now, running, stopped_at)
     if not running:
         status.next_start_full_copy = risk(db)
     return status
 
 
 def _lag(status: DatabaseStatus, db: Path, local: int | None, replica_txid: int | None,
-         now: float, running: bool) -> None:
+         now: float, running: bool, stopped_at: float | None = None) -> None:
     """How far behind the replica is: in txids, and since when it misses local changes."""
-    unseen = None if running else unseen_since(db)
+    unseen = None if running else unseen_since(db, stopped_at)
     if unseen is not None:
         # Upper bound: the replica has missed these changes at most since then.
         status.unseen_changes = True
@@ -505,7 +537,8 @@ def _listed(workspace: Workspace, present: list[Database], now: float) -> list[D
         calls = {db.path: pool.submit(_listing, db) for db in present}
         replicas = {path: call.result() for path, call in calls.items()}
     return [
-        _database_status(db, replicas.get(db.path), now, workspace.running)
+        _database_status(db, replicas.get(db.path), now, workspace.running,
+                         None if workspace.running else last_shutdown(workspace.settings))
         for db in workspace.databases
     ]
 

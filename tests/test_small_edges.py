@@ -47,3 +47,21 @@ def test_doctor_on_a_stale_config_under_a_daemon_says_to_stop_it_first(ws: Works
         assert config["state"] == "fail" and config["fix"].startswith("stop the daemon ('inv backup.stop')")
     finally:
         assert ws.inv("backup.stop").returncode == 0
+
+
+def test_a_clean_stop_of_an_idle_database_is_no_unseen_change(ws: Workspace):
+    import time
+
+    from conftest import insert
+
+    local_ws(ws)
+    make_db(ws.db)
+    assert ws.inv("backup.start-bg").returncode == 0
+    time.sleep(3.5)  # idle: litestream's last capture is older than the stop by more than the slack
+    assert ws.inv("backup.stop").returncode == 0
+    db = json.loads(ws.inv("backup.status", "--json").stdout)["databases"][0]
+    assert db["unseen_changes"] is False and db["lag_seconds"] == 0, db
+    time.sleep(2.5)
+    insert(ws.db, "written while nothing replicates")
+    db = json.loads(ws.inv("backup.status", "--json").stdout)["databases"][0]
+    assert db["unseen_changes"] is True, db
