@@ -300,6 +300,18 @@ class Ownership:
             )
 
 
+def foreign_owner(settings: Settings, entry: Entry, store: Store) -> Owner | None:
+    """The replica's owner when it is another database (another lineage: a start here would
+    be refused), else None. One GET of the owner record."""
+    owner = read_owner(store)
+    local = read_local(entry.path)
+    if owner is None or (local is not None and local.lineage == owner.lineage):
+        return None
+    if Ownership(settings, entry, store).never_replicated(owner):
+        return None  # this database's own claim that no replication followed
+    return owner
+
+
 def record_restore(db: Path, owner: Owner | None, replica_txid: int | None, replica: str | None) -> None:
     """A restored database file is a new instance of the replica's lineage."""
     write_local(db, Local(

@@ -53,6 +53,7 @@ class DatabaseStatus:
     next_start_full_copy: str | None = None
     first_sync_pending: bool = False  # the running daemon has not synced it once yet
     daemon_answered: bool = True  # False: its socket did not answer in time (busy uploading)
+    owner: str | None = None  # another database whose backups the replica holds, if so
     sync_interval: str = "1s"
     # Can a restore reach the replica's newest file? None when the replica was not read.
     restorable: bool | None = None
@@ -255,10 +256,30 @@ def _database_status(
     if chain.hole:
         status.hole = chain.hole.as_dict()
         status.error = chain.hole.message()
+    if files and unit.replica.has_store:
+        _whose(status, unit)
     _lag(status, db, local, replica_txid, now, running, stopped_at)
     if not running:
         status.next_start_full_copy = risk(db)
     return status
+
+
+def _whose(status: DatabaseStatus, unit: Database) -> None:
+    """Say so when the replica holds another database's backups (one GET, with no daemon
+    running: a running one claimed it at its start)."""
+    from .owner import foreign_owner
+
+    try:
+        owner = foreign_owner(unit.replica.settings, unit.entry, unit.replica.store())
+    except BackupError:
+        return  # the owner record is doctor's to diagnose; the listing above was read
+    if owner is not None:
+        status.owner = owner.describe()
+        status.error = status.error or (
+            f"the replica holds the backups of {owner.describe()}, not of this database: set "
+            "BACKUP_REPLICA_PATH (local mode: BACKUP_LOCAL_DIR) to a place of its own, or restore "
+            "that backup with 'inv backup.restore'"
+        )
 
 
 def _lag(status: DatabaseStatus, db: Path, local: int | None, replica_txid: int | None,
@@ -608,7 +629,8 @@ def _lines(status: Status) -> list[str]:
             lines.append("  state          first sync in progress: not backed up until it is done "
                          "('inv backup.logs --follow' shows it)")
         if db.restorable is not None:
-            lines.append(f"  restorable     {'yes' if db.restorable else 'no'}")
+            whose = f" (the backups of {db.owner}, not of this database)" if db.owner else ""
+            lines.append(f"  restorable     {'yes' if db.restorable else 'no'}{whose}")
         if db.error:
             lines.append(f"  error          {db.error}")
         elif db.unseen_changes:

@@ -254,3 +254,21 @@ def test_an_r2_replica_from_before_owner_records_is_adopted_by_its_own_database_
     assert adopted.returncode == 0, adopted.stdout + adopted.stderr
     assert "written before owner records" in adopted.stdout
     write_stop_and_restore(rws, "after the upgrade")
+
+
+def test_status_says_whose_backups_the_replica_holds(rws, other, tmp_path):
+    """Another database's replica: status names its owner and the fix, as doctor does."""
+    same_settings(rws, other, "r2", tmp_path)
+    fill(rws, A_ROWS)
+    start_bg(rws)
+    stop(rws)
+    make_db(other.db, 3)
+    result = other.inv("backup.status", "--json")
+    db = json.loads(result.stdout)["databases"][0]
+    assert result.returncode == 3  # not running; the database's own entry says why it could not
+    assert db["owner"] == f"{rws.db} on host {socket.gethostname()}"
+    assert "holds the backups of" in db["error"] and "BACKUP_REPLICA_PATH" in db["error"]
+    text = other.inv("backup.status").stdout
+    assert f"restorable     yes (the backups of {rws.db} on host" in text
+    mine = rws.inv("backup.status", "--json")
+    assert json.loads(mine.stdout)["databases"][0]["owner"] is None  # its own replica
