@@ -134,3 +134,44 @@ def drain(fd: int, reading: threading.Event) -> None:
         while reading.is_set():
             if select.select([fd], [], [], 0.1)[0] and not os.read(fd, 65536):
                 return
+
+
+@pytest.mark.posix
+@pytest.mark.parametrize("how", ["pty-closed", "SIGHUP"])
+def test_a_foreground_start_returns_only_after_litestreams_final_sync(rws, how):
+    """Rows committed up to the hang-up, a minute's sync interval: the moment the command
+    returns, litestream has exited after its shutdown and a restore holds every row."""
+    import fcntl
+    import termios
+
+    from .conftest import Writer
+
+    write_s3_env(rws, interval="1m")
+    setup(rws)
+    make_db(rws.db, 3)
+    if how.startswith("pty"):
+        primary, secondary = os.openpty()
+        proc = spawn_start(rws, stdin=secondary, stdout=secondary, stderr=secondary, start_new_session=True,
+                           preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0))
+        os.close(secondary)
+        reading = threading.Event()
+        reading.set()
+        drained = threading.Thread(target=drain, args=(primary, reading), daemon=True)
+        drained.start()
+    else:
+        proc = spawn_start(rws, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    wait_for(rws.synced, 30, interval=0.2, what="first sync")
+    with Writer(rws.db, pause=0.005) as writer:
+        writer.wait_commits(40)  # a burst the next minute's sync would carry, if it came
+    if how.startswith("pty"):
+        reading.clear()
+        drained.join(5)
+        os.close(primary)  # the kernel hangs up the session
+        assert proc.wait(60) == 0
+    else:
+        code, output = rws.finish(proc, signal.SIGHUP)
+        assert code == 0, output
+        # litestream's own word that its final sync was done, streamed before the command ended
+        assert 'msg="litestream shut down"' in output and "shutdown sync" not in output, output
+    assert litestreams(rws) == [], "the command returned while litestream still ran"
+    assert Restores(rws)() == rows(rws.db)
