@@ -28,7 +28,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import psutil
 
-from . import logfile, wal
+from . import logfile, ltlog, wal
 from .config import LOCAL, R2, START_WAIT, Settings, require_r2
 from .errors import BackupError, ConfigError, LitestreamError, translate
 from .files import open_private, private_dir, to_null, write_private
@@ -639,10 +639,6 @@ def _synced(litestream: Litestream, socket: Path) -> set[Path] | None:
     return {Path(db["path"]) for db in listing if db.get("path") and db.get("last_sync_at")}
 
 
-# litestream's warning when it cannot listen on its control socket; it replicates on without.
-SOCKET_FAILED = "failed to start control server"
-
-
 def _synced_by_replicas(settings: Settings, litestream: Litestream, config: LitestreamConfig) -> set[Path]:
     """Databases whose replica holds the txid litestream has captured locally: a first sync
     proven from the replica itself, where there is no control socket to ask."""
@@ -664,19 +660,11 @@ def _synced_by_replicas(settings: Settings, litestream: Litestream, config: Lite
     return synced
 
 
-# How an error looks in litestream's log: text and JSON log lines, and the
-# "Error: ..." line it prints when it exits (a config it cannot use).
-_ERROR_MARKS = ("level=ERROR", '"level":"ERROR"')
-
-
 def _startup_error(settings: Settings, offset: int, fallback: str) -> str | None:
-    """The first error litestream logged since ``offset``, translated, or None."""
-    for line in logfile.read_since(settings.logfile, offset).splitlines():
-        if "heartbeat ping failed" in line:
-            continue  # the dead-man's switch did not answer: replication itself is fine
-        if line.startswith("Error:") or any(mark in line for mark in _ERROR_MARKS):
-            return translate(line, fallback)
-    return None
+    """The first error litestream logged since ``offset``, translated, or None (a failed
+    heartbeat is not one: replication itself is fine)."""
+    error = ltlog.first_error(ltlog.events(logfile.read_since(settings.logfile, offset)))
+    return translate(error.line, fallback) if error else None
 
 
 def _wait_healthy(
@@ -716,7 +704,8 @@ def _wait_healthy(
         waiting = tuple(db.path for db in config.databases if not db.pattern and not db.path.exists())
         pending = [one.path for db in config.databases for one in db.databases() if one.path.exists()]
         synced: set[Path] | None = None
-        if config.socket and SOCKET_FAILED not in logfile.read_since(settings.logfile, offset):
+        if config.socket and not any(e.says(ltlog.SOCKET_FAILED)
+                                     for e in ltlog.events(logfile.read_since(settings.logfile, offset))):
             if time.monotonic() >= next_ask:  # each ask a process where litestream's client asks
                 next_ask = time.monotonic() + (1.0 if ask_by_process else 0.0)
                 synced = _synced(litestream, config.socket)
@@ -996,9 +985,6 @@ def stop_process(state: DaemonState, timeout: float, platform: Posix | Windows |
 
 
 CAUGHT_UP_LATER = "nothing committed is lost: the replica catches up at the next start"
-# What litestream logs when its final sync on a stop did not happen (db.go, 0.5).
-SYNC_NOT_DONE = ("shutdown sync failed after timeout", "shutdown sync skipped", "shutdown sync interrupted")
-SHUT_DOWN = 'msg="litestream shut down"'  # its last line after a stop signal (main.go)
 
 
 @dataclass(frozen=True)
@@ -1086,13 +1072,9 @@ def _shutdown_sync(settings: Settings, offset: int, wait: float = 2.0) -> bool |
     log a shutdown at all (it exited for another reason). The pump may lag a moment."""
     deadline = time.monotonic() + wait
     while True:
-        text = logfile.read_since(settings.logfile, offset)
-        if any(mark in text for mark in SYNC_NOT_DONE):
-            return False
-        if SHUT_DOWN in text:
-            return True
-        if time.monotonic() > deadline:
-            return None
+        said = ltlog.shutdown(ltlog.events(logfile.read_since(settings.logfile, offset)))
+        if said is not None or time.monotonic() > deadline:
+            return said
         time.sleep(POLL)
 
 

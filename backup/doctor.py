@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import http.client
-import re
 import shutil
 import sqlite3
 import time
@@ -10,7 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import daemon
+from . import daemon, ltlog
 from .config import LOCAL, R2, Settings, parse_duration
 from .errors import SNAPSHOT_FIX, BackupError, hole_problem
 from .litestream import Litestream
@@ -342,17 +341,13 @@ def _heartbeat(workspace: Workspace | None, config: LitestreamConfig | None, set
         # A failure older than an interval and a ping's timeout may have been followed by a
         # good ping: litestream logs those only at debug level.
         recent = time.time() - parse_duration(interval or DEFAULT_HEARTBEAT_INTERVAL) - 30
-        failed = [line for when, _, line in log_errors(settings)
-                  if "heartbeat ping failed" in line and when >= max(started, recent)]
+        failed = [e for e in log_errors(settings)
+                  if e.says(ltlog.HEARTBEAT_FAILED) and (e.time or 0) >= max(started, recent)]
         if failed:
-            error = _LOG_ERROR.search(failed[-1])
-            why = settings.mask(error.group(1).replace('\\"', '"')) if error else "see 'inv backup.logs'"
+            why = settings.mask(failed[-1].error) if failed[-1].error else "see 'inv backup.logs'"
             return Check("heartbeat", FAIL, f"{where}: the daemon's last ping failed ({why})",
                          "check BACKUP_HEARTBEAT_URL; 'inv backup.doctor --ping' tries it now")
     return Check("heartbeat", OK, f"{where}, after successful syncs ('--ping' sends a test request)")
-
-
-_LOG_ERROR = re.compile(r'\berror="((?:[^"\\]|\\.)*)"')
 
 
 def _metric_label(value: str) -> str:

@@ -33,7 +33,7 @@ from typing import Any
 
 import psutil
 
-from . import daemon, logfile, sqlitefile
+from . import daemon, logfile, ltlog, sqlitefile
 from .config import Settings, parse_duration
 from .errors import BackupError, ConfigError, translate
 from .files import private_dir, same_path, write_private
@@ -41,8 +41,6 @@ from .workspace import Database, Workspace
 
 FOLLOWERS = "followers"  # under the state dir: each follower's pidfile, lock, log, config
 DEFAULT_INTERVAL = "1s"
-READY = tuple(mark.decode() for mark in logfile.READY)  # litestream's log, once it follows
-REFUSED = "cannot resume follow mode"
 STOP_TIMEOUT = 30.0  # a follower has no final sync: it stops between two applies
 READ_ONLY = ("the copy is for reading: open it read-only (sqlite3 -readonly PATH, or "
              "'file:PATH?mode=ro' with uri=True in Python); a write to it is lost at the next change")
@@ -233,9 +231,10 @@ class _Run:
         while True:
             text = logfile.read_since(self.slot.logfile, self.offset)
             failed = next((line for line in text.splitlines() if line.startswith(logfile.PLACE_FAILED)), None)
-            if failed:  # logged before litestream's READY line
+            if failed:  # logged before litestream's "entering follow mode"
                 raise BackupError(failed.removeprefix("chora-backup: error: "))
-            if any(mark in text for mark in READY):
+            said = ltlog.events(text)
+            if any(event.says(*ltlog.FOLLOWING) for event in said):
                 return True
             code = self.proc.poll()
             if code is not None:
@@ -247,7 +246,7 @@ class _Run:
                         f"the follower of {self.slot.output} stopped before its first restore was done (by "
                         f"'inv backup.stop', or it failed: 'inv backup.logs --follower {self.slot.output}')")
                 daemon.remove_pidfile(self.slot.pidfile, self.record)
-                if REFUSED in text:
+                if any(event.says(ltlog.FOLLOW_REFUSED) for event in ltlog.events(text)):
                     return False
                 raise BackupError(translate(text, f"litestream's follow mode exited with code {code}"),
                                   details=tuple(logfile.tail(self.slot.logfile, 10, self.offset)))

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import BinaryIO
 
+from . import ltlog
 from .files import open_private
 
 MAX_BYTES = 10 * 1024 * 1024  # past this the log becomes <name>.1: at most twice this on disk
@@ -28,9 +29,7 @@ MASK_VARIABLE = "CHORA_BACKUP_LOG_MASK"
 TOUCH_VARIABLE = "CHORA_BACKUP_LOG_TOUCH"
 # The restored file the pump puts in place as that copy once litestream follows.
 RESTORED_VARIABLE = "CHORA_BACKUP_LOG_RESTORED"
-APPLIED = b'msg="follow: applied updates"'
-# litestream's log, once it follows ("resuming follow mode from crash recovery").
-READY = (b'msg="entering follow mode"', b'msg="resuming follow mode')
+# What the pump itself logs when it cannot put a follower's copy in place.
 PLACE_FAILED = "chora-backup: error: the restored copy could not be put in place"
 
 
@@ -194,7 +193,8 @@ def keeper(copy: Path, restored: Path) -> Callable[[bytes], bytes | None]:
 
     def on_line(line: bytes) -> bytes | None:
         nonlocal following, placed, said
-        following = following or any(mark in line for mark in READY)
+        event = ltlog.parse(line.decode("utf-8", "replace"))
+        following = following or event.says(*ltlog.FOLLOWING)
         if following and not placed:  # tried again at each line until done, said once
             try:
                 place(restored, copy)
@@ -203,7 +203,7 @@ def keeper(copy: Path, restored: Path) -> Callable[[bytes], bytes | None]:
                 if not said:
                     said = True
                     return f"{PLACE_FAILED}: {type(exc).__name__}: {exc}\n".encode("utf-8", "replace")
-        elif placed and APPLIED in line:
+        elif placed and event.says(ltlog.APPLIED):
             touch(copy)
         return None
 

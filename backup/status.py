@@ -5,7 +5,6 @@ answer well under a second for a small database on a local replica.
 """
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -14,7 +13,7 @@ from typing import Any
 
 import psutil
 
-from . import daemon
+from . import daemon, ltlog
 from .config import Settings, parse_duration
 from .errors import (
     EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_OK, SNAPSHOT_FIX, BackupError, hole_message, missing_bucket,
@@ -182,19 +181,17 @@ def _mtime_size(path: Path) -> int:
         return 0
 
 
-SHUT_DOWN = re.compile(r'time=(\S+) level=INFO msg="litestream shut down"')
+def _log_tail(settings: Settings, tail_bytes: int = 65536) -> list[ltlog.Event]:
+    """The end of the daemon's log (a local file: free to read), as litestream's events."""
+    from . import logfile
+
+    end = logfile.size(settings.logfile)
+    return ltlog.events(logfile.read_since(settings.logfile, max(0, end - tail_bytes)))
 
 
-def last_shutdown(settings: Settings, tail_bytes: int = 65536) -> float | None:
+def last_shutdown(settings: Settings) -> float | None:
     """When the daemon's litestream last logged its clean shutdown, if it did."""
-    from .logfile import size, read_since
-
-    text = read_since(settings.logfile, max(0, size(settings.logfile) - tail_bytes))
-    found = SHUT_DOWN.findall(text)
-    try:
-        return _parse_time(found[-1]) if found else None
-    except ValueError:
-        return None
+    return ltlog.last_shutdown(_log_tail(settings))
 
 
 def unsynced_since(db: Path, replica_txid: int) -> float | None:
@@ -383,43 +380,18 @@ def _current_listing(workspace: Workspace, unit: Database, now: float,
     return last_listing(workspace.settings, unit.path)
 
 
-_LOG_TIME = re.compile(r"\btime=(\S+)")
-# Errors that say nothing about the replica: a dead-man's switch that does not
-# answer, a metrics port in use. doctor reports the heartbeat's own.
-NOT_SYNC_ERRORS = ("heartbeat ping failed", "cannot start metrics server")
-_LOG_DB = re.compile(r'\bdb=("(?:[^"\\]|\\.)*"|\S+)')
+def log_errors(settings: Settings) -> list[ltlog.Event]:
+    """The daemon's recent timed ERROR events, in either log format."""
+    return [e for e in _log_tail(settings) if e.level == "ERROR" and e.time is not None]
 
 
-def log_errors(settings: Settings, tail_bytes: int = 65536) -> list[tuple[float, str | None, str]]:
-    """The daemon's recent error lines from its log (a local file: free to read):
-    (when, the database path it names or None, the line)."""
-    from . import logfile
-
-    path = settings.logfile
-    end = logfile.size(path)
-    found = []
-    for line in logfile.read_since(path, max(0, end - tail_bytes)).splitlines():
-        if "level=ERROR" not in line:
-            continue
-        when = _LOG_TIME.search(line)
-        try:
-            stamp = from_litestream(when.group(1)).timestamp() if when else None
-        except ValueError:
-            stamp = None
-        if stamp is None:
-            continue
-        db = _LOG_DB.search(line)
-        found.append((stamp, db.group(1).strip('"') if db else None, line))
-    return found
-
-
-def daemon_errors(settings: Settings) -> list[tuple[float, str | None, str]]:
-    """The daemon's recent sync errors: ``log_errors`` less those about something else."""
-    return [e for e in log_errors(settings) if not any(other in e[2] for other in NOT_SYNC_ERRORS)]
+def daemon_errors(settings: Settings) -> list[ltlog.Event]:
+    """The daemon's recent sync errors: not a heartbeat's or the metrics server's."""
+    return ltlog.sync_errors(_log_tail(settings))
 
 
 def _from_daemon(workspace: Workspace, unit: Database, synced: dict[str, str], now: float,
-                 errors: list[tuple[float, str | None, str]] | None = None) -> DatabaseStatus:
+                 errors: list[ltlog.Event] | None = None) -> DatabaseStatus:
     """One database's status from the running daemon and the last listing: no LIST."""
     from .replica import last_listing
 
@@ -444,8 +416,7 @@ def _from_daemon(workspace: Workspace, unit: Database, synced: dict[str, str], n
         status.hole = listed.get("hole")
     last_good = _parse_time(status.last_sync_at) if status.last_sync_at else 0.0
     # litestream's log names a database by its path or by its file name alone.
-    failed = [line for when, path, line in errors or ()
-              if when > last_good and path in (None, str(db), db.name)]
+    failed = [e.line for e in errors or () if (e.time or 0) > last_good and e.db in (None, str(db), db.name)]
     if unreachable is not None:
         status.error = unreachable.message
     elif failed:

@@ -173,4 +173,4 @@ def test_heartbeat_and_metrics_errors_in_the_log_are_not_sync_errors(tmp_path):
         'time=2026-11-26T10:00:02Z level=ERROR msg="sync error" db=chora.db error="NoSuchBucket"\n'
     )
     assert len(log_errors(settings)) == 3
-    assert [(db, "NoSuchBucket" in line) for _, db, line in daemon_errors(settings)] == [("chora.db", True)]
+    assert [(e.db, "NoSuchBucket" in e.line) for e in daemon_errors(settings)] == [("chora.db", True)]

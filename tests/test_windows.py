@@ -19,7 +19,7 @@ import time
 import psutil
 import pytest
 
-from backup import config, daemon, winconsole
+from backup import config, daemon, ltlog, winconsole
 from backup.errors import describe_os_error
 from backup.files import same_path
 from backup.render import read_config
@@ -294,7 +294,7 @@ def test_a_socket_litestream_cannot_open_falls_back_to_the_replicas_proof(ws):
     try:
         assert result.returncode == 0, result.stdout + result.stderr
         assert "first sync of" not in result.stdout, result.stdout  # proven, not left pending
-        assert daemon.SOCKET_FAILED in (ws.state / "litestream.log").read_text()
+        assert ltlog.SOCKET_FAILED in (ws.state / "litestream.log").read_text()
         assert ws.restore(ws.root / "proven.db") == rows(ws.db)
     finally:
         assert ws.inv("backup.stop").returncode == 0

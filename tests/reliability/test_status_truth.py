@@ -152,3 +152,30 @@ def test_a_daemon_too_busy_to_answer_its_socket_is_not_read_as_no_replica_txid(r
     finally:
         slow.close()
     stop(rws)
+
+
+def test_status_reports_a_daemons_sync_errors_in_json_logs_too(rws, s3_endpoint):
+    """litestream.yml's 'logging: type: json': the daemon's errors are read all the same."""
+    from conftest import insert, s3_client
+
+    write_s3_env(rws)
+    setup(rws)
+    make_db(rws.db, 3)
+    rws.config.write_text(rws.config.read_text() + "\nlogging:\n  type: json\n")
+    start_bg(rws)
+    assert '"msg":' in (rws.state / "litestream.log").read_text()  # JSON lines, as configured
+    client = s3_client(s3_endpoint)
+    for obj in client.list_objects_v2(Bucket=rws.bucket).get("Contents", []):
+        client.delete_object(Bucket=rws.bucket, Key=obj["Key"])
+    client.delete_bucket(Bucket=rws.bucket)
+    insert(rws.db, "with nowhere to go")
+
+    def failing() -> dict | None:
+        code, data = status(rws)
+        db = data["databases"][0]
+        return db if code == 1 and db["error"] else None
+
+    db = wait_for(failing, 30, interval=0.5, what="status to report the failing sync")
+    assert f"bucket '{rws.bucket}' does not exist" in db["error"], db
+    client.create_bucket(Bucket=rws.bucket)  # so the stop's final sync can finish
+    stop(rws)
