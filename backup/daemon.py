@@ -37,6 +37,7 @@ from .litestream import (
     CREATE_NO_WINDOW,
     Litestream,
     check_endpoint,
+    holders_of,
     is_replicate,
     replicators,
 )
@@ -376,6 +377,15 @@ def _prepare(settings: Settings, litestream: Litestream, given: LitestreamConfig
                 raise ConfigError(
                     f"{one.path} is not an SQLite database: check BACKUP_DB (the file to back "
                     "up) — nothing was started"
+                )
+            # Another workspace's litestream on the same database (its own config, its own
+            # state dir): two replicators of one database share its local state folder.
+            other = holders_of(one.path) if one.path.is_file() else []
+            if other:
+                raise BackupError(
+                    f"litestream (pid {other[0].pid}) already replicates {one.path} with another "
+                    "config (another workspace naming the same database?): stop it there first "
+                    "— nothing was started"
                 )
     # Only the replicas chora-backup writes (S3, a folder) carry an owner record; a
     # hand-written config's other kinds are litestream's to check. A database a folder

@@ -78,7 +78,8 @@ def _config(settings: Settings, workspace: Workspace | None, problem: BackupErro
         why = problem.message if problem else "no litestream.yml yet"
         fix = "run 'inv backup.setup' (R2 or S3), or 'inv backup.local' (a local folder)"
         if ": run 'inv backup." in why:  # the message names the fix already: say it once
-            why, fix = why.split(": ", 1)
+            why, _, rest = why.partition(": run 'inv backup.")
+            fix = "run 'inv backup." + rest
         return Check("config", FAIL, why, fix)
     path = settings.config_path
     from .render import is_generated
@@ -200,7 +201,7 @@ def _owner(settings: Settings, db: Database) -> Check:
         return Check(
             "owner", FAIL, f"the replica holds the backups of {owner.describe()}, not of {db.path}",
             "set BACKUP_REPLICA_PATH (local mode: BACKUP_LOCAL_DIR) to a place of its own, or "
-            "restore that backup with 'inv backup.restore'",
+            "restore that backup here with 'inv backup.restore --force' (this file is moved aside)",
         )
     if local.instance != owner.instance:
         if daemon.check(settings).running:

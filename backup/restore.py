@@ -24,7 +24,7 @@ import psutil
 from . import daemon
 from .config import Settings
 from .errors import EXIT_CONFIG, SNAPSHOT_FIX, BackupError, ConfigError, missing_txids
-from .files import temp_beside
+from .files import private_dir, temp_beside
 from .litestream import local_state_dir
 from .replica import LtxFile, Window, plan, window
 from .timeparse import iso_z, rfc3339
@@ -413,7 +413,10 @@ def _restore(
     """One database: plan from the listing, restore beside the target, check, swap in."""
     replica = db.replica
     files = replica.files()
-    temp = target.with_name(f".{target.name}.restoring-{os.getpid()}")
+    # Restored inside a folder of its own, 0700: litestream creates the file with the umask's
+    # mode, and nobody else may read the copy while it downloads and is checked.
+    folder = target.with_name(f".{target.name}.restoring-{os.getpid()}")
+    temp = folder / target.name
     if dry_run:
         plan = replica.json("restore", "-dry-run", "-o", str(temp), *point)
         return RestorePlan(
@@ -433,6 +436,7 @@ def _restore(
 
     started = time.monotonic()
     try:
+        private_dir(folder)
         summary = _download(replica, temp, point, progress, started)
         duration = time.monotonic() - started
         checked = time.monotonic()
@@ -454,6 +458,8 @@ def _restore(
     finally:
         for leftover in (temp, *(Path(str(temp) + s) for s in (*SIDECARS, ".tmp"))):
             leftover.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            folder.rmdir()
     restored_txid = summary.get("txid") if isinstance(summary, dict) else None
     when = _restored_time(files, timestamp, txid)
     return RestoreResult(

@@ -21,7 +21,7 @@ from .errors import (
 from .litestream import local_state_dir
 from .replica import SNAPSHOT_LEVEL, LtxFile, local_txid
 from .timeparse import from_litestream
-from .wal import position, risk, wal_salts
+from .wal import risk, written_since
 from .workspace import Database, Workspace
 
 MIN_MAX_AGE = 60.0  # seconds; see max_age()
@@ -164,21 +164,13 @@ def unseen_since(db: Path, stopped_at: float | None = None) -> float | None:
     its log) and two seconds of slack not counted as a write.
     """
     captured = max((_mtime(p) for p in _local_ltx_dir(db).glob("*.ltx")), default=0.0)
-    pos, salts = position(db), wal_salts(db)
-    if pos is not None and salts is not None:
-        restarted = salts != pos.salts
-        return captured if restarted or _mtime_size(db.with_name(db.name + "-wal")) > pos.end else None
+    moved = written_since(db)
+    if moved is not None:
+        return captured if moved else None
     written = max(_mtime(db), _mtime(db.with_name(db.name + "-wal")))
     if stopped_at is not None and written <= stopped_at + 2.0:
         return None
     return captured if written > captured + 2.0 else None
-
-
-def _mtime_size(path: Path) -> int:
-    try:
-        return path.stat().st_size
-    except OSError:
-        return 0
 
 
 def _log_tail(settings: Settings, tail_bytes: int = 65536) -> list[ltlog.Event]:
@@ -275,7 +267,7 @@ def _whose(status: DatabaseStatus, unit: Database) -> None:
         status.error = status.error or (
             f"the replica holds the backups of {owner.describe()}, not of this database: set "
             "BACKUP_REPLICA_PATH (local mode: BACKUP_LOCAL_DIR) to a place of its own, or restore "
-            "that backup with 'inv backup.restore'"
+            "that backup here with 'inv backup.restore --force' (this file is moved aside)"
         )
 
 
@@ -343,7 +335,8 @@ def _daemon_view(workspace: Workspace, unit: Database, now: float) -> tuple[int 
     return replicated, None, True
 
 
-LISTING_MAX_AGE = 15 * 60.0  # status lists a replica again past this: at most four times an hour
+LISTING_MAX_AGE = 15 * 60.0  # status lists a replica again past this
+LISTINGS_PER_HOUR = 4  # and never more often than this, whatever the reason
 CONTRADICTED_AGE = 60.0  # sooner when the daemon contradicts the listing (it found nothing)
 
 
@@ -353,7 +346,7 @@ def _current_listing(workspace: Workspace, unit: Database, now: float,
     store) once it is older than LISTING_MAX_AGE — so restorability never goes stale without
     bound — or than CONTRADICTED_AGE when it found nothing but the daemon has uploaded
     (``replicated``): a listing made during a long first upload must not outlive it.
-    Attempts count too: a failing endpoint is not asked more often."""
+    Attempts count too, failed ones included: never more than LISTINGS_PER_HOUR."""
     from .files import read_json, update_json
     from .replica import last_listing
 
@@ -363,16 +356,17 @@ def _current_listing(workspace: Workspace, unit: Database, now: float,
     at = _parse_time(listed["listed_at"]) if listed and listed.get("listed_at") else 0.0
     attempts = workspace.settings.state_dir / "listing-attempts.json"
     tried = read_json(attempts).get(str(unit.path))
+    recent = [t for t in tried if isinstance(t, (int, float)) and now - t < 3600] if isinstance(tried, list) else []
     contradicted = bool(listed and not listed.get("newest_txid") and replicated)
     limit = CONTRADICTED_AGE if contradicted else LISTING_MAX_AGE
     seen = read_json(workspace.settings.state_dir / "daemon-sync.json").get(str(unit.path)) or {}
     uploaded_at = seen.get("first_replicated_at") if seen.get("pid") == workspace.state.pid else None
     if contradicted and isinstance(uploaded_at, (int, float)) and at < uploaded_at:
         limit = 0.0  # listed before this daemon's first upload was seen: list now, once
-    if now - at <= limit or not unit.replica.has_store or \
-            (isinstance(tried, (int, float)) and now - tried <= limit):
+    if now - at <= limit or not unit.replica.has_store or len(recent) >= LISTINGS_PER_HOUR or \
+            (recent and now - recent[-1] <= limit):
         return listed
-    update_json(attempts, str(unit.path), now)
+    update_json(attempts, str(unit.path), [*recent, now])
     try:
         unit.replica.relist()
     except BackupError:

@@ -79,8 +79,8 @@ class VerifyResult:
         width = max((len(c.database) for c in self.checks), default=0)
         # A heading first: pre-commit strips the start of a hook's output, which took the
         # first check's indentation away.
-        return ["verify: the replica restored to a temporary folder, checked and compared "
-                "with the live database"] + [
+        return ["verify: restore the replica to a temporary folder, check it, compare it with "
+                "the live database"] + [
             f"  {'ok  ' if c.ok else 'FAIL'}  " + (f"{c.database:<{width}}  " if width else "")
             + f"{c.name:<9} {c.detail}"
             for c in self.checks

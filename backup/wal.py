@@ -122,6 +122,20 @@ def wal_salts(db: Path) -> tuple[int, int] | None:
     return struct.unpack(">II", head[16:24])
 
 
+def written_since(db: Path) -> bool | None:
+    """Has the WAL moved on since litestream's saved position? None when that cannot be read
+    from the WAL (no position, no WAL). SQLite keeps a WAL file's length when it restarts
+    it, so its length says nothing: a frame right at the position, of the same generation
+    (its salts), does; so do other salts in the header (a restart)."""
+    pos, salts = position(db), wal_salts(db)
+    if pos is None or salts is None:
+        return None
+    if salts != pos.salts:
+        return True
+    frame = _read_at(wal_path(db), pos.end, FRAME_HEADER)
+    return len(frame) == FRAME_HEADER and struct.unpack(">II", frame[8:16]) == pos.salts
+
+
 def risk(db: Path) -> str | None:
     """Why litestream would silently skip committed frames if it started now, or None.
 

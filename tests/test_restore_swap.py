@@ -78,7 +78,7 @@ def test_a_swap_that_fails_half_way_puts_the_original_back(backed_up, monkeypatc
     real_replace = os.replace
 
     def full_disk(src, dst):
-        if Path(src).name.startswith(".chora.db.restoring"):
+        if Path(src).parent.name.startswith(".chora.db.restoring"):  # the restored copy, in its folder
             raise OSError(errno.ENOSPC, "No space left on device", str(dst))
         return real_replace(src, dst)
 

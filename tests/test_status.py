@@ -174,3 +174,28 @@ def test_heartbeat_and_metrics_errors_in_the_log_are_not_sync_errors(tmp_path):
     )
     assert len(log_errors(settings)) == 3
     assert [(e.db, "NoSuchBucket" in e.line) for e in daemon_errors(settings)] == [("chora.db", True)]
+
+
+def test_status_lists_a_replica_at_most_four_times_an_hour_whatever_happens(tmp_path):
+    """A failing endpoint, or a listing the daemon contradicts: polled every ten seconds for an
+    hour, status still lists at most four times."""
+    from types import SimpleNamespace
+
+    from backup.errors import BackupError
+    from backup.status import _current_listing
+
+    settings = config.load(cwd=tmp_path, environ={"BACKUP_STATE_DIR": str(tmp_path / "state")})
+    settings.state_dir.mkdir()
+    calls = []
+
+    def relist():
+        calls.append(1)
+        raise BackupError("the endpoint refused it")
+
+    replica = SimpleNamespace(has_store=True, where="s3://b/chora.db", relist=relist)
+    unit = SimpleNamespace(path=settings.db, replica=replica)
+    workspace = SimpleNamespace(settings=settings, state=SimpleNamespace(pid=42))
+    start = 1_800_000_000.0
+    for n in range(360):
+        _current_listing(workspace, unit, start + 10 * n, replicated=7)
+    assert len(calls) == 4

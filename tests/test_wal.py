@@ -31,8 +31,11 @@ def page_size(db: Path) -> int:
 
 
 def save_position(db: Path, txid: int = 7) -> wal.Position:
-    """An L0 file as litestream writes it after syncing the WAL to its current end."""
+    """An L0 file as litestream writes it after syncing the WAL to its last frame (the WAL
+    index's mxFrame: after a restart the file is longer than the frames in use)."""
     data = Path(f"{db}-wal").read_bytes()
+    frames = struct.unpack("=I", Path(f"{db}-shm").read_bytes()[16:20])[0]
+    data = data[:wal.WAL_HEADER + frames * (page_size(db) + wal.FRAME_HEADER)]
     salts = struct.unpack(">II", data[16:24])
     head = bytearray(wal.LTX_HEADER)
     head[:4] = b"LTX1"
@@ -200,4 +203,18 @@ def test_a_database_that_cannot_be_pinned_is_said_so(tmp_path):
     pin.release()
     assert len(lines) == 1 and f"could not hold the WAL of {db} still" in lines[0]
     assert "'inv backup.verify' checks" in lines[0]
+    con.close()
+
+
+def test_written_since_reads_the_frame_at_the_position_not_the_files_length(tmp_path):
+    db = tmp_path / "a.db"
+    con = app(db)
+    add(con, 60)
+    restart_wal(con)  # the WAL file keeps its length: longer than what comes next
+    add(con, 2)
+    pos = save_position(db)
+    assert wal.wal_path(db).stat().st_size > pos.end
+    assert wal.written_since(db) is False  # old frames past the position are not new ones
+    add(con, 1)
+    assert wal.written_since(db) is True
     con.close()

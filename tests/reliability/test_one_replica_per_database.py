@@ -272,3 +272,30 @@ def test_status_says_whose_backups_the_replica_holds(rws, other, tmp_path):
     assert f"restorable     yes (the backups of {rws.db} on host" in text
     mine = rws.inv("backup.status", "--json")
     assert json.loads(mine.stdout)["databases"][0]["owner"] is None  # its own replica
+
+
+def test_a_second_workspace_naming_the_same_database_is_refused_and_touches_nothing(ws, tmp_path):
+    """Two workspaces with BACKUP_DB at one file and replicas of their own: the second start
+    must not start a second litestream on it, nor clear the first one's local state."""
+    shared = tmp_path / "shared" / "app.db"
+    shared.parent.mkdir()
+    make_db(shared)
+    second = Workspace(tmp_path / "second")
+    try:
+        for one, backups in ((ws, "backups-a"), (second, "backups-b")):
+            one.write_env(BACKUP_DB=str(shared), BACKUP_LOCAL_DIR=str(tmp_path / backups))
+            assert one.inv("backup.local", "--no-start").returncode == 0
+        assert ws.inv("backup.start-bg").returncode == 0
+        state = sorted(p.name for p in (shared.parent / ".app.db-litestream" / "ltx" / "0").iterdir())
+        refused = second.inv("backup.start-bg")
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert "already replicates" in refused.stderr and "stop it there first" in refused.stderr
+        assert sorted(p.name for p in (shared.parent / ".app.db-litestream" / "ltx" / "0").iterdir()) == state
+        assert second.daemon_pid() is None
+        insert(shared, "still replicated by the first")
+        assert ws.inv("backup.stop").returncode == 0
+        out = ws.root / "restored.db"
+        assert ws.inv("backup.restore", "--output", str(out)).returncode == 0
+        assert rows(out) == rows(shared)
+    finally:
+        second.cleanup()
