@@ -298,7 +298,7 @@ def test_a_daemon_no_pidfile_names_still_blocks_a_second_one(ws, tmp_path):
     elsewhere = {"BACKUP_STATE_DIR": str(tmp_path / "other-state")}
     for command in ("backup.start-bg", "backup.start"):
         result = ws.inv(command, env=elsewhere, timeout=60)
-        assert result.returncode != 0, result.stdout
+        assert result.returncode == 1, result.stdout
         assert f"litestream (pid {pid}) already replicates {ws.config}" in result.stderr
         assert [p.pid for p in litestreams(ws)] == [pid]
     assert not (tmp_path / "other-state" / "litestream.pid").exists()
@@ -387,7 +387,7 @@ def test_start_bg_with_a_config_litestream_cannot_parse_fails_fast(ws):
     began = time.monotonic()
     result = ws.inv("backup.start-bg")
     took = time.monotonic() - began
-    assert result.returncode != 0
+    assert result.returncode == 1
     assert took < START_WAIT
     assert 'unknown replica type in config: "nosuchtype"' in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")
@@ -405,7 +405,7 @@ def test_start_bg_against_a_missing_bucket_fails_naming_the_bucket(r2ws):
     began = time.monotonic()
     result = r2ws.inv("backup.start-bg")
     took = time.monotonic() - began
-    assert result.returncode != 0
+    assert result.returncode == 1
     assert took < START_WAIT
     last = result.stderr.strip().splitlines()[-1]
     assert last == "error: bucket 'no-such-bucket-here' does not exist: create it, or fix R2_BUCKET", result.stderr
@@ -425,7 +425,7 @@ def test_foreground_start_refuses_while_start_bg_daemon_runs(ws):
     make_db(ws.db, 1)
     pid = start_bg(ws)
     result = ws.inv("backup.start")
-    assert result.returncode != 0
+    assert result.returncode == 1
     assert f"(pid {pid}, started by 'inv backup.start-bg')" in result.stderr
     assert "stop it first" in result.stderr
     assert ws.daemon_pid() == pid

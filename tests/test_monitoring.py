@@ -137,7 +137,7 @@ def test_a_metrics_port_in_use_fails_the_start_and_says_what_to_do(ws: Workspace
         make_db(ws.db)
         assert ws.inv("backup.local", "--no-start").returncode == 0
         start = ws.inv("backup.start-bg")
-        assert start.returncode != 0
+        assert start.returncode == 1
         assert "cannot serve metrics at BACKUP_METRICS_ADDR (the port is in use" in start.stderr
         assert "Traceback" not in start.stderr
         assert ws.daemon_pid() is None  # nothing left running

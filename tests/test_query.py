@@ -43,9 +43,10 @@ def ask(ws: Workspace, sql: str, *args: str, env: dict | None = None) -> dict:
     return json.loads(result.stdout) if "--json" in args else {"text": result.stdout}
 
 
-def refused(ws: Workspace, *args: str) -> str:
+def refused(ws: Workspace, *args: str, code: int = 1) -> str:
+    """The one line a refused query prints; ``code`` as errors.py names it (2: bad input)."""
     result = ws.inv("backup.query", *args)
-    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stdout + result.stderr
+    assert result.returncode == code and "Traceback" not in result.stderr, result.stdout + result.stderr
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     return result.stderr
 
@@ -68,8 +69,8 @@ def check_time_travel(ws: Workspace) -> None:
     assert "SQL: no such table: nope" in refused(ws, "select * from nope")
     early = refused(ws, "select 1", "--timestamp", "2020-01-01T00:00:00Z")
     assert "is before the earliest backup: the replica can restore" in early and "txid 0000000000000001 to" in early
-    assert "is not a point in time" in refused(ws, "select 1", "--timestamp", "yesterday-ish")
-    assert "give the SQL to ask" in refused(ws, " ")
+    assert "is not a point in time" in refused(ws, "select 1", "--timestamp", "yesterday-ish", code=2)
+    assert "give the SQL to ask" in refused(ws, " ", code=2)
     assert len(rows(ws.db)) == 5  # the live database untouched
 
 

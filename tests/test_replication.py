@@ -76,7 +76,7 @@ def test_setup_switches_a_local_workspace_back_to_r2(r2ws):
 
 def test_start_without_config_says_what_to_run(ws):
     result = ws.inv("backup.start")
-    assert result.returncode != 0
+    assert result.returncode == 2  # errors.py: EXIT_CONFIG, nothing to replicate yet
     assert result.stderr.strip() == (
         "error: no replicas configured: run 'inv backup.setup' (R2 or S3), or 'inv backup.local' (a local folder; --no-start only writes litestream.yml)"
     )

@@ -151,7 +151,7 @@ def test_one_daemon_replicates_a_glob_and_restores_each_database(several, report
 
     # Every database to its own path: existing files need --force.
     refused = ws.inv("backup.restore")
-    assert refused.returncode != 0 and "--force" in refused.stderr and "Traceback" not in refused.stderr
+    assert refused.returncode == 1 and "--force" in refused.stderr and "Traceback" not in refused.stderr
     assert {name: rows(ws.path / name) for name in NAMES} == latest
 
     restored(ws, "--force", "--timestamp", point)
@@ -193,7 +193,7 @@ def test_restore_needs_one_known_database_for_an_output_path(several):
         (("--db", "nope.db", "--output", str(out)), ["nope.db", "chora.db", "data/x.db", "data/y.db"]),
     ):
         result = several.inv("backup.restore", *args)
-        assert result.returncode != 0, result.stdout + result.stderr
+        assert result.returncode == 2, result.stdout + result.stderr  # errors.py: EXIT_CONFIG
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
         assert all(word in lines[0] for word in words), lines[0]
