@@ -203,7 +203,9 @@ def launchd_plist(settings: Settings, name: str, command: list[str], env: dict[s
 
 def task_xml(settings: Settings, name: str, command: list[str], stop_timeout: int) -> bytes:
     program, *args = command
-    arguments = " ".join(f'"{a}"' if " " in a else a for a in args)
+    # Windows splits a command line by the C runtime's rules (quotes, backslashes before a
+    # quote, tabs): list2cmdline writes exactly those; quoting on spaces alone does not.
+    arguments = subprocess.list2cmdline(args)
     user = escape(getpass.getuser())
     text = f"""<?xml version="1.0" encoding="UTF-16"?>
 <!-- {MARKER} -->

@@ -308,3 +308,17 @@ def test_a_ping_url_only_in_the_shell_is_refused_and_never_copied_into_the_unit(
     (ws / ".env").write_text(f"BACKUP_HEARTBEAT_URL={url}\n")
     in_env = config.load(cwd=ws, environ={})
     service.check_secrets_reachable(in_env)  # from .env, as the service will read it: fine
+
+
+@pytest.mark.parametrize("arg, quoted", [
+    ("start", "start"),
+    ("C:\\Program Files\\py\\python.exe", '"C:\\Program Files\\py\\python.exe"'),
+    ('say "hi"', '"say \\"hi\\""'),
+    ("tab\there", '"tab\there"'),
+    ("ends in a backslash\\", '"ends in a backslash\\\\"'),
+])
+def test_task_scheduler_arguments_are_quoted_as_windows_splits_them(tmp_path, home, arg, quoted):
+    settings = settings_for(tmp_path)
+    text = service.task_xml(settings, "t", ["prog.exe", "-m", arg], 30)
+    task = ET.fromstring(text.decode("utf-16").split("\n", 1)[1])
+    assert task.find("t:Actions/t:Exec/t:Arguments", TASK_NS).text == f"-m {quoted}"
