@@ -187,7 +187,7 @@ def keeper(copy: Path, restored: Path) -> Callable[[bytes], bytes | None]:
     ``restored`` in place as ``copy`` (``sqlitefile.place``); then move the copy's change
     counter after each change litestream reports applied. The follow command may be gone by
     then (``--background`` with a ``--timeout``): the pump lives as long as the follower."""
-    from .sqlitefile import place, touch
+    from .sqlitefile import Locked, place, touch
 
     following = placed = said = False
 
@@ -199,7 +199,8 @@ def keeper(copy: Path, restored: Path) -> Callable[[bytes], bytes | None]:
             try:
                 place(restored, copy)
                 placed = True
-            except Exception as exc:  # noqa: BLE001 -- said in the log, where follow and status look
+            except (OSError, Locked) as exc:  # a file it cannot move, a reader's long lock
+                # Said in the log, where follow and status look; tried again at the next line.
                 if not said:
                     said = True
                     return f"{PLACE_FAILED}: {type(exc).__name__}: {exc}\n".encode("utf-8", "replace")
