@@ -371,22 +371,22 @@ def _prepare(settings: Settings, litestream: Litestream, given: LitestreamConfig
                 f"the folder {entry.path} (BACKUP_DB {entry.pattern} in it) does not exist: "
                 "create it, or fix BACKUP_DB"
             )
-    for entry in config.databases:
-        for one in entry.databases():
-            if one.path.is_file() and not is_sqlite(one.path):
-                raise ConfigError(
-                    f"{one.path} is not an SQLite database: check BACKUP_DB (the file to back "
-                    "up) — nothing was started"
-                )
-            # Another workspace's litestream on the same database (its own config, its own
-            # state dir): two replicators of one database share its local state folder.
-            other = holders_of(one.path) if one.path.is_file() else []
-            if other:
-                raise BackupError(
-                    f"litestream (pid {other[0].pid}) already replicates {one.path} with another "
-                    "config (another workspace naming the same database?): stop it there first "
-                    "— nothing was started"
-                )
+    files = [one.path for entry in config.databases for one in entry.databases() if one.path.is_file()]
+    for db in files:
+        if not is_sqlite(db):
+            raise ConfigError(
+                f"{db} is not an SQLite database: check BACKUP_DB (the file to back up) — nothing "
+                "was started"
+            )
+    # Another workspace's litestream on the same database (its own config, its own state
+    # dir): two replicators of one database share its local state folder.
+    held = holders_of(files)
+    if held:
+        db, other = next(iter(held.items()))
+        raise BackupError(
+            f"litestream (pid {other.pid}) already replicates {db} with another config (another "
+            "workspace naming the same database?): stop it there first — nothing was started"
+        )
     # Only the replicas chora-backup writes (S3, a folder) carry an owner record; a
     # hand-written config's other kinds are litestream's to check. A database a folder
     # entry finds later is claimed at the next start.
@@ -431,11 +431,16 @@ def _snapshot_after_crash(settings: Settings, litestream: Litestream, state: Dae
     return True
 
 
+def _existing(config: LitestreamConfig) -> list[Path]:
+    """Every database of ``config`` that exists now (a folder entry's, as found now)."""
+    return [one.path for db in config.databases for one in db.databases() if one.path.exists()]
+
+
 def _guard(config: LitestreamConfig) -> tuple[wal.Pin, list[str]]:
     """Every database's WAL pinned, and repaired where litestream would resume from it wrongly
     (see ``backup.wal``). Needs the lock held; the caller releases the pin once litestream
     has synced."""
-    return wal.guard([one.path for db in config.databases for one in db.databases() if one.path.exists()])
+    return wal.guard(_existing(config))
 
 
 def _private_socket_folder(settings: Settings, socket: Path | None) -> None:
@@ -652,12 +657,12 @@ def _synced(litestream: Litestream, socket: Path) -> set[Path] | None:
 def _synced_by_replicas(settings: Settings, litestream: Litestream, config: LitestreamConfig) -> set[Path]:
     """Databases whose replica holds the txid litestream has captured locally: a first sync
     proven from the replica itself, where there is no control socket to ask."""
-    from .replica import Replica, local_txid
+    from .replica import Replica
 
     synced = set()
     for entry in config.databases:
         for one in entry.databases():
-            local = local_txid(one.path)
+            local = wal.local_txid(one.path)
             if local is None:
                 continue
             try:
@@ -712,7 +717,7 @@ def _wait_healthy(
         if error:
             raise failure(f"litestream failed to start: {error}")
         waiting = tuple(db.path for db in config.databases if not db.pattern and not db.path.exists())
-        pending = [one.path for db in config.databases for one in db.databases() if one.path.exists()]
+        pending = _existing(config)
         synced: set[Path] | None = None
         if config.socket and not any(e.says(ltlog.SOCKET_FAILED)
                                      for e in ltlog.events(logfile.read_since(settings.logfile, offset))):
@@ -927,8 +932,7 @@ GO_PANIC = 2  # the exit code of a Go program that panicked
 
 def _captured(config: LitestreamConfig) -> dict[Path, int]:
     """Each database's local position (newest L0 txid) before litestream starts."""
-    return {one.path: (wal.position(one.path) or wal.Position(0, 0, 0, 0, (0, 0))).txid
-            for db in config.databases for one in db.databases() if one.path.exists()}
+    return {path: wal.local_txid(path) or 0 for path in _existing(config)}
 
 
 def _release_after_first_sync(pin: wal.Pin, litestream: Litestream, config: LitestreamConfig,
@@ -940,8 +944,7 @@ def _release_after_first_sync(pin: wal.Pin, litestream: Litestream, config: Lite
     deadline = time.monotonic() + timeout
     try:
         while proc.poll() is None and time.monotonic() < deadline:
-            moved = {db for db, txid in captured.items()
-                     if (wal.position(db) or wal.Position(0, 0, 0, 0, (0, 0))).txid > txid}
+            moved = {db for db, txid in captured.items() if (wal.local_txid(db) or 0) > txid}
             synced = _synced(litestream, config.socket) if config.socket else None
             if set(captured) <= moved | (synced or set()):
                 return
@@ -1099,7 +1102,7 @@ def _sync_now(settings: Settings, state: DaemonState, deadline: float) -> bool |
     if config.socket is None:
         return None
     control = Litestream(settings).control(config.socket)
-    paths = [one.path for db in config.databases for one in db.databases() if one.path.exists()]
+    paths = _existing(config)
     done = True
     for path in paths:
         answer = control.sync(path, wait=max(1.0, deadline - time.monotonic()))

@@ -98,19 +98,22 @@ def replicators(config: str) -> list[psutil.Process]:
     ]
 
 
-def holders_of(db: Path) -> list[psutil.Process]:
-    """Every litestream process on this machine that has ``db`` open (whatever config it
-    runs: another workspace may name the same database)."""
-    found = []
+def holders_of(dbs: list[Path]) -> dict[Path, psutil.Process]:
+    """For each of ``dbs`` that a litestream process on this machine has open (whatever
+    config it runs: another workspace may name the same database), one such process. The
+    process table is read once, however many databases are asked about."""
+    found: dict[Path, psutil.Process] = {}
     for proc in psutil.process_iter(["name", "cmdline"]):
         words = " ".join(proc.info["cmdline"] or [proc.info["name"] or ""])
         if "litestream" not in words:
             continue
         try:
-            if any(same_path(f.path, db) for f in proc.open_files()):
-                found.append(proc)
+            opened = [f.path for f in proc.open_files()]
         except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
             continue
+        for db in dbs:
+            if db not in found and any(same_path(path, db) for path in opened):
+                found[db] = proc
     return found
 
 

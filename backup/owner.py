@@ -242,17 +242,16 @@ class Ownership:
                 )
             # Restored from this very replica (only record_restore sets replica_txid).
             restored = local is not None and local.replica == where and local.replica_txid is not None
-            if restored and history and self._replica_txid is not None:
-                newest = self._replica_txid()
-                if newest is not None and newest != local.replica_txid:
-                    # Its old writer went on after this copy was restored: two writers of one
-                    # history would take turns being "the latest state".
-                    raise BackupError(
-                        f"{where} moved on since {db} was restored from it (txid "
-                        f"{local.replica_txid:016x}, now {newest:016x}): stop the database that "
-                        "still writes there, then restore again with 'inv backup.restore --force' "
-                        "— nothing was started"
-                    )
+            newest = self._moved_on(local) if restored and history else None
+            if newest is not None:
+                # Its old writer went on after this copy was restored: two writers of one
+                # history would take turns being "the latest state".
+                raise BackupError(
+                    f"{where} moved on since {db} was restored from it (txid "
+                    f"{local.replica_txid:016x}, now {newest:016x}): stop the database that "
+                    "still writes there, then restore again with 'inv backup.restore --force' "
+                    "— nothing was started"
+                )
             local = local or Local(lineage=uuid.uuid4().hex, instance=uuid.uuid4().hex)
             # The local record first: a start that fails after the remote one is written (a
             # folder it cannot write) must still find its own claim next time.
@@ -304,12 +303,20 @@ class Ownership:
                 owner, f"{self.entry.path} has not been restored from it since that database "
                 "wrote there"
             )
-        newest = self._replica_txid() if self._replica_txid else None
-        if newest is not None and local.replica_txid is not None and newest != local.replica_txid:
+        newest = self._moved_on(local)
+        if newest is not None:
             raise self._refuse(
                 owner, f"it moved on since {self.entry.path} was restored (txid "
                 f"{local.replica_txid:016x}, now {newest:016x})"
             )
+
+    def _moved_on(self, local: Local) -> int | None:
+        """The replica's newest txid when it differs from the one ``local`` was restored at
+        (its writer went on after the restore), else None. One listing, asked only here."""
+        newest = self._replica_txid() if self._replica_txid else None
+        if newest is not None and local.replica_txid is not None and newest != local.replica_txid:
+            return newest
+        return None
 
 
 def foreign_owner(settings: Settings, entry: Entry, store: Store) -> Owner | None:

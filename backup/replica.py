@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import Settings, require_r2
 from .errors import BackupError, hole_message, missing_txids
-from .litestream import Litestream, check_endpoint, local_state_dir
+from .litestream import Litestream, check_endpoint
 from .render import Entry
 from .timeparse import from_litestream, iso_z
 
@@ -194,24 +193,6 @@ def last_listing(settings: Settings, db: Path) -> dict[str, Any] | None:
 
     found = read_json(listings_file(settings)).get(str(db))
     return found if isinstance(found, dict) else None
-
-
-def local_txid(db: Path) -> int | None:
-    """The newest txid litestream has captured locally (as ``litestream status`` reads it:
-    the highest in its level-0 folder), or None before it saw the database."""
-    newest = None
-    try:
-        names = os.listdir(local_state_dir(db) / "ltx" / "0")
-    except OSError:
-        return None
-    for name in names:
-        try:
-            low, high = name.removesuffix(".ltx").split("-")
-            if name.endswith(".ltx") and int(low, 16) <= int(high, 16):
-                newest = max(newest or 0, int(high, 16))
-        except ValueError:
-            continue  # not an LTX file
-    return newest or None
 
 
 class Replica:

@@ -21,6 +21,7 @@ from typing import IO
 PENDING_BYTE = 0x40000000
 SHARED_FIRST, SHARED_SIZE = PENDING_BYTE + 2, 510
 POLL = 0.05
+HEADER = b"SQLite format 3\x00"  # every SQLite database file's first 16 bytes
 
 
 class Locked(Exception):
@@ -79,7 +80,7 @@ def touch(path: Path, rollback: bool = False, timeout: float = 30.0) -> bool:
         return False
     with fh, exclusive(fh, timeout):
         header = bytearray(fh.read(28))
-        if len(header) < 28 or not header.startswith(b"SQLite format 3\x00"):
+        if len(header) < 28 or not header.startswith(HEADER):
             return False
         if rollback:
             header[18:20] = b"\x01\x01"
@@ -89,9 +90,6 @@ def touch(path: Path, rollback: bool = False, timeout: float = 30.0) -> bool:
         fh.flush()
         os.fsync(fh.fileno())
     return True
-
-
-HEADER = b"SQLite format 3\x00"
 
 
 def is_sqlite(path: Path) -> bool:

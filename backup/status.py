@@ -9,7 +9,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psutil
 
@@ -19,9 +19,9 @@ from .errors import (
     EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_OK, SNAPSHOT_FIX, BackupError, hole_message, missing_bucket,
 )
 from .litestream import local_state_dir
-from .replica import SNAPSHOT_LEVEL, LtxFile, local_txid
+from .replica import SNAPSHOT_LEVEL, LtxFile
 from .timeparse import from_litestream
-from .wal import risk, written_since
+from .wal import local_txid, risk, written_since
 from .workspace import Database, Workspace
 
 MIN_MAX_AGE = 60.0  # seconds; see max_age()
@@ -300,7 +300,14 @@ def stalled_after(sync_interval: str) -> float:
     return max(3 * parse_duration(sync_interval), 10.0)
 
 
-def _daemon_view(workspace: Workspace, unit: Database, now: float) -> tuple[int | None, BackupError | None, bool]:
+class DaemonView(NamedTuple):
+    replicated: int | None  # the replica's txid as the daemon knows it
+    unreachable: BackupError | None  # the endpoint does not answer a TCP connect
+    answered: bool = True  # False: the socket did not answer in time; the last answer stands
+    uploaded_at: float | None = None  # when this daemon was first seen to have uploaded
+
+
+def _daemon_view(workspace: Workspace, unit: Database, now: float) -> DaemonView:
     """The replica's txid as the running daemon knows it: no request to the bucket; and
     whether the daemon answered.
 
@@ -314,25 +321,25 @@ def _daemon_view(workspace: Workspace, unit: Database, now: float) -> tuple[int 
     try:
         unit.replica.check()  # a TCP connect to the endpoint: free, and says at once it is cut
     except BackupError as exc:
-        return None, exc, True
+        return DaemonView(None, exc)
     record_file = workspace.settings.state_dir / "daemon-sync.json"
     last = read_json(record_file).get(str(unit.path))
-    ours = isinstance(last, dict) and last.get("pid") == workspace.state.pid
-    if ours and now - float(last.get("at", 0)) < parse_duration(unit.sync_interval):
-        return last.get("replicated_txid"), None, True
+    last = last if isinstance(last, dict) and last.get("pid") == workspace.state.pid else {}
+    first = last.get("first_replicated_at")
+    if last and now - float(last.get("at", 0)) < parse_duration(unit.sync_interval):
+        return DaemonView(last.get("replicated_txid"), None, True, first)
     socket = workspace.config.socket
     answer = workspace.litestream.control(socket).sync(unit.path) if socket else None
     if answer is None:
-        return (last.get("replicated_txid") if ours else None), None, False
+        return DaemonView(last.get("replicated_txid"), None, False, first)
     replicated = int(answer.get("replicated_txid") or 0) or None
-    first = last.get("first_replicated_at") if ours else None
+    # When this daemon was first seen to have uploaded: a listing older than that (made
+    # during a long first upload) says nothing about the replica now.
+    first = first or (now if replicated else None)
     update_json(record_file, str(unit.path), {
-        "at": now, "pid": workspace.state.pid, "replicated_txid": replicated,
-        # When this daemon was first seen to have uploaded: a listing older than that
-        # (made during a long first upload) says nothing about the replica now.
-        "first_replicated_at": first or (now if replicated else None),
+        "at": now, "pid": workspace.state.pid, "replicated_txid": replicated, "first_replicated_at": first,
     })
-    return replicated, None, True
+    return DaemonView(replicated, None, True, first)
 
 
 LISTING_MAX_AGE = 15 * 60.0  # status lists a replica again past this
@@ -341,11 +348,12 @@ CONTRADICTED_AGE = 60.0  # sooner when the daemon contradicts the listing (it fo
 
 
 def _current_listing(workspace: Workspace, unit: Database, now: float,
-                     replicated: int | None = None) -> dict[str, Any] | None:
+                     replicated: int | None = None, uploaded_at: float | None = None) -> dict[str, Any] | None:
     """This workspace's last listing of the replica, listed again (one LIST through the
     store) once it is older than LISTING_MAX_AGE — so restorability never goes stale without
     bound — or than CONTRADICTED_AGE when it found nothing but the daemon has uploaded
-    (``replicated``): a listing made during a long first upload must not outlive it.
+    (``replicated``; seen first at ``uploaded_at``): a listing made during a long first upload
+    must not outlive it.
     Attempts count too, failed ones included: never more than LISTINGS_PER_HOUR."""
     from .files import read_json, update_json
     from .replica import last_listing
@@ -359,8 +367,6 @@ def _current_listing(workspace: Workspace, unit: Database, now: float,
     recent = [t for t in tried if isinstance(t, (int, float)) and now - t < 3600] if isinstance(tried, list) else []
     contradicted = bool(listed and not listed.get("newest_txid") and replicated)
     limit = CONTRADICTED_AGE if contradicted else LISTING_MAX_AGE
-    seen = read_json(workspace.settings.state_dir / "daemon-sync.json").get(str(unit.path)) or {}
-    uploaded_at = seen.get("first_replicated_at") if seen.get("pid") == workspace.state.pid else None
     if contradicted and isinstance(uploaded_at, (int, float)) and at < uploaded_at:
         limit = 0.0  # listed before this daemon's first upload was seen: list now, once
     if now - at <= limit or not unit.replica.has_store or len(recent) >= LISTINGS_PER_HOUR or \
@@ -386,17 +392,16 @@ def daemon_errors(settings: Settings) -> list[ltlog.Event]:
 
 def _from_daemon(workspace: Workspace, unit: Database, synced: dict[str, str], now: float,
                  errors: list[ltlog.Event] | None = None) -> DatabaseStatus:
-    """One database's status from the running daemon and the last listing: no LIST."""
-    from .replica import last_listing
-
+    """One database's status from the running daemon and the last listing (listed again
+    once it is 15 minutes old: see _current_listing)."""
     db = unit.path
     status, local = _local_facts(unit, last_sync_at=synced.get(str(db)), replica_source="daemon")
     if not status.exists:
         return status
     # Until litestream has synced it once, nothing below says anything about the replica.
     status.first_sync_pending = not status.last_sync_at
-    replicated, unreachable, answered = _daemon_view(workspace, unit, now)
-    listed = _current_listing(workspace, unit, now, replicated)
+    replicated, unreachable, answered, uploaded_at = _daemon_view(workspace, unit, now)
+    listed = _current_listing(workspace, unit, now, replicated, uploaded_at)
     if listed and listed.get("newest_txid"):
         # What the bucket itself held when listed: never behind what the daemon told before.
         replicated = max(replicated or 0, int(listed["newest_txid"], 16)) or None
@@ -522,11 +527,9 @@ def _listed(workspace: Workspace, present: list[Database], now: float) -> list[D
     with ThreadPoolExecutor(max_workers=max(1, len(present))) as pool:  # independent listings
         calls = {db.path: pool.submit(_listing, db) for db in present}
         replicas = {path: call.result() for path, call in calls.items()}
-    return [
-        _database_status(db, replicas.get(db.path), now, workspace.running,
-                         None if workspace.running else last_shutdown(workspace.settings))
-        for db in workspace.databases
-    ]
+    stopped_at = None if workspace.running else last_shutdown(workspace.settings)  # one read of the log
+    return [_database_status(db, replicas.get(db.path), now, workspace.running, stopped_at)
+            for db in workspace.databases]
 
 
 def _size(n: int | None) -> str:

@@ -219,7 +219,7 @@ class S3Store:
         root = self._key("")
         answer = self._call("list_objects_v2", Prefix=root, Delimiter="/")
         levels = [p["Prefix"][len(root):].rstrip("/") for p in answer.get("CommonPrefixes") or []]
-        return any(len(level) == 4 and all(c in "0123456789abcdef" for c in level) for level in levels)
+        return any(_is_level(level) for level in levels)
 
     def ltx_entries(self) -> list[LtxEntry]:
         root = self._key("")
@@ -230,7 +230,7 @@ class S3Store:
             for obj in answer.get("Contents") or []:
                 level, _, name = obj["Key"][len(root):].partition("/")
                 txids = _ltx_name(name)
-                if txids and len(level) == 4 and all(c in "0123456789abcdef" for c in level):
+                if txids and _is_level(level):
                     found.append((int(level, 16), *txids, int(obj["Size"]), obj["LastModified"]))
             if not answer.get("IsTruncated"):
                 return found
@@ -250,6 +250,12 @@ class S3Store:
 
 
 _LTX_NAME = re.compile(r"([0-9a-f]{16})-([0-9a-f]{16})\.ltx")
+_LEVEL = re.compile(r"[0-9a-f]{4}")
+
+
+def _is_level(name: str) -> bool:
+    """A bucket's level folder: the level as four hex digits (``0000``, ``0009``)."""
+    return _LEVEL.fullmatch(name) is not None
 
 
 def _ltx_name(name: str) -> tuple[int, int] | None:

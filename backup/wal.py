@@ -74,8 +74,9 @@ def wal_path(db: Path) -> Path:
     return Path(f"{db}-wal")
 
 
-def position(db: Path) -> Position | None:
-    """litestream's saved position for ``db``, or None before it wrote one (or unreadable)."""
+def newest_l0(db: Path) -> tuple[int, Path] | None:
+    """litestream's newest local level-0 file for ``db`` and its txid (what ``litestream
+    status`` reports as the local txid), or None before it captured anything."""
     folder = local_state_dir(db) / "ltx" / "0"
     newest: tuple[int, Path] | None = None
     try:
@@ -85,12 +86,24 @@ def position(db: Path) -> Position | None:
     for name in names:
         low, _, high = name.removesuffix(".ltx").partition("-")
         try:
-            txid = int(high, 16)
-            int(low, 16)
+            first, txid = int(low, 16), int(high, 16)
         except ValueError:
             continue  # a .tmp file being written, or not an LTX file
-        if name.endswith(".ltx") and (newest is None or txid > newest[0]):
+        if name.endswith(".ltx") and first <= txid and txid and (newest is None or txid > newest[0]):
             newest = (txid, folder / name)
+    return newest
+
+
+def local_txid(db: Path) -> int | None:
+    """The newest txid litestream has captured locally (as ``litestream status`` reads it:
+    the highest in its level-0 folder), or None before it saw the database."""
+    newest = newest_l0(db)
+    return newest[0] if newest else None
+
+
+def position(db: Path) -> Position | None:
+    """litestream's saved position for ``db``, or None before it wrote one (or unreadable)."""
+    newest = newest_l0(db)
     if newest is None:
         return None
     try:
