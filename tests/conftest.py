@@ -16,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import psutil
@@ -309,6 +310,111 @@ def r2ws(ws, s3_endpoint, bucket) -> Workspace:
     )
     ws.bucket = bucket
     return ws
+
+
+SECRET_NAMES = {ACCESS_KEY_ID: "R2_ACCESS_KEY_ID", SECRET_ACCESS_KEY: "R2_SECRET_ACCESS_KEY"}
+
+
+# -- the suite-wide ledger (reliability/): summary lines and the secret scan ---------------------------
+
+
+@dataclass
+class Ledger:
+    """What the suite printed and wrote, scanned for secrets workspace by workspace."""
+
+    summaries: list[str] = field(default_factory=list)
+    workspaces: int = 0
+    files: int = 0
+    bytes: int = 0
+    outputs: int = 0
+    objects: int = 0
+    hits: list[str] = field(default_factory=list)  # "<secret's name> in <where>", never the value
+
+    def _check(self, data: bytes, where: str) -> None:
+        for secret, name in SECRET_NAMES.items():
+            if secret.encode() in data:
+                self.hits.append(f"{name} in {where}")
+
+    def scan(self, ws: Workspace, bucket: str | None, endpoint: str | None) -> None:
+        """Everything ``ws`` printed, every file under its root, every object in its bucket.
+
+        The workspace's own ``.env`` is skipped: the test wrote the secrets there.
+        """
+        self.workspaces += 1
+        for i, text in enumerate(ws.outputs):
+            self.outputs += 1
+            self._check(text.encode("utf-8", "replace"), f"output #{i} of {ws.root.name}")
+        skip = {ws.path / ".env"}
+        for path in sorted(ws.root.rglob("*")):
+            if path in skip or not path.is_file() or path.is_symlink():
+                continue
+            data = path.read_bytes()
+            self.files += 1
+            self.bytes += len(data)
+            self._check(data, str(path))
+        if bucket and endpoint:
+            client = s3_client(endpoint)
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+                for obj in page.get("Contents", []):
+                    self.objects += 1
+                    self._check(obj["Key"].encode(), f"key s3://{bucket}/{obj['Key']}")
+                    body = client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+                    self.bytes += len(body)
+                    self._check(body, f"s3://{bucket}/{obj['Key']}")
+
+
+    def merge(self, other: dict) -> None:
+        """Add the counts and lines of another process's ledger (a pytest-xdist worker's)."""
+        self.summaries += other["summaries"]
+        self.hits += other["hits"]
+        for name in ("workspaces", "files", "bytes", "outputs", "objects"):
+            setattr(self, name, getattr(self, name) + other[name])
+
+    def secrets_line(self) -> str:
+        return (
+            f"secrets: {len(self.hits)} hits in {self.outputs} outputs, {self.files} files and "
+            f"{self.objects} replica objects ({self.bytes / 1e6:.1f} MB) of {self.workspaces} workspaces"
+        )
+
+
+LEDGER = pytest.StashKey[Ledger]()
+
+
+@pytest.fixture(scope="session")
+def ledger(request) -> Ledger:
+    return request.config.stash.setdefault(LEDGER, Ledger())
+
+
+@pytest.fixture
+def report(ledger):
+    """Record a scenario's one summary line; pytest prints them all at the end, with or without -s."""
+    return ledger.summaries.append
+
+
+def pytest_sessionfinish(session) -> None:
+    """A pytest-xdist worker hands its ledger to the controller, which prints the sum."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    ledger = session.config.stash.get(LEDGER, None)
+    if workeroutput is not None and ledger is not None:
+        workeroutput["ledger"] = json.dumps(asdict(ledger))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    data = getattr(node, "workeroutput", {}).get("ledger")
+    if data:
+        node.config.stash.setdefault(LEDGER, Ledger()).merge(json.loads(data))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    ledger = config.stash.get(LEDGER, None)
+    if ledger and (ledger.summaries or ledger.workspaces):
+        terminalreporter.write_sep("-", "reliability figures")
+        for line in ledger.summaries:
+            terminalreporter.write_line(line)
+        if ledger.workspaces:
+            terminalreporter.write_line(ledger.secrets_line())
+
 
 
 def r2_settings(tmp_path: Path, **values: str):

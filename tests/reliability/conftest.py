@@ -1,6 +1,7 @@
 """Fixtures and helpers of the reliability suite: workspaces on the local S3 server, a
-writer that commits continuously, a TCP forwarder that can cut the network, and the
-suite-wide ledger behind the secret scan and the scenarios' summary lines.
+writer that commits continuously, a TCP forwarder that can cut the network. Each
+workspace is scanned for secrets as its test ends, into the suite-wide ledger
+(``tests/conftest.py``) behind the figures printed at the end.
 
 Every thread and process started here is stopped through its own handle, on
 success and on failure.
@@ -16,7 +17,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
@@ -26,93 +26,15 @@ from conftest import (
     ACCESS_KEY_ID,
     LITESTREAM,
     SECRET_ACCESS_KEY,
+    Ledger,
     Workspace,
     rows,
-    s3_client,
     wait_for,
 )
 
-SECRET_NAMES = {ACCESS_KEY_ID: "R2_ACCESS_KEY_ID", SECRET_ACCESS_KEY: "R2_SECRET_ACCESS_KEY"}
-SCAN_MODULE = "test_zero_secrets.py"  # runs last: it checks everything the others left
 # Random choices (kill moments, command orders) are reproducible: each summary line
 # names the seed, and RELIABILITY_SEED replays it.
 SEED = int(os.environ.get("RELIABILITY_SEED") or time.time_ns() % 1_000_000)
-
-
-# -- the suite-wide ledger: summary lines and the secret scan ---------------------------
-
-
-@dataclass
-class Ledger:
-    """What the suite printed and wrote, scanned for secrets workspace by workspace."""
-
-    summaries: list[str] = field(default_factory=list)
-    workspaces: int = 0
-    files: int = 0
-    bytes: int = 0
-    outputs: int = 0
-    objects: int = 0
-    hits: list[str] = field(default_factory=list)  # "<secret's name> in <where>", never the value
-
-    def _check(self, data: bytes, where: str) -> None:
-        for secret, name in SECRET_NAMES.items():
-            if secret.encode() in data:
-                self.hits.append(f"{name} in {where}")
-
-    def scan(self, ws: Workspace, bucket: str | None, endpoint: str | None) -> None:
-        """Everything ``ws`` printed, every file under its root, every object in its bucket.
-
-        The workspace's own ``.env`` is skipped: the test wrote the secrets there.
-        """
-        self.workspaces += 1
-        for i, text in enumerate(ws.outputs):
-            self.outputs += 1
-            self._check(text.encode("utf-8", "replace"), f"output #{i} of {ws.root.name}")
-        skip = {ws.path / ".env"}
-        for path in sorted(ws.root.rglob("*")):
-            if path in skip or not path.is_file() or path.is_symlink():
-                continue
-            data = path.read_bytes()
-            self.files += 1
-            self.bytes += len(data)
-            self._check(data, str(path))
-        if bucket and endpoint:
-            client = s3_client(endpoint)
-            for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-                for obj in page.get("Contents", []):
-                    self.objects += 1
-                    self._check(obj["Key"].encode(), f"key s3://{bucket}/{obj['Key']}")
-                    body = client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
-                    self.bytes += len(body)
-                    self._check(body, f"s3://{bucket}/{obj['Key']}")
-
-
-LEDGER = pytest.StashKey[Ledger]()
-
-
-@pytest.fixture(scope="session")
-def ledger(request) -> Ledger:
-    return request.config.stash.setdefault(LEDGER, Ledger())
-
-
-@pytest.fixture
-def report(ledger):
-    """Record a scenario's one summary line; pytest prints them all at the end, with or without -s."""
-    return ledger.summaries.append
-
-
-def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-    ledger = config.stash.get(LEDGER, None)
-    if ledger and ledger.summaries:
-        terminalreporter.write_sep("-", "reliability figures")
-        for line in ledger.summaries:
-            terminalreporter.write_line(line)
-
-
-def pytest_collection_modifyitems(session, config, items) -> None:
-    """The suite-wide secret scan runs after every other test, whatever the order asked."""
-    last = [item for item in items if item.path.name == SCAN_MODULE]
-    items[:] = [item for item in items if item.path.name != SCAN_MODULE] + last
 
 
 # -- workspaces ----------------------------------------------------------------------
@@ -142,7 +64,9 @@ def scanned_workspace(ws: Workspace, ledger: Ledger, endpoint: str | None) -> It
     finally:
         kill_leftovers(ws)
         ws.cleanup()
+        before = len(ledger.hits)
         ledger.scan(ws, getattr(ws, "bucket", None), endpoint)
+        assert ledger.hits[before:] == [], "a secret was printed or written"
 
 
 @pytest.fixture
