@@ -39,32 +39,58 @@ DEBUG_VARIABLE = "CHORA_BACKUP_DEBUG"
 def actionable(body: F) -> F:
     """Turn the project's errors into Exit(message, code), details first.
 
-    With CHORA_BACKUP_DEBUG=1 the debug log (every litestream command, its
-    exit code and its original stderr, secrets masked) goes to stderr.
+    A task run with ``--json`` that fails before printing its result prints a JSON
+    error object on stdout too (``{"error", "exit_code", "details"}``), so a script
+    reading stdout always gets JSON. With CHORA_BACKUP_DEBUG=1 the debug log (every
+    litestream command, its exit code and its original stderr, secrets masked) goes
+    to stderr.
     """
 
     @functools.wraps(body)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         if os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
             _debug_log()
+        as_json = bool(kwargs.get("json"))
+        _shown.clear()
         try:
             return body(*args, **kwargs)
         except BackupError as exc:
             for line in exc.details:
                 print(line, file=sys.stderr)
-            raise Exit(f"error: {exc.message}", code=exc.code) from None
+            raise _failed(exc.message, exc.code, as_json, exc.details) from None
+        except Exit as exc:
+            if as_json and exc.message and not _shown:
+                _json_error(str(exc.message).removeprefix("error: "), exc.code, ())
+            raise
         except BrokenPipeError as exc:
             if exc.filename is not None:
-                raise Exit(f"error: {describe_os_error(exc)}", code=EXIT_FAILED) from None
+                raise _failed(describe_os_error(exc), EXIT_FAILED, as_json) from None
             # Our output went to a reader that left ('| head'): end quietly, as SIGPIPE would.
             to_null(sys.stdout)
             raise Exit(code=EXIT_BROKEN_PIPE) from None
         except OSError as exc:  # the file system said no: name the file and the fix
-            raise Exit(f"error: {describe_os_error(exc)}", code=EXIT_FAILED) from None
+            raise _failed(describe_os_error(exc), EXIT_FAILED, as_json) from None
         except sqlite3.Error as exc:
-            raise Exit(f"error: {describe_sqlite_error(exc)}", code=EXIT_FAILED) from None
+            raise _failed(describe_sqlite_error(exc), EXIT_FAILED, as_json) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+_shown: list[bool] = []  # not empty once this command printed its result
+
+
+def _failed(message: str, code: int, as_json: bool, details: tuple[str, ...] = ()) -> Exit:
+    """The Exit of a failed command: its line for stderr; with --json, the object on stdout."""
+    if as_json and not _shown:
+        _json_error(message, code, details)
+    return Exit(f"error: {message}", code=code)
+
+
+def _json_error(message: str, code: int, details: tuple[str, ...]) -> None:
+    import json as jsonlib
+
+    print(jsonlib.dumps({"error": message, "exit_code": code, "details": list(details)}, indent=2))
+    sys.stdout.flush()
 
 
 def _debug_log() -> None:
@@ -112,6 +138,7 @@ def _from_replicas(settings: cfg.Settings, write_config: bool = True) -> Any:
 
 def _show(result: Any, as_json: bool) -> None:
     """The one place a task prints its result: JSON for scripts, or lines for people."""
+    _shown.append(True)
     if as_json:
         import json as jsonlib
 
@@ -543,6 +570,8 @@ def doctor(c, json=False, ping=False):
         settings = cfg.load()
     except ConfigError as exc:
         # Nothing else can be checked without settings: report this one and stop.
+        if json:
+            raise BackupError(f"1 check(s) failed: .env: {exc.message}", code=EXIT_FAILED) from None
         print(f"  fail  {'.env':<20} {exc.message}")
         raise Exit("error: 1 check(s) failed: .env", code=EXIT_FAILED) from None
     litestream = Litestream(settings)
