@@ -324,7 +324,7 @@ def _heartbeat(workspace: Workspace | None, config: LitestreamConfig | None, set
             return Check("heartbeat", FAIL, "no heartbeat to ping: BACKUP_HEARTBEAT_URL is not set",
                          "set it in .env to a dead-man's-switch ping URL, then re-run 'inv backup.setup'")
         return Check("heartbeat", OK, "not configured: nothing alerts anyone when backups stop "
-                     "(set BACKUP_HEARTBEAT_URL; see the README, 'Know when backups stop')")
+                     "(set BACKUP_HEARTBEAT_URL; see docs/commands.md, 'Know when backups stop')")
     interval = (config.heartbeat or {}).get("interval") if config is not None and config.heartbeat_url \
         else settings.heartbeat_interval
     where = f"{public_url(url)} every {interval or DEFAULT_HEARTBEAT_INTERVAL}"

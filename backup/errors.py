@@ -9,7 +9,7 @@ from __future__ import annotations
 import errno
 import re
 
-# Exit codes, in one place. The README documents them.
+# Exit codes, in one place. README.md documents them.
 EXIT_OK = 0
 EXIT_FAILED = 1  # the operation failed, or a check did not pass
 EXIT_CONFIG = 2  # bad input: .env, variables, flags, paths

@@ -15,8 +15,8 @@ PLACEHOLDER = "/path/to/chora-backup"
 
 
 def install_targets() -> list[str]:
-    """The argument of every 'pip install' in the README, as the shell would read it."""
-    text = (REPO / "README.md").read_text("utf-8")
+    """The argument of every 'pip install' in the README and docs/, as the shell would read it."""
+    text = "".join(p.read_text("utf-8") for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])
     targets = []
     for match in re.finditer(r"pip install ((?:'[^']*'|\S)+)", text):
         (target,) = shlex.split(match.group(1).rstrip("`),"))

@@ -287,8 +287,8 @@ def fts5_available() -> bool:
 
 
 def readme_hook_config() -> tuple[str, dict]:
-    """The README's pre-commit section and its .pre-commit-config.yaml example."""
-    readme = (REPO / "README.md").read_text("utf-8")
+    """The documented pre-commit section and its .pre-commit-config.yaml example."""
+    readme = (REPO / "docs" / "commands.md").read_text("utf-8")
     section = readme.split("#### As a pre-commit hook", 1)[1].split("\n### ", 1)[0]
     (block,) = re.findall(r"```yaml\n(.*?)```", section, re.S)
     return section, yaml.safe_load(block)
@@ -300,7 +300,7 @@ def test_the_hook_definition_shows_its_output():
     section, example = readme_hook_config()
     (entry,) = example["repos"][0]["hooks"]
     assert entry["id"] == hook["id"] == "backup-restore-smoke"
-    # The README shows a manual run: the example's stages must allow one.
+    # The docs show a manual run: the example's stages must allow one.
     assert "pre-commit run --hook-stage manual backup-restore-smoke" in section
     assert set(entry["stages"]) == {"pre-push", "manual"}
 
