@@ -89,6 +89,14 @@ def parse_duration(text: str) -> float:
     return total
 
 
+MIN_MAX_AGE = 60.0  # seconds; see max_age()
+
+
+def max_age(sync_interval: str) -> float:
+    """How long a replica may miss local changes before it counts as failing."""
+    return max(10 * parse_duration(sync_interval), MIN_MAX_AGE)
+
+
 # What makes a BACKUP_DB file name a glob. Only '*' and '?': Go's filepath.Match (litestream)
 # and Python's fnmatch read '[!x]' and '\\' differently, and 'app[1].db' is a real name.
 _GLOB = re.compile(r"[*?]")

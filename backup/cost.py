@@ -41,7 +41,7 @@ from .errors import ConfigError
 from .render import checkpoint_interval
 
 if TYPE_CHECKING:
-    from .replica import LtxFile
+    from .ltx import LtxFile
     from .workspace import Workspace
 
 PRICES_CHECKED = "2026-11-26"  # developers.cloudflare.com/r2/pricing, Standard storage

@@ -12,35 +12,32 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 import psutil
 
-from . import logfile, ltlog, wal
+from . import logfile, ltlog, process, terminal, wal
 from .config import LOCAL, R2, START_WAIT, Settings, require_r2
 from .errors import BackupError, ConfigError, LitestreamError, translate
-from .files import open_private, private_dir, to_null, write_private
+from .files import private_dir, write_private
 from .litestream import (
-    CREATE_NEW_PROCESS_GROUP,
-    CREATE_NO_WINDOW,
     Litestream,
     check_endpoint,
     holders_of,
     is_replicate,
     replicators,
 )
+from .process import ProcessState
 from .render import NO_CONFIG, LitestreamConfig, WriteResult, read_config, write_config
 from .sqlitefile import is_sqlite
 
@@ -49,260 +46,32 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("backup.daemon")
 
-LOCK_TIMEOUT = 120.0  # a start holds the lock until its first sync at most
 STOP_MARGIN = 15.0  # beyond litestream's shutdown-sync-timeout, so a kill never races the final sync
-POLL = 0.1
+POLL = process.POLL
 
 
-# -- platform differences ---------------------------------------------------
+# -- the daemon's pidfile and lock ------------------------------------------------
 
 
-class Posix:
-    def lock(self, fh: IO[bytes]) -> None:
-        """Take an exclusive lock on ``fh`` or raise BlockingIOError at once."""
-        import fcntl
-
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-    def unlock(self, fh: IO[bytes]) -> None:
-        import fcntl
-
-        fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-    def interrupt(self, proc: psutil.Process | subprocess.Popen, sig: int = signal.SIGTERM) -> bool:
-        """Ask litestream to make its final sync and exit; True: the signal was sent."""
-        proc.send_signal(sig)
-        return True
+def managed(settings: Settings) -> process.Managed:
+    """The replicating daemon as a managed process: the workspace's pidfile and lock. A
+    record that does not describe a replicate of its own config was not written by a
+    start; whatever process it names is not ours to signal."""
+    return process.Managed(settings.pidfile, settings.lockfile, settings.state_dir,
+                           lambda record: is_replicate(record.cmdline, record.config))
 
 
-class Windows:
-    """Windows: litestream only handles os.Interrupt (Ctrl-C / Ctrl-Break)."""
-
-    HELPER_WAIT = 15.0  # seconds for the Ctrl-Break helper to start and answer
-
-    def __init__(self, run: Callable[..., subprocess.CompletedProcess] | None = None, msvcrt: Any = None):
-        self._run = run or subprocess.run
-        self._msvcrt = msvcrt
-
-    def _locking(self) -> Any:
-        if self._msvcrt is None:
-            import msvcrt
-
-            self._msvcrt = msvcrt
-        return self._msvcrt
-
-    def lock(self, fh: IO[bytes]) -> None:
-        m = self._locking()
-        # locking() works from the file position, which "a+b" puts at the end:
-        # lock byte 0, the one unlock() releases.
-        fh.seek(0)
-        try:
-            m.locking(fh.fileno(), m.LK_NBLCK, 1)
-        except OSError as exc:
-            raise BlockingIOError(str(exc)) from None
-
-    def unlock(self, fh: IO[bytes]) -> None:
-        m = self._locking()
-        fh.seek(0)
-        m.locking(fh.fileno(), m.LK_UNLCK, 1)
-
-    def interrupt(self, proc: psutil.Process | subprocess.Popen, sig: int = 0) -> bool:
-        """Ctrl-Break to litestream, through a helper attached to its console (see
-        ``backup.winconsole``); True when delivered. The helper starts with a console of
-        its own (no window), so the event never reaches this process or its terminal."""
-        argv = [sys.executable, "-I", "-m", "backup.winconsole", str(proc.pid)]
-        try:
-            done = self._run(argv, creationflags=CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW,
-                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             timeout=self.HELPER_WAIT)
-        except (OSError, subprocess.SubprocessError) as exc:
-            log.debug("the Ctrl-Break helper did not run: %s", exc)
-            return False
-        log.debug("the Ctrl-Break helper exited %s", done.returncode)
-        return done.returncode == 0
-
-
-def current_platform() -> Posix | Windows:
-    return Windows() if sys.platform == "win32" else Posix()
-
-
-# -- the pidfile ---------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PidRecord:
-    pid: int
-    # For people reading the file; not part of the identity, because psutil
-    # derives it from the wall clock, which NTP or a manual change can step.
-    create_time: float
-    cmdline: list[str]
-    config: str
-    started_at: str  # RFC 3339, UTC
-    log: str | None
-    foreground: bool = False
-    # The config the daemon was started with (a copy is kept as Settings.running_config).
-    config_sha256: str | None = None
-    # A follower's (backup.follow): the copy people read, and the file litestream was
-    # told to write (a working name beside it, renamed over it once restored).
-    output: str | None = None
-    working: str | None = None
-
-
-@dataclass(frozen=True)
-class DaemonState:
-    state: str  # "running", "stopped", "stale" or "unknown" (its process cannot be inspected)
-    record: PidRecord | None = None
-    reason: str = ""
-    process: psutil.Process | None = None
-
-    @property
-    def running(self) -> bool:
-        return self.state == "running"
-
-    @property
-    def pid(self) -> int | None:
-        return self.record.pid if self.running and self.record else None
-
-
-def _read_pidfile(path: Path) -> PidRecord | None | str:
-    """The record, None when there is no pidfile, or a reason it is unreadable."""
-    try:
-        data = json.loads(path.read_text("utf-8"))
-        record = PidRecord(**data)
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, TypeError) as exc:
-        return f"unreadable pidfile ({type(exc).__name__})"
-    # Types are checked here so a damaged file is stale, never a traceback
-    # (psutil raises ValueError on a pid below 1, TypeError on a string).
-    well_formed = (
-        type(record.pid) is int
-        and record.pid > 0
-        and isinstance(record.create_time, (int, float))
-        and isinstance(record.cmdline, list)
-        and all(isinstance(arg, str) for arg in record.cmdline)
-        and isinstance(record.config, str)
-        and (record.config_sha256 is None or isinstance(record.config_sha256, str))
-        and all(v is None or isinstance(v, str) for v in (record.output, record.working))
-    )
-    return record if well_formed else "unreadable pidfile (malformed record)"
-
-
-def read_pidfile(path: Path) -> PidRecord | None | str:
-    return _read_pidfile(path)
-
-
-def _write_pidfile(path: Path, record: PidRecord) -> None:
-    write_private(path, (json.dumps(asdict(record), indent=2) + "\n").encode("utf-8"))
-
-
-def _remove_pidfile(path: Path, record: PidRecord | None) -> None:
-    """Remove the pidfile, but only while it still names ``record``."""
-    current = _read_pidfile(path)
-    if record is None or not isinstance(current, PidRecord) or current == record:
-        path.unlink(missing_ok=True)
-
-
-def _alive(proc: psutil.Process) -> bool:
-    try:
-        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
-
-
-def check(settings: Settings) -> DaemonState:
+def check(settings: Settings) -> ProcessState:
     """What the pidfile says, proven against the process table. Signals nothing."""
-    # A record that does not describe a replicate of its own config was not
-    # written by a start; whatever process it names is not ours to signal.
-    return check_pidfile(settings.pidfile, lambda record: is_replicate(record.cmdline, record.config))
+    return managed(settings).check()
 
 
-def check_pidfile(path: Path, ours: Callable[[PidRecord], bool]) -> DaemonState:
-    """What the pidfile at ``path`` says, proven against the process table: a process is
-    the one recorded only if ``ours(record)`` holds and it runs exactly the recorded
-    command line. Signals nothing."""
-    record = _read_pidfile(path)
-    if record is None:
-        return DaemonState("stopped")
-    if isinstance(record, str):
-        return DaemonState("stale", None, record)
-    try:
-        proc = psutil.Process(record.pid)
-        # A process running that very command line does the recorded work, so it
-        # is the one to report and to stop even if its pid was reused.
-        same = ours(record) and proc.cmdline() == record.cmdline
-    except psutil.NoSuchProcess:
-        return DaemonState("stale", record, f"process {record.pid} is gone")
-    except psutil.AccessDenied:
-        # Another user's process, or an elevated one: it may well be a replicator.
-        # Unknown is not stale: never delete its pidfile, never start beside it.
-        return DaemonState("unknown", record, f"pid {record.pid} cannot be inspected (access denied)")
-    if not same:
-        return DaemonState("stale", record, f"pid {record.pid} now belongs to another program")
-    if not _alive(proc):
-        return DaemonState("stale", record, f"process {record.pid} has exited")
-    return DaemonState("running", record, process=proc)
-
-
-@contextlib.contextmanager
-def _locked(
-    settings: Settings, platform: Posix | Windows, timeout: float = LOCK_TIMEOUT, path: Path | None = None
-) -> Iterator[None]:
-    """Hold the workspace lock, or the lock file ``path`` (removed again when released)."""
-    # A state dir holding our lock file is ours: one an earlier version made 0755 is tightened.
-    private_dir(settings.state_dir, ours=settings.lockfile.exists())
-    deadline = time.monotonic() + timeout
-    lockfile = path or settings.lockfile
-    while True:
-        with open_private(lockfile, "a+b") as fh:
-            while True:
-                try:
-                    platform.lock(fh)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise BackupError(
-                            f"another chora-backup command has held {lockfile} for "
-                            f"{timeout:g}s: wait for it, or check 'inv backup.status'"
-                        ) from None
-                    time.sleep(POLL)
-            if path is not None and not _same_file(fh, lockfile):
-                platform.unlock(fh)
-                continue  # its holder removed it meanwhile: lock the file now there
-            try:
-                yield
-                return
-            finally:
-                if path is not None and sys.platform != "win32":
-                    lockfile.unlink(missing_ok=True)  # while still locked: leave nothing behind
-                platform.unlock(fh)
-
-
-def _same_file(fh: IO[bytes], path: Path) -> bool:
-    try:
-        return os.path.samestat(os.fstat(fh.fileno()), os.stat(path))
-    except OSError:
-        return False
-
-
-def refuse_unknown(settings: Settings, state: DaemonState) -> None:
+def refuse_unknown(settings: Settings, state: ProcessState) -> None:
     """Act on no pidfile whose process cannot be inspected: it may be a running replicator."""
-    refuse_unknown_process(settings.pidfile, state)
+    process.refuse_unknown(settings.pidfile, state)
 
 
-def refuse_unknown_process(pidfile: Path, state: DaemonState) -> None:
-    """Act on no pidfile whose process cannot be inspected: it may be a running litestream."""
-    if state.state == "unknown" and state.record:
-        raise BackupError(
-            f"{pidfile} names pid {state.record.pid}, which cannot be inspected (access "
-            "denied): it may be "
-            "litestream started by another user or an elevated console; check it as that user "
-            "and stop it, or delete the pidfile if it is not litestream — nothing was changed"
-        )
-
-
-def _refuse_other_workspace(settings: Settings, state: DaemonState) -> None:
-    refuse_unknown(settings, state)
+def _refuse_other_workspace(settings: Settings, state: ProcessState) -> None:
     if state.running and state.record and state.record.config != str(settings.config_path):
         raise BackupError(
             f"BACKUP_STATE_DIR {settings.state_dir} belongs to the daemon of "
@@ -319,7 +88,7 @@ def refuse_unrecorded(settings: Settings) -> None:
     """
     config = str(settings.config_path)
     for proc in replicators(config):
-        if _alive(proc):
+        if process.alive(proc):
             raise BackupError(
                 f"litestream (pid {proc.pid}) already replicates {config} but "
                 f"{settings.pidfile} does not name it (started by hand, or with another "
@@ -347,7 +116,10 @@ def _prepare(settings: Settings, litestream: Litestream, given: LitestreamConfig
 
     ``given``: the file as the caller has already read it (a run with -once keeps no copy).
     """
-    from .owner import Ownership, reset_litestream_state  # only a replicating start claims
+    from .owner import (  # only a replicating start claims
+        Ownership,
+        reset_litestream_state,
+    )
     from .replica import Replica
 
     path = settings.config_path
@@ -413,7 +185,7 @@ AFTER_CRASH = (
 )
 
 
-def _snapshot_after_crash(settings: Settings, litestream: Litestream, state: DaemonState,
+def _snapshot_after_crash(settings: Settings, litestream: Litestream, state: ProcessState,
                           config: LitestreamConfig) -> bool:
     """After a daemon that died (kill -9, a crash, a power cut), snapshot before replicating.
 
@@ -462,7 +234,7 @@ def _private_socket_folder(settings: Settings, socket: Path | None) -> None:
 
 def _remove_socket(socket: Path | None, platform: str = sys.platform) -> None:
     """A litestream that was killed leaves its socket file behind: take it away. (Python
-    cannot tell a Windows socket file from another file: there, whatever is at that path,
+    cannot tell a process.Windows socket file from another file: there, whatever is at that path,
     in our own state dir or folder, with no daemon running.)"""
     if socket is not None and (socket.is_socket() or (platform == "win32" and socket.is_file())):
         socket.unlink(missing_ok=True)
@@ -480,12 +252,12 @@ class Active:
     """The config that describes replication now, and whether the file has moved on."""
 
     config: LitestreamConfig
-    state: DaemonState
+    state: ProcessState
     changed: bool = False  # litestream.yml differs from what the running daemon was started with
 
 
 def active_config(
-    settings: Settings, state: DaemonState | None = None, litestream: Litestream | None = None
+    settings: Settings, state: ProcessState | None = None, litestream: Litestream | None = None
 ) -> Active:
     """What the running daemon runs (its copy of litestream.yml), else litestream.yml itself.
 
@@ -513,12 +285,12 @@ def active_config(
 
 def _record(
     proc: subprocess.Popen, argv: list[str], settings: Settings, foreground: bool, prepared: Prepared
-) -> PidRecord:
+) -> process.PidRecord:
     try:
         create_time = psutil.Process(proc.pid).create_time()
     except psutil.NoSuchProcess:
         create_time = 0.0  # it died at once; the start-up wait reports why
-    return PidRecord(
+    return process.PidRecord(
         pid=proc.pid,
         create_time=create_time,
         cmdline=argv,
@@ -538,7 +310,7 @@ class StartResult:
     pid: int
     log: Path
     already_running: bool
-    stale: DaemonState | None = None
+    stale: ProcessState | None = None
     waiting: tuple[Path, ...] = ()  # databases that do not exist yet
     claims: tuple[Claim, ...] = ()
     syncing: tuple[Path, ...] = ()  # databases whose first sync was still running at the timeout
@@ -567,12 +339,11 @@ def start_background(
     settings: Settings,
     litestream: Litestream,
     timeout: float,
-    platform: Posix | Windows | None = None,
+    platform: process.Posix | process.Windows | None = None,
 ) -> StartResult:
     """Start the daemon and return once it is healthy, or raise with its log."""
-    platform = platform or current_platform()
-    with _locked(settings, platform):
-        state = check(settings)
+    platform = platform or process.current_platform()
+    with managed(settings).claimed(platform) as state:
         _refuse_other_workspace(settings, state)
         if state.running and state.record:
             return StartResult(state.record.pid, settings.logfile, already_running=True)
@@ -591,16 +362,16 @@ def start_background(
             record = None
             try:  # from here on, a failure (or Ctrl-C) must leave no process behind
                 record = _record(proc, argv, settings, False, prepared)
-                _write_pidfile(settings.pidfile, record)
+                process.write_pidfile(settings.pidfile, record)
                 waiting, syncing = _wait_healthy(
                     settings, litestream, prepared.config, proc, log_pump, offset, timeout
                 )
             except BaseException:
-                _kill(proc)
-                _kill(log_pump)  # it ends with litestream's output; this is for a pump left waiting
+                process.kill(proc)
+                process.kill(log_pump)  # it ends with litestream's output; this is for a pump left waiting
                 _remove_socket(prepared.config.socket)
                 if record is not None:
-                    _remove_pidfile(settings.pidfile, record)
+                    process.remove_pidfile(settings.pidfile, record)
                 raise
         return StartResult(
             proc.pid,
@@ -617,30 +388,7 @@ def start_background(
 
 
 def _spawn_with_log(settings: Settings, litestream: Litestream) -> tuple[subprocess.Popen, subprocess.Popen]:
-    return spawn_logged(settings, litestream, settings.logfile, "replicate")
-
-
-def spawn_logged(
-    settings: Settings, litestream: Litestream, log: Path, command: str, *args: str,
-    config: Path | None = None, touch: Path | None = None, restored: Path | None = None,
-) -> tuple[subprocess.Popen, subprocess.Popen]:
-    """litestream, detached, its output piped into the log pump that keeps ``log`` bounded
-    and masked (and, for a follower, puts ``restored`` in place as the copy ``touch`` once
-    it follows, then moves that copy's change counter after each apply)."""
-    read_end, write_end = os.pipe()
-    try:
-        environ = {k: v for k, v in os.environ.items() if v not in settings.secrets()}
-        log_pump = logfile.start_pump(log, read_end, environ, settings.secrets(), touch=touch, restored=restored)
-        try:
-            proc = litestream.spawn(command, *args, stdout=write_end, stderr=subprocess.STDOUT, detached=True,
-                                    config=config)
-        except BaseException:
-            _kill(log_pump)
-            raise
-    finally:
-        os.close(read_end)
-        os.close(write_end)
-    return proc, log_pump
+    return process.spawn_logged(settings, litestream, settings.logfile, "replicate")
 
 
 def _synced(litestream: Litestream, socket: Path) -> set[Path] | None:
@@ -737,128 +485,25 @@ def _wait_healthy(
         time.sleep(POLL)
 
 
-def _kill(proc: subprocess.Popen | psutil.Process) -> None:
-    with contextlib.suppress(psutil.Error, OSError):
-        proc.kill()
-    if isinstance(proc, subprocess.Popen):
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(10)
-
-
 # -- foreground ----------------------------------------------------------------
-
-
-STOP_SIGNALS = tuple(
-    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK") if hasattr(signal, name)
-)
-
-
-class _Stopper:
-    """Turns the first stop signal (Ctrl-C, a kill, a closed terminal) into litestream's clean stop.
-
-    Installed before litestream starts, so a signal that arrives early is not
-    lost: the child is stopped as soon as it exists. Whatever the signal,
-    litestream gets the one it handles (SIGTERM; Ctrl-Break on Windows), and
-    only once: a second one would abort its final sync.
-    """
-
-    def __init__(self, platform: Posix | Windows):
-        self._platform = platform
-        self._proc: subprocess.Popen | None = None
-        self.requested = False
-        self.forwarded = False
-
-    def __call__(self, signum: int, _frame: object) -> None:
-        self.requested = True
-        if signum == getattr(signal, "SIGBREAK", None):
-            # Ctrl-Break in a Windows console reaches every process group on it, litestream's
-            # too (a new group blocks only Ctrl-C): a second one would skip its final sync.
-            self.forwarded = True
-        self._forward()
-
-    def attach(self, proc: subprocess.Popen) -> None:
-        self._proc = proc
-        if self.requested:
-            self._forward()
-
-    def _forward(self) -> None:
-        if self._proc is None or self.forwarded:
-            return
-        self.forwarded = True
-        with contextlib.suppress(OSError):
-            self._platform.interrupt(self._proc)
-
-    @contextlib.contextmanager
-    def installed(self) -> Iterator[_Stopper]:
-        with handling(self):
-            yield self
-
-
-@contextlib.contextmanager
-def handling(handler: Callable[[int, Any], None]) -> Iterator[None]:
-    """``handler`` for every stop signal (Ctrl-C, a kill, a closed terminal), installed
-    whatever this process inherited — a shell's background job starts with SIGINT ignored,
-    and Python then raises no KeyboardInterrupt — and the previous handlers put back after."""
-    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-@contextlib.contextmanager
-def stop_requests() -> Iterator[list[int]]:
-    """The stop signals that arrive meanwhile, noted in the list yielded instead of raised."""
-    asked: list[int] = []
-    with handling(lambda signum, _frame: asked.append(signum)):
-        yield asked
-
-
-class Output:
-    """The terminal, until it goes away: then litestream's output is drained to nowhere.
-
-    A closed terminal makes every write fail; litestream must still be read
-    (a full pipe would block its final sync), and the interpreter's last flush
-    must not fail either, so the dead stream is pointed at the null device.
-    """
-
-    def __init__(self, out: IO[str], settings: Settings):
-        self._out: IO[str] | None = out
-        self.settings = settings  # what it masks
-
-    def write(self, text: str) -> None:
-        if self._out is None:
-            return
-        try:
-            self._out.write(self.settings.mask(text))
-            self._out.flush()
-        except (OSError, ValueError):
-            self._detach()
-
-    def _detach(self) -> None:
-        out, self._out = self._out, None
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            to_null(out)
 
 
 def run_foreground(
     settings: Settings,
     litestream: Litestream,
     out: IO[str],
-    platform: Posix | Windows | None = None,
+    platform: process.Posix | process.Windows | None = None,
 ) -> int:
     """Replicate in the foreground, streaming masked output; litestream's exit code.
 
     SIGINT, SIGTERM and SIGHUP all end in litestream's clean stop (final sync):
-    see ``_Stopper``. The pidfile names the child meanwhile, so start-bg and
+    see ``terminal.Stopper``. The pidfile names the child meanwhile, so start-bg and
     stop see it.
     """
-    platform = platform or current_platform()
-    output = Output(out, settings)
-    with _Stopper(platform).installed() as stopper:
-        with _locked(settings, platform):
-            state = check(settings)
+    platform = platform or process.current_platform()
+    output = terminal.Output(out, settings)
+    with terminal.Stopper(platform).installed() as stopper:
+        with managed(settings).claimed(platform) as state:
             _refuse_other_workspace(settings, state)
             if state.running and state.record:
                 how = "in the foreground" if state.record.foreground else "by 'inv backup.start-bg'"
@@ -891,9 +536,9 @@ def run_foreground(
                 try:  # a failure before the pidfile names it must leave no process behind
                     stopper.attach(proc)
                     record = _record(proc, argv, settings, True, prepared)
-                    _write_pidfile(settings.pidfile, record)
+                    process.write_pidfile(settings.pidfile, record)
                 except BaseException:
-                    _kill(proc)
+                    process.kill(proc)
                     raise
             except BaseException:
                 pin.release()
@@ -915,12 +560,12 @@ def run_foreground(
             pin.release()
             if proc.returncode >= 0 and proc.returncode != GO_PANIC:
                 try:
-                    with _locked(settings, platform):
-                        _remove_pidfile(settings.pidfile, record)
+                    with managed(settings).locked(platform):
+                        process.remove_pidfile(settings.pidfile, record)
                 except BackupError:
                     # Another command holds the lock too long: the pidfile still names only
                     # this run (checked before removing), and litestream stopped cleanly.
-                    _remove_pidfile(settings.pidfile, record)
+                    process.remove_pidfile(settings.pidfile, record)
             # Otherwise litestream was killed or crashed (a signal; a Go panic exits 2): the
             # pidfile stays, stale, so the next start — a service's restart included —
             # snapshots first, as after any crash. An exit 1 is a start-up failure: nothing
@@ -953,47 +598,6 @@ def _release_after_first_sync(pin: wal.Pin, litestream: Litestream, config: Lite
         pin.release()
 
 
-# -- what a follower's process shares with the daemon's ----------------------------
-
-
-@contextlib.contextmanager
-def holding(settings: Settings, lockfile: Path, platform: Posix | Windows | None = None) -> Iterator[None]:
-    """Hold ``lockfile`` (a follower's): no other start or stop of that process meanwhile."""
-    with _locked(settings, platform or current_platform(), path=lockfile):
-        yield
-
-
-def write_pidfile(path: Path, record: PidRecord) -> None:
-    _write_pidfile(path, record)
-
-
-def remove_pidfile(path: Path, record: PidRecord | None) -> None:
-    _remove_pidfile(path, record)
-
-
-def kill(proc: subprocess.Popen | psutil.Process) -> None:
-    _kill(proc)
-
-
-def stop_process(state: DaemonState, timeout: float, platform: Posix | Windows | None = None) -> bool:
-    """Ask the recorded process to stop (litestream's clean stop), kill it after ``timeout``;
-    True when it had to be killed."""
-    platform = platform or current_platform()
-    proc = state.process
-    if proc is None:
-        return False
-    delivered = True
-    with contextlib.suppress(psutil.NoSuchProcess):
-        delivered = platform.interrupt(proc)
-    # Undelivered (Windows: no console to reach it through), nothing is coming: no wait.
-    forced = not _wait_gone(proc, timeout if delivered else 0.5)
-    if forced:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            proc.kill()
-        _wait_gone(proc, 10)
-    return forced
-
-
 # -- stop ----------------------------------------------------------------------
 
 
@@ -1005,7 +609,7 @@ class StopResult:
     was_running: bool
     pid: int | None = None
     forced: bool = False
-    stale: DaemonState | None = None
+    stale: ProcessState | None = None
     timeout: float = 0.0  # how long the final sync was given
     final_sync: bool | None = None  # known done, known not done, or not known
 
@@ -1031,7 +635,7 @@ class StopResult:
                 "final_sync": self.final_sync}
 
 
-def stop_timeout(settings: Settings, state: DaemonState) -> float:
+def stop_timeout(settings: Settings, state: ProcessState) -> float:
     """Litestream's own shutdown-sync-timeout (from the config it runs) plus a margin."""
     try:
         retries = active_config(settings, state).config.shutdown_sync_timeout
@@ -1040,35 +644,24 @@ def stop_timeout(settings: Settings, state: DaemonState) -> float:
     return retries + STOP_MARGIN
 
 
-def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while _alive(proc):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(POLL / 2)
-    return True
-
-
 def stop(
-    settings: Settings, timeout: float | None = None, platform: Posix | Windows | None = None
+    settings: Settings, timeout: float | None = None, platform: process.Posix | process.Windows | None = None
 ) -> StopResult:
     """Stop the daemon gracefully (final sync), killing it after ``timeout`` (see stop_timeout)."""
-    platform = platform or current_platform()
-    with _locked(settings, platform):
-        state = check(settings)
-        refuse_unknown(settings, state)
+    platform = platform or process.current_platform()
+    with managed(settings).claimed(platform) as state:
         if not state.running or state.record is None or state.process is None:
             if state.state == "stale":
-                _remove_pidfile(settings.pidfile, state.record)
+                process.remove_pidfile(settings.pidfile, state.record)
             return StopResult(False, stale=state if state.state == "stale" else None)
         timeout = stop_timeout(settings, state) if timeout is None else timeout
-        deadline = time.monotonic() + timeout  # the sync first (Windows) and the stop share it
+        deadline = time.monotonic() + timeout  # the sync first (process.Windows) and the stop share it
         offset = logfile.size(settings.logfile)
-        # Windows: litestream's own final sync needs a Ctrl-Break that may not reach it;
+        # process.Windows: litestream's own final sync needs a Ctrl-Break that may not reach it;
         # ask for the sync first, through its socket, and wait for it.
-        synced = _sync_now(settings, state, deadline) if isinstance(platform, Windows) else None
-        forced = stop_process(state, max(1.0, deadline - time.monotonic()), platform)
-        _remove_pidfile(settings.pidfile, state.record)
+        synced = _sync_now(settings, state, deadline) if isinstance(platform, process.Windows) else None
+        forced = process.stop(state, max(1.0, deadline - time.monotonic()), platform)
+        process.remove_pidfile(settings.pidfile, state.record)
         own = None if forced else _shutdown_sync(settings, offset)
         if synced:
             final: bool | None = True  # every replica held its local txid before the signal
@@ -1091,7 +684,7 @@ def _shutdown_sync(settings: Settings, offset: int, wait: float = 2.0) -> bool |
         time.sleep(POLL)
 
 
-def _sync_now(settings: Settings, state: DaemonState, deadline: float) -> bool | None:
+def _sync_now(settings: Settings, state: ProcessState, deadline: float) -> bool | None:
     """Every database of the running daemon synced to its replica through the control
     socket (``sync -wait``): True when each replica holds its local txid, False when one does
     not, None when the socket does not answer or there is none."""
@@ -1114,17 +707,19 @@ def _sync_now(settings: Settings, state: DaemonState, deadline: float) -> bool |
 
 def replicate_once(
     settings: Settings, litestream: Litestream, *args: str, timeout: float | None = 300,
-    platform: Posix | Windows | None = None, lock: bool = True, config: LitestreamConfig | None = None,
+    platform: process.Posix | process.Windows | None = None, lock: bool = True, config: LitestreamConfig | None = None,
 ) -> Prepared | None:
     """``litestream replicate -once`` (plus ``args``), claimed like a start; None if a daemon runs.
 
     Holds the workspace lock, so no daemon starts meanwhile (``lock=False``: the
     caller already holds it).
     """
-    held = _locked(settings, platform or current_platform()) if lock else contextlib.nullcontext()
-    with held:
-        state = check(settings)
-        refuse_unknown(settings, state)
+    if lock:
+        held = managed(settings).claimed(platform)
+    else:  # the caller holds the lock: check and refuse all the same
+        held = contextlib.nullcontext(check(settings))
+        refuse_unknown(settings, held.enter_result)
+    with held as state:
         if state.running:
             return None
         refuse_unrecorded(settings)
@@ -1142,9 +737,7 @@ def rewrite_config(settings: Settings, text: str, force: bool = False) -> WriteR
     and a restart that then fails to claim it would leave no backup running —
     the person who changes where backups go should see each step.
     """
-    with _locked(settings, current_platform()):
-        state = check(settings)
-        refuse_unknown(settings, state)
+    with managed(settings).claimed() as state:
         if state.running and state.record:
             try:
                 same = settings.config_path.read_bytes() == text.encode("utf-8")
@@ -1193,7 +786,7 @@ def ensure_config(
 
 @contextlib.contextmanager
 def exclusive(
-    settings: Settings, platform: Posix | Windows | None = None, of: Path | None = None
+    settings: Settings, platform: process.Posix | process.Windows | None = None, of: Path | None = None
 ) -> Iterator[None]:
     """Hold the workspace lock: no daemon starts or stops meanwhile.
 
@@ -1203,5 +796,6 @@ def exclusive(
     path = None
     if of is not None:
         path = settings.state_dir / f"restore-{hashlib.sha256(os.fsencode(of)).hexdigest()[:16]}.lock"
-    with _locked(settings, platform or current_platform(), path=path):
+    with process.locked(path or settings.lockfile, settings.state_dir, platform, remove=path is not None,
+                        marker=settings.lockfile):
         yield

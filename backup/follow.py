@@ -33,10 +33,11 @@ from typing import Any
 
 import psutil
 
-from . import daemon, logfile, ltlog, sqlitefile
-from .config import Settings, parse_duration
+from . import logfile, ltlog, process, sqlitefile, terminal
+from .config import Settings, max_age, parse_duration
 from .errors import BackupError, ConfigError, translate
 from .files import private_dir, same_path, write_private
+from .process import PidRecord, ProcessState
 from .workspace import Database, Workspace
 
 FOLLOWERS = "followers"  # under the state dir: each follower's pidfile, lock, log, config
@@ -57,23 +58,28 @@ class Slot:
     config: Path  # the one-database litestream.yml it reads: no credential in it
 
 
+    managed: process.Managed  # its pidfile and lock, as a managed process
+
+
 def slot_for(settings: Settings, output: Path) -> Slot:
     digest = hashlib.sha256(os.fsencode(output)).hexdigest()[:12]
     folder = settings.state_dir / FOLLOWERS
     stem = f"{output.name}-{digest}"
-    return Slot(output, folder / f"{stem}.pid", folder / f"{stem}.lock", folder / f"{stem}.log",
-                folder / f"{stem}.yml")
+    pidfile, lockfile = folder / f"{stem}.pid", folder / f"{stem}.lock"
+    managed = process.Managed(pidfile, lockfile, settings.state_dir, is_follow, remove_lock=True,
+                              marker=settings.lockfile)
+    return Slot(output, pidfile, lockfile, folder / f"{stem}.log", folder / f"{stem}.yml", managed)
 
 
-def is_follow(record: daemon.PidRecord) -> bool:
+def is_follow(record: PidRecord) -> bool:
     """Does ``record`` describe a follower a start wrote: litestream restore -f into its file?"""
     cmd = record.cmdline
     return cmd[1:2] == ["restore"] and "-f" in cmd and record.working is not None and \
         any(flag == "-o" and value == record.working for flag, value in zip(cmd, cmd[1:]))
 
 
-def check(slot: Slot) -> daemon.DaemonState:
-    return daemon.check_pidfile(slot.pidfile, is_follow)
+def check(slot: Slot) -> ProcessState:
+    return slot.managed.check()
 
 
 def txid_file(path: Path | str) -> Path:
@@ -209,17 +215,17 @@ class _Run:
         self.offset = logfile.size(slot.logfile)
         args = ("-f", "-follow-interval", interval, "-o", str(target), str(db.path))
         argv = litestream.argv("restore", *args, config=slot.config)
-        self.record: daemon.PidRecord | None = None
+        self.record: PidRecord | None = None
         # The pump puts the restored file in place once litestream follows (logfile.keeper).
-        self.proc, self.pump = daemon.spawn_logged(settings, litestream, slot.logfile, "restore", *args,
+        self.proc, self.pump = process.spawn_logged(settings, litestream, slot.logfile, "restore", *args,
                                                    config=slot.config, touch=slot.output, restored=target)
         try:
-            self.record = daemon.PidRecord(
+            self.record = PidRecord(
                 pid=self.proc.pid, create_time=_create_time(self.proc.pid), cmdline=argv, config=str(slot.config),
                 started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), log=str(slot.logfile),
                 foreground=foreground, output=str(slot.output), working=str(target),
             )
-            daemon.write_pidfile(slot.pidfile, self.record)
+            slot.managed.write(self.record)
         except BaseException:
             self.abandon()
             raise
@@ -241,28 +247,28 @@ class _Run:
                 with contextlib.suppress(Exception):
                     self.pump.wait(5)
                 text = logfile.read_since(self.slot.logfile, self.offset)
-                if daemon.read_pidfile(self.slot.pidfile) != self.record:
+                if process.read_pidfile(self.slot.pidfile) != self.record:
                     raise BackupError(
                         f"the follower of {self.slot.output} stopped before its first restore was done (by "
                         f"'inv backup.stop', or it failed: 'inv backup.logs --follower {self.slot.output}')")
-                daemon.remove_pidfile(self.slot.pidfile, self.record)
+                process.remove_pidfile(self.slot.pidfile, self.record)
                 if any(event.says(ltlog.FOLLOW_REFUSED) for event in ltlog.events(text)):
                     return False
                 raise BackupError(translate(text, f"litestream's follow mode exited with code {code}"),
                                   details=tuple(logfile.tail(self.slot.logfile, 10, self.offset)))
             if deadline is not None and time.monotonic() >= deadline:
                 return None
-            time.sleep(daemon.POLL)
+            time.sleep(process.POLL)
 
     def abandon(self) -> None:
         """Stop it (a clean stop first, as its temporary files are its own to remove), and
         remove what it leaves of an unfinished restore."""
         with contextlib.suppress(Exception):
-            daemon.current_platform().interrupt(self.proc)
+            process.current_platform().interrupt(self.proc)
             self.proc.wait(10)
-        daemon.kill(self.proc)
+        process.kill(self.proc)
         if self.record is not None:  # else its pidfile was never written
-            daemon.remove_pidfile(self.slot.pidfile, self.record)
+            process.remove_pidfile(self.slot.pidfile, self.record)
         if self.target != self.slot.output:
             _remove_working(self.target)
 
@@ -283,9 +289,7 @@ def start(
         raise ConfigError(f"--interval {interval!r} is not a positive duration (e.g. 1s, 500ms)") from None
     slot = slot_for(settings, output)
     private_dir(slot.pidfile.parent)
-    with daemon.holding(settings, slot.lockfile):
-        state = check(slot)
-        daemon.refuse_unknown_process(slot.pidfile, state)
+    with slot.managed.claimed() as state:
         if state.running and state.record:
             raise BackupError(f"a follower already writes {output} (pid {state.record.pid}): "
                               f"'inv backup.stop --follower {output}' stops it")
@@ -294,7 +298,7 @@ def start(
                           foreground=foreground)
         if state.state == "stale":
             _settle(previous)  # killed (kill -9, a reboot): keep the copy's position beside it
-            daemon.remove_pidfile(slot.pidfile, previous)
+            process.remove_pidfile(slot.pidfile, previous)
         ours = output.exists() and _is_follower_copy(slot, db)
         if output.exists() and not ours and not force:
             raise BackupError(
@@ -321,8 +325,8 @@ def start(
     except BaseException:
         run.abandon()  # its own process, pidfile (while it names it) and working file only
         if started.moved_aside is not None:
-            with daemon.holding(settings, slot.lockfile):
-                if daemon.read_pidfile(slot.pidfile) is None:  # no other start since
+            with slot.managed.locked():
+                if process.read_pidfile(slot.pidfile) is None:  # no other start since
                     _put_back(started, slot)
         raise
     return started
@@ -415,21 +419,19 @@ def stop(settings: Settings, output: Path) -> Stopped:
     slot = slot_for(settings, output)
     if not slot.pidfile.exists():
         return Stopped(output, False)
-    with daemon.holding(settings, slot.lockfile):
-        state = check(slot)
-        daemon.refuse_unknown_process(slot.pidfile, state)
+    with slot.managed.claimed() as state:
         if not state.running:
             if state.state == "stale":
                 _settle(state.record)
-                daemon.remove_pidfile(slot.pidfile, state.record)
+                process.remove_pidfile(slot.pidfile, state.record)
             return Stopped(output, False, stale=state.reason if state.state == "stale" else None)
-        forced = daemon.stop_process(state, STOP_TIMEOUT)
+        forced = process.stop(state, STOP_TIMEOUT)
         _settle(state.record)
-        daemon.remove_pidfile(slot.pidfile, state.record)
+        process.remove_pidfile(slot.pidfile, state.record)
         return Stopped(output, True, pid=state.record.pid if state.record else None, forced=forced)
 
 
-def _settle(record: daemon.PidRecord | None) -> None:
+def _settle(record: PidRecord | None) -> None:
     """With its litestream gone, keep the copy's position beside the copy itself
     (``<output>-txid``), where the next follow looks for it and litestream resumes from it."""
     if record is None or not record.output or not record.working:
@@ -449,13 +451,13 @@ def _settle(record: daemon.PidRecord | None) -> None:
     txid_file(working).unlink(missing_ok=True)
 
 
-def slots(settings: Settings) -> list[tuple[Slot, daemon.DaemonState]]:
+def slots(settings: Settings) -> list[tuple[Slot, ProcessState]]:
     """Every follower this state dir has a pidfile for, with its state."""
     folder = settings.state_dir / FOLLOWERS
     found = []
     for pidfile in sorted(folder.glob("*.pid")) if folder.is_dir() else []:
-        record = daemon.read_pidfile(pidfile)
-        if not isinstance(record, daemon.PidRecord) or not record.output:
+        record = process.read_pidfile(pidfile)
+        if not isinstance(record, PidRecord) or not record.output:
             continue
         slot = slot_for(settings, Path(record.output))
         if slot.pidfile == pidfile:
@@ -530,7 +532,7 @@ def status(workspace: Workspace, now: float | None = None) -> list[FollowerStatu
     return found
 
 
-def _restoring(record: daemon.PidRecord) -> bool:
+def _restoring(record: PidRecord) -> bool:
     """The first restore is not in place yet: litestream still writes its temporary file
     (``<file>.tmp``), or the working file beside the copy is not renamed over it yet, or
     there is no copy at all."""
@@ -542,10 +544,9 @@ def _restoring(record: daemon.PidRecord) -> bool:
     return not Path(record.output).exists()
 
 
-def _max_lag(db: Database | None, record: daemon.PidRecord | None) -> float | None:
+def _max_lag(db: Database | None, record: PidRecord | None) -> float | None:
     """How long a copy may miss a change before it counts as failing: as long as a replica
-    may (status.max_age), plus the follower's own interval."""
-    from .status import max_age
+    may (config.max_age), plus the follower's own interval."""
 
     if db is None or record is None:
         return None
@@ -557,7 +558,7 @@ def _max_lag(db: Database | None, record: daemon.PidRecord | None) -> float | No
         return max_age(db.sync_interval)
 
 
-def _followed(workspace: Workspace, record: daemon.PidRecord | None) -> Database | None:
+def _followed(workspace: Workspace, record: PidRecord | None) -> Database | None:
     if record is None:
         return None
     path = record.cmdline[-1] if record.cmdline else None
@@ -575,19 +576,19 @@ def run_foreground(
     # Ctrl-C during the first restore interrupts it (start removes what it began); from
     # here on a stop signal stops the follower and this command, which returns 0.
     settings = workspace.settings
-    terminal = daemon.Output(out, settings)  # masked; a closed terminal must not stop the stop
-    terminal.write(f"starting to follow {db.name} into {output} (Ctrl-C cancels)\n")
+    screen = terminal.Output(out, settings)  # masked; a closed terminal must not stop the stop
+    screen.write(f"starting to follow {db.name} into {output} (Ctrl-C cancels)\n")
     started = start(workspace, db, output, interval, force, foreground=True)
-    with daemon.stop_requests() as asked:
-        terminal.write("\n".join(started.as_lines()) + "\n")
+    with terminal.stop_requests() as asked:
+        screen.write("\n".join(started.as_lines()) + "\n")
         slot = slot_for(settings, started.output)
         offset = logfile.size(slot.logfile)
         for line in logfile.follow(slot.logfile, stop=lambda: bool(asked) or not check(slot).running,
                                    offset=offset):
-            terminal.write(line + "\n")
+            screen.write(line + "\n")
         if asked:
-            terminal.write("\n".join(stop(settings, started.output).as_lines()) + "\n")
+            screen.write("\n".join(stop(settings, started.output).as_lines()) + "\n")
             return 0
-        terminal.write(f"the follower of {started.output} stopped by itself: see 'inv backup.logs "
+        screen.write(f"the follower of {started.output} stopped by itself: see 'inv backup.logs "
                        f"--follower {started.output}'; 'inv backup.follow' continues it\n")
         return 1

@@ -26,7 +26,8 @@ from .config import Settings
 from .errors import EXIT_CONFIG, SNAPSHOT_FIX, BackupError, ConfigError, missing_txids
 from .files import private_dir, temp_beside
 from .litestream import local_state_dir
-from .replica import LtxFile, Window, plan, window
+from .ltx import LtxFile, Window, plan, window
+from .process import ProcessState
 from .timeparse import iso_z, rfc3339
 from .workspace import Database, Workspace
 
@@ -36,7 +37,7 @@ NOTHING_YET = "nothing to restore yet: the replica holds no backup of {db} (star
 Progress = Callable[[int, float], None]  # (bytes written so far, seconds elapsed)
 
 
-def nothing_yet(db: Path, state: daemon.DaemonState) -> str:
+def nothing_yet(db: Path, state: ProcessState) -> str:
     """An empty replica, and the fix: a daemon that already runs is not told to start."""
     if state.running:
         return (
@@ -287,7 +288,7 @@ def point_args(
     db: Path,
     timestamp: datetime | None,
     txid: int | None,
-    daemon_state: Callable[[], daemon.DaemonState],
+    daemon_state: Callable[[], ProcessState],
 ) -> list[str]:
     """litestream's arguments for a point (``-txid``/``-timestamp``; none for the latest),
     once it is proven inside the replica's window; restore's errors otherwise."""

@@ -13,23 +13,23 @@ from typing import Any, NamedTuple
 
 import psutil
 
-from . import daemon, ltlog
-from .config import Settings, parse_duration
+from . import ltlog
+from .config import Settings, max_age, parse_duration
 from .errors import (
-    EXIT_FAILED, EXIT_NOT_RUNNING, EXIT_OK, SNAPSHOT_FIX, BackupError, hole_message, missing_bucket,
+    EXIT_FAILED,
+    EXIT_NOT_RUNNING,
+    EXIT_OK,
+    SNAPSHOT_FIX,
+    BackupError,
+    hole_message,
+    missing_bucket,
 )
 from .litestream import local_state_dir
-from .replica import SNAPSHOT_LEVEL, LtxFile
+from .ltx import SNAPSHOT_LEVEL, LtxFile
+from .process import ProcessState
 from .timeparse import from_litestream
 from .wal import local_txid, risk, written_since
 from .workspace import Database, Workspace
-
-MIN_MAX_AGE = 60.0  # seconds; see max_age()
-
-
-def max_age(sync_interval: str) -> float:
-    """How long a replica may miss local changes before it counts as failing."""
-    return max(10 * parse_duration(sync_interval), MIN_MAX_AGE)
 
 
 @dataclass
@@ -455,7 +455,7 @@ def _from_daemon(workspace: Workspace, unit: Database, synced: dict[str, str], n
     return status
 
 
-def _daemon_info(state: daemon.DaemonState, settings: Settings, now: float) -> dict[str, Any]:
+def _daemon_info(state: ProcessState, settings: Settings, now: float) -> dict[str, Any]:
     info: dict[str, Any] = {
         "state": state.state,
         "pid": state.pid,

@@ -19,15 +19,13 @@ import re
 from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from .config import Settings, require_r2
 from .errors import BackupError, missing_bucket, translate
 from .files import private_dir, temp_beside
+from .ltx import LtxFile
 from .render import Entry
-
-if TYPE_CHECKING:
-    from .replica import LtxFile
 
 LtxEntry = tuple[int, int, int, int, datetime]  # level, min txid, max txid, size, modified
 STORE_TYPES = ("s3", "file")  # the replica kinds chora-backup can open itself

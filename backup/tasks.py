@@ -19,7 +19,6 @@ from typing import Any, TypeVar
 from invoke import Collection, Exit, task
 
 from . import config as cfg
-from .files import to_null
 from .errors import (
     EXIT_BROKEN_PIPE,
     EXIT_CONFIG,
@@ -29,6 +28,7 @@ from .errors import (
     describe_os_error,
     describe_sqlite_error,
 )
+from .files import to_null
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -401,7 +401,7 @@ def logs(c, n="50", follow=False, follower=None):
     for line in logfile.tail(path, count, end=end):
         print(settings.mask(line))
     if follow:
-        from .daemon import stop_requests
+        from .terminal import stop_requests
 
         with stop_requests() as asked:  # Ctrl-C, SIGTERM or a closed terminal: a clean end
             for line in logfile.follow(path, stop=lambda: bool(asked), offset=end):

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import daemon
+from .config import max_age as default_max_age
 from .errors import NOTHING_TO_RESTORE, SNAPSHOT_FIX, BackupError
 from .owner import read_local, read_owner
 from .restore import connect_readonly, integrity_check, nothing_yet
-from .status import max_age as default_max_age
 from .status import unsynced_since
 from .wal import local_txid
 from .workspace import Database, Workspace

@@ -20,8 +20,10 @@ from .config import Settings
 from .errors import EXIT_CONFIG, NO_CONFIG, BackupError, ConfigError
 from .files import same_path
 from .litestream import Litestream
+from .process import ProcessState
 from .render import Entry, LitestreamConfig, read_config
 from .replica import Replica
+
 
 @dataclass(frozen=True)
 class Database:
@@ -50,7 +52,7 @@ class Workspace:
     settings: Settings
     config: LitestreamConfig
     litestream: Litestream
-    state: daemon.DaemonState
+    state: ProcessState
     databases: tuple[Database, ...]
     configured: bool = True  # litestream.yml exists (else ``config`` is what .env would render)
     config_changed: bool = False  # litestream.yml moved on since the running daemon started

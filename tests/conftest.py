@@ -465,7 +465,7 @@ def ltx_files(*specs: str) -> list:
     """LtxFile objects from 'L0 3-3' style specs; each file a second newer than the one before."""
     from datetime import datetime, timedelta, timezone
 
-    from backup.replica import LtxFile
+    from backup.ltx import LtxFile
 
     start = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)
     out = []

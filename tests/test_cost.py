@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from backup import config, cost
-from backup.replica import parse_files
+from backup.ltx import parse_files
 from backup.render import render
 
 from conftest import Workspace, insert, make_db, r2_settings, wait_for

@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from backup import config, daemon, logfile
+from backup import config, daemon, logfile, process, terminal
 from backup.errors import BackupError
 from backup.litestream import Litestream
 from backup.config import START_WAIT
@@ -479,24 +479,24 @@ def test_windows_interrupt_runs_the_ctrl_break_helper_on_a_console_of_its_own():
     from backup.litestream import CREATE_NEW_PROCESS_GROUP, CREATE_NO_WINDOW
 
     run = FakeRun()
-    assert daemon.Windows(run=run, msvcrt=FakeMsvcrt()).interrupt(FakeProc(4242)) is True
+    assert process.Windows(run=run, msvcrt=FakeMsvcrt()).interrupt(FakeProc(4242)) is True
     [(argv, kwargs)] = run.calls
     assert argv == [sys.executable, "-I", "-m", "backup.winconsole", "4242"]
     assert kwargs["creationflags"] == CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW
-    assert kwargs["timeout"] == daemon.Windows.HELPER_WAIT
+    assert kwargs["timeout"] == process.Windows.HELPER_WAIT
 
 
 def test_windows_interrupt_says_when_ctrl_break_could_not_be_delivered():
     proc = FakeProc(4242)
-    assert daemon.Windows(run=FakeRun(returncode=3)).interrupt(proc) is False  # no console to attach to
-    assert daemon.Windows(run=FakeRun(error=OSError(errno.ENOENT, "no python"))).interrupt(proc) is False
-    assert daemon.Windows(run=FakeRun(error=subprocess.TimeoutExpired("helper", 15))).interrupt(proc) is False
+    assert process.Windows(run=FakeRun(returncode=3)).interrupt(proc) is False  # no console to attach to
+    assert process.Windows(run=FakeRun(error=OSError(errno.ENOENT, "no python"))).interrupt(proc) is False
+    assert process.Windows(run=FakeRun(error=subprocess.TimeoutExpired("helper", 15))).interrupt(proc) is False
     assert proc.terminated == 0  # stop decides what comes next, not the interrupt
 
 
 def test_windows_lock_and_unlock_lock_the_first_byte(tmp_path):
     fake = FakeMsvcrt()
-    platform = daemon.Windows(msvcrt=fake)
+    platform = process.Windows(msvcrt=fake)
     path = tmp_path / "litestream.lock"
     path.write_bytes(b"left by someone")
     with open(path, "a+b") as fh:
@@ -512,7 +512,7 @@ def test_windows_lock_and_unlock_lock_the_first_byte(tmp_path):
 def test_windows_lock_turns_oserror_into_blocking_io_error(tmp_path):
     fake = FakeMsvcrt()
     fake.held = True
-    platform = daemon.Windows(msvcrt=fake)
+    platform = process.Windows(msvcrt=fake)
     with open(tmp_path / "litestream.lock", "a+b") as fh:
         fake.handles[fh.fileno()] = fh
         with pytest.raises(BlockingIOError):
@@ -523,10 +523,10 @@ def test_a_held_windows_lock_times_out_with_an_actionable_error(tmp_path):
     fake = FakeMsvcrt()
     fake.held = True
     settings = config.load(cwd=tmp_path, environ={"BACKUP_STATE_DIR": str(tmp_path / "state")})
-    platform = daemon.Windows(msvcrt=fake)
+    platform = process.Windows(msvcrt=fake)
     began = time.monotonic()
     with pytest.raises(BackupError, match="another chora-backup command has held .*lock"):
-        with daemon._locked(settings, platform, timeout=0.3):
+        with process.locked(settings.lockfile, settings.state_dir, platform, timeout=0.3):
             pytest.fail("the lock was taken while held")
     assert time.monotonic() - began < 5
     assert len(fake.calls) > 1  # it retried before giving up
@@ -587,7 +587,7 @@ class _FakeChild:
 
 def test_a_stop_signal_before_the_child_exists_stops_it_once_it_does():
     platform = _RecordingPlatform()
-    stopper = daemon._Stopper(platform)
+    stopper = terminal.Stopper(platform)
     stopper(signal.SIGINT, None)  # Ctrl-C while the config is still being checked
     assert stopper.requested and platform.interrupted == []
     stopper.attach(_FakeChild())
@@ -597,7 +597,7 @@ def test_a_stop_signal_before_the_child_exists_stops_it_once_it_does():
 @pytest.mark.posix
 def test_only_the_first_stop_signal_reaches_litestream():
     platform = _RecordingPlatform()
-    stopper = daemon._Stopper(platform)
+    stopper = terminal.Stopper(platform)
     stopper.attach(_FakeChild())
     for sig in (signal.SIGHUP, signal.SIGCONT, signal.SIGTERM, signal.SIGINT):
         stopper(sig, None)  # a closing terminal sends several: a second would abort the final sync
@@ -606,8 +606,8 @@ def test_only_the_first_stop_signal_reaches_litestream():
 
 @pytest.mark.posix
 def test_the_stop_signals_include_a_closed_terminal():
-    assert signal.SIGHUP in daemon.STOP_SIGNALS and signal.SIGINT in daemon.STOP_SIGNALS
-    assert signal.SIGTERM in daemon.STOP_SIGNALS
+    assert signal.SIGHUP in terminal.STOP_SIGNALS and signal.SIGINT in terminal.STOP_SIGNALS
+    assert signal.SIGTERM in terminal.STOP_SIGNALS
 
 
 @pytest.fixture
@@ -616,7 +616,7 @@ def unknown_pidfile(tmp_path, monkeypatch):
     settings = config.load(cwd=tmp_path, environ={"BACKUP_STATE_DIR": str(tmp_path / "state")})
     settings.state_dir.mkdir()
     argv = ["litestream", "replicate", "-config", str(settings.config_path), "-no-expand-env"]
-    record = daemon.PidRecord(pid=os.getpid(), create_time=0.0, cmdline=argv,
+    record = process.PidRecord(pid=os.getpid(), create_time=0.0, cmdline=argv,
                               config=str(settings.config_path), started_at="", log=None)
     settings.pidfile.write_text(json.dumps(dataclasses.asdict(record)))
 
@@ -624,7 +624,7 @@ def unknown_pidfile(tmp_path, monkeypatch):
         def cmdline(self):
             raise psutil.AccessDenied(self.pid)
 
-    monkeypatch.setattr(daemon.psutil, "Process", Denied)
+    monkeypatch.setattr(psutil, "Process", Denied)
     return settings
 
 
@@ -741,7 +741,7 @@ def test_stop_waits_longer_than_litestreams_own_final_sync_retries(tmp_path):
     settings = config.load(cwd=tmp_path, environ={"BACKUP_STATE_DIR": str(tmp_path / "state")})
     body = "dbs:\n  - path: /x.db\n    replica:\n      type: file\n      path: /r\n"
     settings.config_path.write_text(body)
-    stopped = daemon.DaemonState("stopped")
+    stopped = process.ProcessState("stopped")
     assert daemon.stop_timeout(settings, stopped) == 30 + daemon.STOP_MARGIN
     settings.config_path.write_text("shutdown-sync-timeout: 2m\n" + body)
     assert read_config(settings.config_path).shutdown_sync_timeout == 120

@@ -5,7 +5,7 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-from backup import config, daemon, follow, sqlitefile
+from backup import config, follow, process, sqlitefile
 
 
 def db_with_rows(path: Path, n: int, journal_mode: str) -> None:
@@ -108,12 +108,12 @@ def test_a_restore_that_cannot_be_put_in_place_is_said_in_the_log_before_the_rea
     assert not copy.exists()
 
 
-def record(**fields) -> daemon.PidRecord:
+def record(**fields) -> process.PidRecord:
     base = dict(pid=1, create_time=0.0, cmdline=["litestream", "restore", "-config", "c", "-no-expand-env", "-f",
                                                    "-follow-interval", "1s", "-o", "/w/.copy.db.follow-1",
                                                    "/ws/chora.db"],
                 config="c", started_at="", log=None, output="/w/copy.db", working="/w/.copy.db.follow-1")
-    return daemon.PidRecord(**{**base, **fields})
+    return process.PidRecord(**{**base, **fields})
 
 
 def test_a_follower_record_is_recognised_only_with_its_own_working_file():

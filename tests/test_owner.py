@@ -187,7 +187,7 @@ def test_a_record_from_another_replica_adopts_no_unclaimed_history(tmp_path, rep
 
 
 def test_doctor_fails_when_the_replica_was_taken_over_under_a_running_daemon(tmp_path, replica, monkeypatch):
-    from backup import daemon, doctor
+    from backup import daemon, doctor, process
 
     a_settings, a = workspace(tmp_path, "a", replica)
     make_db(a.path)
@@ -201,10 +201,10 @@ def test_doctor_fails_when_the_replica_was_taken_over_under_a_running_daemon(tmp
     from backup.workspace import Database
 
     db = Database(a.path, "chora.db", a, Replica(a_settings, a, Litestream(a_settings), a_settings.config_path))
-    monkeypatch.setattr(daemon, "check", lambda settings: daemon.DaemonState("running"))
+    monkeypatch.setattr(daemon, "check", lambda settings: process.ProcessState("running"))
     found = doctor._owner(a_settings, db)
     assert found.state == doctor.FAIL and "took this replica over" in found.detail
-    monkeypatch.setattr(daemon, "check", lambda settings: daemon.DaemonState("stopped"))
+    monkeypatch.setattr(daemon, "check", lambda settings: process.ProcessState("stopped"))
     assert doctor._owner(a_settings, db).state == doctor.WARN
 
 

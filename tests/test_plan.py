@@ -5,7 +5,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from backup.replica import plan, window
+from backup.ltx import plan, window
 from conftest import ltx_files as files
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=timezone.utc)  # ltx_files' first timestamp

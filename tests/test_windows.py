@@ -19,7 +19,7 @@ import time
 import psutil
 import pytest
 
-from backup import config, daemon, ltlog, winconsole
+from backup import config, daemon, ltlog, process, terminal, winconsole
 from backup.errors import describe_os_error
 from backup.files import same_path
 from backup.render import read_config
@@ -238,7 +238,7 @@ def test_a_windows_stop_syncs_through_the_socket_before_its_ctrl_break(ws, deliv
     settings = config.load(cwd=ws.path, environ=ws.environ())
     helper = CtrlBreak(deliver)
     began = time.monotonic()
-    result = daemon.stop(settings, platform=daemon.Windows(run=helper, msvcrt=FlockMsvcrt()))
+    result = daemon.stop(settings, platform=process.Windows(run=helper, msvcrt=FlockMsvcrt()))
     assert helper.pids == [pid]
     assert result.final_sync is True and result.forced is (not deliver), result
     assert result.as_lines()[0].startswith(f"stopped (pid {pid}) after its final sync")
@@ -329,11 +329,11 @@ def test_a_ctrl_break_in_the_console_is_not_passed_on_a_second_time(monkeypatch)
 
     monkeypatch.setattr(signal, "SIGBREAK", 21, raising=False)  # its number on Windows
     platform = Platform()
-    stopper = daemon._Stopper(platform)
+    stopper = terminal.Stopper(platform)
     stopper.attach(object())
     stopper(signal.SIGBREAK, None)
     assert stopper.requested and platform.sent == 0
-    other = daemon._Stopper(platform)
+    other = terminal.Stopper(platform)
     other.attach(object())
     other(signal.SIGINT, None)
     assert platform.sent == 1
