@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import parse_duration
 from .errors import ConfigError
-from .render import checkpoint_interval
+from .ltconfig import LitestreamConfig, checkpoint_interval
 
 if TYPE_CHECKING:
     from .ltx import LtxFile
@@ -53,12 +53,6 @@ FREE_CLASS_B = 10_000_000
 FREE_STORAGE_GB = 10.0
 HOURS_PER_MONTH = 730
 
-# litestream 0.5.17's defaults for the timers the model reads.
-DEFAULT_TIMERS = {
-    "l0-retention-check-interval": "15s",
-    "levels": ["30s", "5m", "1h"],
-    "snapshot": "24h",
-}
 LIST_PER_IDLE_TICK = 1  # every level but the snapshot's
 LIST_PER_L0_RETENTION = 2  # the level-1 files, then the L0 files
 
@@ -71,31 +65,24 @@ class Timers:
     checkpoint: float = 60.0  # the database's checkpoint-interval; 0: no timed checkpoints
 
     @classmethod
-    def from_config(cls, data: dict[str, Any], sync_interval: str, checkpoint: object = None) -> Timers:
-        """From litestream.yml's global keys (``data``) and one database's sync and checkpoint
-        intervals (``checkpoint``: its ``checkpoint-interval``; default: litestream's, or the
-        first database entry's in ``data``)."""
+    def from_config(cls, config: LitestreamConfig, sync_interval: str, checkpoint: object = None) -> Timers:
+        """From litestream.yml's timers and one database's sync and checkpoint intervals
+        (``checkpoint``: its ``checkpoint-interval``; default: the first database's)."""
         if checkpoint is None:
-            dbs = data.get("dbs")
-            first = dbs[0] if isinstance(dbs, list) and dbs and isinstance(dbs[0], dict) else {}
-            checkpoint = first.get("checkpoint-interval")
-        levels = data.get("levels") or [{"interval": i} for i in DEFAULT_TIMERS["levels"]]
-        snapshot = (data.get("snapshot") or {}).get("interval", DEFAULT_TIMERS["snapshot"])
-        check = data.get("l0-retention-check-interval", DEFAULT_TIMERS["l0-retention-check-interval"])
-        try:
-            intervals = [l["interval"] for l in levels] + [snapshot]
-        except (KeyError, TypeError):
-            raise ConfigError("litestream.yml: every entry under levels needs an interval") from None
+            checkpoint = config.databases[0].checkpoint_interval
+        if any(interval is None for interval in config.levels):
+            raise ConfigError("litestream.yml: every entry under levels needs an interval")
+        intervals = [*config.levels, config.snapshot_interval]
         return cls(
             sync_interval=positive_duration("sync-interval", sync_interval),
-            retention_check=positive_duration("l0-retention-check-interval", check),
+            retention_check=positive_duration("l0-retention-check-interval", config.l0_retention_check_interval),
             levels=tuple(positive_duration("levels/snapshot interval", i) for i in intervals),
             checkpoint=checkpoint_seconds(checkpoint),
         )
 
 
 def checkpoint_seconds(value: object) -> float:
-    """A checkpoint-interval in seconds as litestream takes it (render.checkpoint_interval):
+    """A checkpoint-interval in seconds as litestream takes it (ltconfig.checkpoint_interval):
     unset is 1m, zero is off."""
     try:
         return parse_duration(checkpoint_interval(value))
@@ -320,15 +307,14 @@ def project(workspace: Workspace, writes_per_month: float | None = None) -> Proj
     config = workspace.config
     if not config.uses_s3:
         return Projection(None, False, config.path)
-    data = config.data
     observed = writes_per_month is None
-    retention = positive_duration("l0-retention", data.get("l0-retention", "5m"))
+    retention = positive_duration("l0-retention", config.l0_retention)
     now = time.time()
     each = []
     databases = workspace.databases
     for db in databases:
         files = db.replica.files()
-        timers = Timers.from_config(data, db.sync_interval, db.entry.checkpoint_interval)
+        timers = Timers.from_config(config, db.sync_interval, db.entry.checkpoint_interval)
         if observed:  # its L0 files are writes and checkpoints
             uploads = observed_writes_per_month(files, retention, now) / HOURS_PER_MONTH
             writes = writes_from_uploads(timers, uploads) * HOURS_PER_MONTH

@@ -18,7 +18,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,42 +27,34 @@ import psutil
 
 from . import logfile, ltlog, process, terminal, wal
 from .config import LOCAL, R2, START_WAIT, Settings, require_r2
-from .errors import BackupError, ConfigError, LitestreamError, translate
+from .errors import NO_CONFIG, BackupError, ConfigError, LitestreamError, translate
 from .files import private_dir, write_private
 from .litestream import (
     Litestream,
     check_endpoint,
     holders_of,
-    is_replicate,
     replicators,
 )
+from .ltconfig import DEFAULT_STOP_TIMEOUT, LitestreamConfig, read_config
 from .process import ProcessState
-from .render import NO_CONFIG, LitestreamConfig, WriteResult, read_config, write_config
+from .render import WriteResult, write_config
 from .sqlitefile import is_sqlite
+from .workspace import active_config, replicator
 
 if TYPE_CHECKING:
     from .owner import Claim
 
 log = logging.getLogger("backup.daemon")
 
-STOP_MARGIN = 15.0  # beyond litestream's shutdown-sync-timeout, so a kill never races the final sync
 POLL = process.POLL
 
 
 # -- the daemon's pidfile and lock ------------------------------------------------
 
 
-def managed(settings: Settings) -> process.Managed:
-    """The replicating daemon as a managed process: the workspace's pidfile and lock. A
-    record that does not describe a replicate of its own config was not written by a
-    start; whatever process it names is not ours to signal."""
-    return process.Managed(settings.pidfile, settings.lockfile, settings.state_dir,
-                           lambda record: is_replicate(record.cmdline, record.config))
-
-
 def check(settings: Settings) -> ProcessState:
-    """What the pidfile says, proven against the process table. Signals nothing."""
-    return managed(settings).check()
+    """What the daemon's pidfile says, proven against the process table. Signals nothing."""
+    return replicator(settings).check()
 
 
 def refuse_unknown(settings: Settings, state: ProcessState) -> None:
@@ -247,42 +238,6 @@ def _keep_running_copy(settings: Settings, prepared: Prepared) -> None:
         _private_socket_folder(settings, prepared.config.socket)
 
 
-@dataclass(frozen=True)
-class Active:
-    """The config that describes replication now, and whether the file has moved on."""
-
-    config: LitestreamConfig
-    state: ProcessState
-    changed: bool = False  # litestream.yml differs from what the running daemon was started with
-
-
-def active_config(
-    settings: Settings, state: ProcessState | None = None, litestream: Litestream | None = None
-) -> Active:
-    """What the running daemon runs (its copy of litestream.yml), else litestream.yml itself.
-
-    ``litestream``, when given, is pointed at that same file for the rest of the command.
-    """
-    state = state or check(settings)
-    path = settings.config_path
-    record = state.record if state.running else None
-    if record and record.config_sha256:
-        try:
-            copy = settings.running_config.read_bytes()
-        except OSError:
-            copy = None
-        if copy is not None and hashlib.sha256(copy).hexdigest() == record.config_sha256:
-            try:
-                current = hashlib.sha256(path.read_bytes()).hexdigest()
-            except OSError:
-                current = None
-            if litestream is not None:
-                litestream.config_file = settings.running_config
-            return Active(read_config(path, copy, "the running daemon's copy"), state,
-                          changed=current != record.config_sha256)
-    return Active(read_config(path), state)
-
-
 def _record(
     proc: subprocess.Popen, argv: list[str], settings: Settings, foreground: bool, prepared: Prepared
 ) -> process.PidRecord:
@@ -343,7 +298,7 @@ def start_background(
 ) -> StartResult:
     """Start the daemon and return once it is healthy, or raise with its log."""
     platform = platform or process.current_platform()
-    with managed(settings).claimed(platform) as state:
+    with replicator(settings).claimed(platform) as state:
         _refuse_other_workspace(settings, state)
         if state.running and state.record:
             return StartResult(state.record.pid, settings.logfile, already_running=True)
@@ -414,7 +369,7 @@ def _synced_by_replicas(settings: Settings, litestream: Litestream, config: Lite
             if local is None:
                 continue
             try:
-                newest = Replica(settings, one, litestream, litestream.config_file, found=bool(entry.pattern),
+                newest = Replica(settings, one, litestream, settings.config_path, found=bool(entry.pattern),
                                  remember=False).newest_txid()
             except BackupError:
                 continue  # not reachable yet: the next look may be
@@ -503,7 +458,7 @@ def run_foreground(
     platform = platform or process.current_platform()
     output = terminal.Output(out, settings)
     with terminal.Stopper(platform).installed() as stopper:
-        with managed(settings).claimed(platform) as state:
+        with replicator(settings).claimed(platform) as state:
             _refuse_other_workspace(settings, state)
             if state.running and state.record:
                 how = "in the foreground" if state.record.foreground else "by 'inv backup.start-bg'"
@@ -560,7 +515,7 @@ def run_foreground(
             pin.release()
             if proc.returncode >= 0 and proc.returncode != GO_PANIC:
                 try:
-                    with managed(settings).locked(platform):
+                    with replicator(settings).locked(platform):
                         process.remove_pidfile(settings.pidfile, record)
                 except BackupError:
                     # Another command holds the lock too long: the pidfile still names only
@@ -638,10 +593,9 @@ class StopResult:
 def stop_timeout(settings: Settings, state: ProcessState) -> float:
     """Litestream's own shutdown-sync-timeout (from the config it runs) plus a margin."""
     try:
-        retries = active_config(settings, state).config.shutdown_sync_timeout
+        return active_config(settings, state).config.stop_timeout
     except ConfigError:
-        retries = 30.0  # litestream's default
-    return retries + STOP_MARGIN
+        return DEFAULT_STOP_TIMEOUT
 
 
 def stop(
@@ -649,7 +603,7 @@ def stop(
 ) -> StopResult:
     """Stop the daemon gracefully (final sync), killing it after ``timeout`` (see stop_timeout)."""
     platform = platform or process.current_platform()
-    with managed(settings).claimed(platform) as state:
+    with replicator(settings).claimed(platform) as state:
         if not state.running or state.record is None or state.process is None:
             if state.state == "stale":
                 process.remove_pidfile(settings.pidfile, state.record)
@@ -715,7 +669,7 @@ def replicate_once(
     caller already holds it).
     """
     if lock:
-        held = managed(settings).claimed(platform)
+        held = replicator(settings).claimed(platform)
     else:  # the caller holds the lock: check and refuse all the same
         held = contextlib.nullcontext(check(settings))
         refuse_unknown(settings, held.enter_result)
@@ -737,7 +691,7 @@ def rewrite_config(settings: Settings, text: str, force: bool = False) -> WriteR
     and a restart that then fails to claim it would leave no backup running —
     the person who changes where backups go should see each step.
     """
-    with managed(settings).claimed() as state:
+    with replicator(settings).claimed() as state:
         if state.running and state.record:
             try:
                 same = settings.config_path.read_bytes() == text.encode("utf-8")
@@ -782,20 +736,3 @@ def ensure_config(
     rewrite_config(settings, render(settings, R2 if config.uses_s3 else LOCAL))
     gone = ", ".join(str(p) for p in named)
     return f"rewrote {path} for {settings.db}: it named {gone}, which is gone (the workspace moved?)"
-
-
-@contextlib.contextmanager
-def exclusive(
-    settings: Settings, platform: process.Posix | process.Windows | None = None, of: Path | None = None
-) -> Iterator[None]:
-    """Hold the workspace lock: no daemon starts or stops meanwhile.
-
-    ``of`` a file other than the workspace's databases: a lock of that file's own,
-    so minutes spent restoring a copy elsewhere hold up no start or stop.
-    """
-    path = None
-    if of is not None:
-        path = settings.state_dir / f"restore-{hashlib.sha256(os.fsencode(of)).hexdigest()[:16]}.lock"
-    with process.locked(path or settings.lockfile, settings.state_dir, platform, remove=path is not None,
-                        marker=settings.lockfile):
-        yield

@@ -13,8 +13,9 @@ from . import daemon, ltlog
 from .config import LOCAL, R2, Settings, parse_duration
 from .errors import SNAPSHOT_FIX, BackupError, hole_problem
 from .litestream import Litestream
+from .ltconfig import LitestreamConfig, settings_of
 from .owner import Ownership, read_local, read_owner
-from .render import LitestreamConfig, render
+from .render import render
 from .status import gather, is_wal
 from .timeparse import from_litestream
 from .wal import risk
@@ -96,7 +97,7 @@ def _config(settings: Settings, workspace: Workspace | None, problem: BackupErro
     if text == expected:
         return Check("config", OK, f"{path} matches .env ({label} mode)")
     command = "inv backup.setup" if mode == R2 else "inv backup.local --no-start"
-    found, wanted = _settings(text), _settings(expected)
+    found, wanted = settings_of(text), settings_of(expected)
     if found is not None and found == wanted:
         return Check("config", OK, f"{path} matches .env ({label} mode; only its comments are older)")
     if found is not None and _without_timers(found) == _without_timers(wanted):
@@ -115,17 +116,6 @@ def _config(settings: Settings, workspace: Workspace | None, problem: BackupErro
 # a config that differs from the generated one in these alone is older, not wrong.
 TIMER_KEYS = ("levels", "l0-retention-check-interval")
 DB_TIMER_KEYS = ("checkpoint-interval",)
-
-
-def _settings(text: str) -> dict[str, Any] | None:
-    """A litestream.yml's settings, or None when it is not a YAML mapping."""
-    import yaml
-
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _without_timers(data: dict[str, Any]) -> dict[str, Any]:

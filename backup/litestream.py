@@ -27,6 +27,7 @@ import psutil
 from .config import Settings
 from .errors import BackupError, ConfigError, LitestreamError, missing_bucket, translate
 from .files import same_path, write_private
+from .ltconfig import read_config
 
 log = logging.getLogger("backup.litestream")
 
@@ -301,9 +302,6 @@ class Litestream:
         self.settings = settings
         self._environ = os.environ if environ is None else environ
         self._binary: str | None = None
-        # The config litestream reads: the workspace's, or a running daemon's copy of it
-        # (daemon.active_config switches to that, so every command describes what runs).
-        self.config_file = settings.config_path
 
     @property
     def binary(self) -> str:
@@ -375,9 +373,9 @@ class Litestream:
     def argv(self, command: str, *args: str, config: Path | None = None) -> list[str]:
         argv = [self.binary, command]
         if command in CONFIG_COMMANDS:
-            # A daemon always runs the workspace's own file; other commands read what runs.
-            default = self.settings.config_path if command == "replicate" else self.config_file
-            argv += ["-config", str(config or default), "-no-expand-env"]
+            # The workspace's own file, unless the caller names another (a replica reads
+            # the running daemon's copy of it; a follower its one-database file).
+            argv += ["-config", str(config or self.settings.config_path), "-no-expand-env"]
         return argv + list(args)
 
     def run(
@@ -414,14 +412,11 @@ class Litestream:
 
     def _buckets(self, config: Path | None) -> list[str]:
         """The buckets the config litestream read names (its errors do not say which)."""
-        import yaml
-
         try:
-            data = yaml.safe_load((config or self.config_file).read_text("utf-8"))
-            entries = [db.get("replica") or (db.get("replicas") or [{}])[0] for db in data["dbs"]]
-            return sorted({str(r["bucket"]) for r in entries if isinstance(r, dict) and r.get("bucket")})
-        except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError, yaml.YAMLError):
+            databases = read_config(config or self.settings.config_path).databases
+        except ConfigError:
             return []
+        return sorted({db.bucket for db in databases if db.bucket})
 
     def json(self, command: str, *args: str, **kwargs: Any) -> Any:
         """Run a command with ``-json`` and return its parsed output."""

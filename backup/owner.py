@@ -35,7 +35,7 @@ from .config import Settings
 from .errors import BackupError
 from .files import private_dir, same_path, write_private
 from .litestream import local_state_dir, replicators
-from .render import Entry
+from .ltconfig import Entry
 from .store import Store, open_store
 
 RECORD = "chora-backup-owner.json"

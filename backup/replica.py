@@ -21,8 +21,8 @@ from typing import Any
 from .config import Settings, require_r2
 from .errors import BackupError
 from .litestream import Litestream, check_endpoint
+from .ltconfig import Entry
 from .ltx import SNAPSHOT_LEVEL, LtxFile, Plan, Window, parse_files, plan, window
-from .render import Entry
 from .store import STORE_TYPES, Store, open_store
 from .timeparse import iso_z
 

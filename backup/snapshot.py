@@ -31,9 +31,9 @@ from . import daemon
 from .config import START_WAIT, Settings
 from .errors import BackupError, hole_problem
 from .litestream import Litestream
+from .ltconfig import read_config
 from .ltx import SNAPSHOT_LEVEL, LtxFile, plan
 from .owner import reset_litestream_state
-from .render import read_config
 from .store import ltx_key
 from .workspace import Database, Workspace
 

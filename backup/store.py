@@ -24,8 +24,8 @@ from typing import Any, Protocol
 from .config import Settings, require_r2
 from .errors import BackupError, missing_bucket, translate
 from .files import private_dir, temp_beside
+from .ltconfig import Entry
 from .ltx import LtxFile
-from .render import Entry
 
 LtxEntry = tuple[int, int, int, int, datetime]  # level, min txid, max txid, size, modified
 STORE_TYPES = ("s3", "file")  # the replica kinds chora-backup can open itself

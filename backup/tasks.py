@@ -361,7 +361,7 @@ def status(c, json=False):
 
 def _masking_configs(settings):
     """``settings``, masking too the ping URLs litestream.yml and the daemon's copy hold."""
-    from .render import read_config
+    from .ltconfig import read_config
 
     for path in (settings.running_config, settings.config_path):
         try:
@@ -612,11 +612,11 @@ MANAGER_HELP = ("systemd, launchd or task-scheduler; default: this system's (wit
 
 def _unit(settings: cfg.Settings, manager: str | None) -> Any:
     from . import service
-    from .render import read_config
+    from .ltconfig import DEFAULT_STOP_TIMEOUT, read_config
 
-    stop_after = 30.0
+    stop_after = DEFAULT_STOP_TIMEOUT
     if settings.config_path.exists():
-        stop_after = read_config(settings.config_path).shutdown_sync_timeout
+        stop_after = read_config(settings.config_path).stop_timeout
     return service.unit_for(settings, manager or service.default_manager(), stop_after)
 
 

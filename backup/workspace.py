@@ -11,18 +11,77 @@ or lists a replica on its own.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import daemon
+from . import process
 from .config import Settings
 from .errors import EXIT_CONFIG, NO_CONFIG, BackupError, ConfigError
 from .files import same_path
-from .litestream import Litestream
+from .litestream import Litestream, is_replicate
+from .ltconfig import Entry, LitestreamConfig, read_config
 from .process import ProcessState
-from .render import Entry, LitestreamConfig, read_config
 from .replica import Replica
+
+# -- the daemon, as every command sees it ------------------------------------------
+
+
+def replicator(settings: Settings) -> process.Managed:
+    """The replicating daemon as a managed process: the workspace's pidfile and lock. A
+    record that does not describe a replicate of its own config was not written by a
+    start; whatever process it names is not ours to signal."""
+    return process.Managed(settings.pidfile, settings.lockfile, settings.state_dir,
+                           lambda record: is_replicate(record.cmdline, record.config))
+
+
+@dataclass(frozen=True)
+class Active:
+    """The config that describes replication now, and whether the file has moved on."""
+
+    config: LitestreamConfig
+    state: ProcessState
+    source: Path  # the file litestream reads for it: the running daemon's copy, or litestream.yml
+    changed: bool = False  # litestream.yml differs from what the running daemon was started with
+
+
+def active_config(settings: Settings, state: ProcessState | None = None) -> Active:
+    """What the running daemon runs (its copy of litestream.yml), else litestream.yml itself."""
+    state = state or replicator(settings).check()
+    path = settings.config_path
+    record = state.record if state.running else None
+    if record and record.config_sha256:
+        try:
+            copy = settings.running_config.read_bytes()
+        except OSError:
+            copy = None
+        if copy is not None and hashlib.sha256(copy).hexdigest() == record.config_sha256:
+            try:
+                current = hashlib.sha256(path.read_bytes()).hexdigest()
+            except OSError:
+                current = None
+            return Active(read_config(path, copy, "the running daemon's copy"), state,
+                          settings.running_config, changed=current != record.config_sha256)
+    return Active(read_config(path), state, path)
+
+
+@contextlib.contextmanager
+def exclusive(
+    settings: Settings, platform: process.Posix | process.Windows | None = None, of: Path | None = None
+) -> Iterator[None]:
+    """Hold the workspace lock: no daemon starts or stops meanwhile.
+
+    ``of`` a file other than the workspace's databases: a lock of that file's own,
+    so minutes spent restoring a copy elsewhere hold up no start or stop.
+    """
+    path = None
+    if of is not None:
+        path = settings.state_dir / f"restore-{hashlib.sha256(os.fsencode(of)).hexdigest()[:16]}.lock"
+    with process.locked(path or settings.lockfile, settings.state_dir, platform, remove=path is not None,
+                        marker=settings.lockfile):
+        yield
 
 
 @dataclass(frozen=True)
@@ -54,6 +113,7 @@ class Workspace:
     litestream: Litestream
     state: ProcessState
     databases: tuple[Database, ...]
+    source: Path  # the file litestream reads for this config (the running daemon's copy, or the file)
     configured: bool = True  # litestream.yml exists (else ``config`` is what .env would render)
     config_changed: bool = False  # litestream.yml moved on since the running daemon started
 
@@ -68,14 +128,13 @@ class Workspace:
         that changes nothing it refuses, such as restore).
         """
         litestream = litestream or Litestream(settings)
-        state = daemon.check(settings)
+        state = replicator(settings).check()
         configured = settings.config_path.exists()
         if configured or not draft:
-            active = daemon.active_config(settings, state, litestream)
-            config, changed = active.config, active.changed
+            active = active_config(settings, state)
+            config, changed, source = active.config, active.changed, active.source
         else:
-            config, changed = cls._unwritten(settings), False
-        source = litestream.config_file
+            config, changed, source = cls._unwritten(settings), False, settings.config_path
         databases: list[Database] = []
         for entry in config.databases:
             if entry.pattern is None:
@@ -86,7 +145,7 @@ class Workspace:
                 replica = Replica(settings, resolved, litestream, source, found=True, remember=remember)
                 databases.append(Database(resolved.path, _name(resolved.path, settings.workspace),
                                           resolved, replica, entry))
-        return cls(settings, config, litestream, state, tuple(databases), configured, changed)
+        return cls(settings, config, litestream, state, tuple(databases), source, configured, changed)
 
     @staticmethod
     def _unwritten(settings: Settings) -> LitestreamConfig:
@@ -123,14 +182,14 @@ class Workspace:
         for entry in self.config.databases:
             if not entry.pattern or entry.replica_type not in STORE_TYPES:
                 continue
-            probe = Replica(self.settings, entry, self.litestream, self.litestream.config_file)
+            probe = Replica(self.settings, entry, self.litestream, self.source)
             probe.check()
             for name in open_store(entry, self.settings).children():
                 path = entry.path / name
                 if path in have or not fnmatch.fnmatchcase(name, entry.pattern):
                     continue
                 resolved = entry.found(path)
-                replica = Replica(self.settings, resolved, self.litestream, self.litestream.config_file,
+                replica = Replica(self.settings, resolved, self.litestream, self.source,
                                   found=True, remember=False)
                 extra.append(Database(path, _name(path, self.settings.workspace), resolved, replica, entry))
         return replace(self, databases=self.databases + tuple(extra)) if extra else self
@@ -146,7 +205,7 @@ class Workspace:
         for entry in self.config.databases:
             if entry.pattern and same_path(entry.path, path.parent) and fnmatch.fnmatch(path.name, entry.pattern):
                 resolved = entry.found(path)
-                replica = Replica(self.settings, resolved, self.litestream, self.litestream.config_file,
+                replica = Replica(self.settings, resolved, self.litestream, self.source,
                                   found=True, remember=False)
                 return Database(path, _name(path, self.settings.workspace), resolved, replica, entry)
         return None
@@ -157,8 +216,8 @@ class Workspace:
         return len(chosen) > 1 or (self.several and chosen == self.databases)
 
     def lock(self, of: Path | None = None) -> contextlib.AbstractContextManager[None]:
-        """The workspace lock: no daemon starts or stops meanwhile (see daemon.exclusive)."""
-        return daemon.exclusive(self.settings, of=of)
+        """The workspace lock: no daemon starts or stops meanwhile (see exclusive)."""
+        return exclusive(self.settings, of=of)
 
     def select(self, name: str | None) -> tuple[Database, ...]:
         """Every database, or the ones ``--db name`` means (a glob as written: all it finds)."""

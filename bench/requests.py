@@ -81,6 +81,7 @@ from backup.cost import (  # noqa: E402
     requests_per_hour,
 )
 from backup.litestream import Litestream  # noqa: E402
+from backup.ltconfig import parse_config  # noqa: E402
 from backup.render import render  # noqa: E402
 
 # Prices, free tier and the request model live in one place: backup/cost.py.
@@ -323,7 +324,10 @@ def prepare(run: Run, endpoint: str, speedup: float, s3) -> None:
     rendered = render(run.settings, config.R2)
     base, overrides = parse_variant(run.variant)
     full = with_overrides(yaml.safe_load(rendered), overrides) if base == "project" else {}
-    run.timers = Timers.from_config(full, run.settings.interval(config.R2))
+    # litestream's defaults: the rendered config's databases, none of its timers
+    typed = full if base == "project" else {"dbs": [{k: v for k, v in db.items() if k != "checkpoint-interval"}
+                                                    for db in yaml.safe_load(rendered)["dbs"]]}
+    run.timers = Timers.from_config(parse_config(typed, run.root / "litestream.yml"), run.settings.interval(config.R2))
     if base == "project" and speedup == 1 and not overrides:
         text, data = rendered, yaml.safe_load(rendered)
     elif base == "project" and speedup == 1:

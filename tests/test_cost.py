@@ -7,13 +7,27 @@ from datetime import datetime, timezone
 import pytest
 import yaml
 
+from pathlib import Path
+
 from backup import config, cost
+from backup.ltconfig import parse_config
 from backup.ltx import parse_files
 from backup.render import render
 
 from conftest import Workspace, insert, make_db, r2_settings, wait_for
 
-DEFAULTS = cost.Timers.from_config({}, "10s")
+
+
+def timers_of(data: dict, sync_interval: str, checkpoint: object = None) -> cost.Timers:
+    """The timers of a litestream.yml mapping (a database with a file replica added where
+    it names none: the model needs one)."""
+    dbs = data.get("dbs") or [{"path": "/w/chora.db"}]
+    dbs = [{"replica": {"type": "file", "path": "/r"}, **db} if isinstance(db, dict) else db for db in dbs]
+    return cost.Timers.from_config(parse_config({**data, "dbs": dbs}, Path("litestream.yml")),
+                                   sync_interval, checkpoint)
+
+
+DEFAULTS = timers_of({}, "10s")
 
 # Class A requests an hour counted by bench/requests.py against moto in real time
 # (--speedup 1; litestream 0.5.17; bench/README.md), with the writes an hour of each run.
@@ -26,7 +40,7 @@ PROJECT_TIMERS = {
 def timers_for(level1: str, checkpoint: str, check: str = "1h") -> cost.Timers:
     data = {**PROJECT_TIMERS, "l0-retention-check-interval": check, "levels": [{"interval": level1}, {"interval": "1h"}, {"interval": "6h"}],
             "dbs": [{"path": "/w/chora.db", "checkpoint-interval": checkpoint}]}
-    return cost.Timers.from_config(data, "10s")
+    return timers_of(data, "10s")
 
 
 REAL_TIME = [
@@ -44,7 +58,7 @@ REAL_TIME = [
 
 def project_timers(tmp_path) -> cost.Timers:
     settings = r2_settings(tmp_path)
-    return cost.Timers.from_config(yaml.safe_load(render(settings, config.R2)), "10s")
+    return timers_of(yaml.safe_load(render(settings, config.R2)), "10s")
 
 
 @pytest.mark.parametrize("label, timers, writes, measured", REAL_TIME, ids=[m[0] for m in REAL_TIME])
@@ -67,7 +81,7 @@ def test_an_idle_level_looks_once_a_tick_and_the_snapshot_level_never():
 
 
 def test_a_busy_level_1_tick_also_expires_l0_files_and_upper_levels_list_once():
-    timers = cost.Timers.from_config({"l0-retention-check-interval": "1h"}, "10s")
+    timers = timers_of({"l0-retention-check-interval": "1h"}, "10s")
     requests = cost.requests_per_hour(timers, 3600)  # every tick of every level busy
     parts = dict(requests.parts)
     assert parts["compaction level 1"] == 120 * 2  # a LIST and a PUT
@@ -124,7 +138,7 @@ def test_cost_task_from_a_real_replica(r2ws: Workspace):
              interval=0.5, what="replica files")
     modelled = json.loads(r2ws.inv("backup.cost", "--json", "--writes-per-month", "100000").stdout)
     assert modelled["writes_per_month"] == 100000
-    timers = cost.Timers.from_config(yaml.safe_load(r2ws.config.read_text()), "10s")
+    timers = timers_of(yaml.safe_load(r2ws.config.read_text()), "10s")
     assert modelled["class_a_per_hour"] == round(cost.requests_per_hour(timers, 100000 / 730).class_a, 1)
     assert 137 < modelled["class_a_per_hour"] <= 1.2 * 137
     assert set(modelled) >= {"total_usd", "class_a_per_month", "class_b_per_month", "storage_gb"}
@@ -148,13 +162,13 @@ def test_cost_of_a_local_replica_is_zero(ws: Workspace):
 )
 def test_hand_written_timers_that_are_not_durations_are_named(data):
     with pytest.raises(cost.ConfigError, match="litestream.yml: .*"):
-        cost.Timers.from_config(data, "10s")
+        timers_of(data, "10s")
 
 
 def test_checkpoints_add_an_upload_each_while_writes_happen():
-    every_minute = cost.Timers.from_config({}, "10s")
+    every_minute = timers_of({}, "10s")
     assert every_minute.checkpoint == 60
-    ten = cost.Timers.from_config({"dbs": [{"path": "/x", "checkpoint-interval": "10m"}]}, "10s")
+    ten = timers_of({"dbs": [{"path": "/x", "checkpoint-interval": "10m"}]}, "10s")
     assert ten.checkpoint == 600
     # Measured in real time (bench/README.md): 51 L0 uploads for 35 writes in 15 minutes at
     # the default, 37 at 10m: per hour 140 writes plus 64 or 8 checkpoints, one per interval
@@ -166,7 +180,7 @@ def test_checkpoints_add_an_upload_each_while_writes_happen():
 
 
 def test_the_model_names_where_each_request_comes_from():
-    timers = cost.Timers.from_config({"dbs": [{"path": "/x", "checkpoint-interval": "10m"}]}, "10s")
+    timers = timers_of({"dbs": [{"path": "/x", "checkpoint-interval": "10m"}]}, "10s")
     requests = cost.requests_per_hour(timers, 140)
     parts = dict(requests.parts)
     assert list(parts) == ["writes", "checkpoints", "compaction level 1", "compaction level 2",
@@ -181,16 +195,17 @@ def test_the_model_names_where_each_request_comes_from():
 @pytest.mark.parametrize("writes", [0.5, 5, 30, 140, 1000])
 def test_writes_are_recovered_from_the_l0_files_they_and_their_checkpoints_left(writes):
     for checkpoint in ("1m", "10m"):
-        timers = cost.Timers.from_config({"dbs": [{"path": "/x", "checkpoint-interval": checkpoint}]}, "1s")
+        timers = timers_of({"dbs": [{"path": "/x", "checkpoint-interval": checkpoint}]}, "1s")
         uploads = writes + cost.checkpoint_uploads(timers, writes)
         assert cost.writes_from_uploads(timers, uploads) == pytest.approx(writes)
 
 
-def test_a_database_entry_that_is_not_a_mapping_gets_litestreams_checkpoint_interval():
-    assert cost.Timers.from_config({"dbs": [5]}, "10s").checkpoint == 60
-    assert cost.Timers.from_config({"dbs": "x"}, "10s").checkpoint == 60
+def test_a_database_entry_that_is_not_a_mapping_is_refused_before_any_model():
+    for dbs in ([5], "x"):
+        with pytest.raises(cost.ConfigError, match="dbs|no replicas configured"):
+            timers_of({"dbs": dbs}, "10s")
 
 
 def test_a_checkpoint_interval_that_is_not_a_duration_is_named():
     with pytest.raises(cost.ConfigError, match="checkpoint-interval"):
-        cost.Timers.from_config({"dbs": [{"path": "/x", "checkpoint-interval": "soon"}]}, "10s")
+        timers_of({"dbs": [{"path": "/x", "checkpoint-interval": "soon"}]}, "10s")

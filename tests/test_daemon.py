@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from backup import config, daemon, logfile, process, terminal
+from backup import config, daemon, logfile, ltconfig, process, terminal
 from backup.errors import BackupError
 from backup.litestream import Litestream
 from backup.config import START_WAIT
@@ -736,21 +736,21 @@ def test_a_failed_start_leaves_no_process_pidfile_or_socket(ws):
 
 
 def test_stop_waits_longer_than_litestreams_own_final_sync_retries(tmp_path):
-    from backup.render import read_config
+    from backup.ltconfig import read_config
 
     settings = config.load(cwd=tmp_path, environ={"BACKUP_STATE_DIR": str(tmp_path / "state")})
     body = "dbs:\n  - path: /x.db\n    replica:\n      type: file\n      path: /r\n"
     settings.config_path.write_text(body)
     stopped = process.ProcessState("stopped")
-    assert daemon.stop_timeout(settings, stopped) == 30 + daemon.STOP_MARGIN
+    assert daemon.stop_timeout(settings, stopped) == 30 + ltconfig.STOP_MARGIN
     settings.config_path.write_text("shutdown-sync-timeout: 2m\n" + body)
     assert read_config(settings.config_path).shutdown_sync_timeout == 120
-    assert daemon.stop_timeout(settings, stopped) == 120 + daemon.STOP_MARGIN
+    assert daemon.stop_timeout(settings, stopped) == 120 + ltconfig.STOP_MARGIN
     settings.config_path.write_text("shutdown-sync-timeout: soon\n" + body)
     with pytest.raises(BackupError) as err:
         read_config(settings.config_path)
     assert "shutdown-sync-timeout 'soon' is not a positive duration" in err.value.message
-    assert daemon.stop_timeout(settings, stopped) == 30 + daemon.STOP_MARGIN
+    assert daemon.stop_timeout(settings, stopped) == 30 + ltconfig.STOP_MARGIN
 
 
 @pytest.mark.posix

@@ -9,7 +9,7 @@ import pytest
 from conftest import make_db
 from backup import config, owner
 from backup.errors import BackupError
-from backup.render import Entry
+from backup.ltconfig import Entry
 from backup.store import FileStore
 
 
@@ -166,7 +166,7 @@ def test_records_are_private(tmp_path, replica):
 
 
 def test_a_url_replica_is_not_taken_for_a_folder(tmp_path):
-    from backup.render import read_config
+    from backup.ltconfig import read_config
 
     path = tmp_path / "litestream.yml"
     path.write_text("dbs:\n  - path: /x.db\n    replica:\n      url: s3://bucket/app.db\n")

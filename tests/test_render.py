@@ -9,7 +9,8 @@ import yaml
 
 from backup import config
 from backup.errors import ConfigError
-from backup.render import MARKER, config_summary, read_config, render, write_config, yaml_scalar
+from backup.ltconfig import MARKER, read_config
+from backup.render import config_summary, render, write_config, yaml_scalar
 
 from conftest import SECRETS, Workspace, r2_settings
 
@@ -192,19 +193,19 @@ def test_without_heartbeat_or_metrics_the_config_has_neither_key(tmp_path):
 def test_checkpoint_interval_is_read_as_litestream_takes_it(tmp_path, value, read):
     """Unset or null is litestream's 1m; zero turns its timed checkpoint off; neither is an error."""
     from backup import cost
-    from backup.render import read_config
+    from backup.ltconfig import read_config
 
     path = tmp_path / "litestream.yml"
     key = f"    checkpoint-interval: {value}\n" if value else ""
     path.write_text(f"dbs:\n  - path: /x.db\n{key}    replica:\n      type: file\n      path: /r\n")
     (db,) = read_config(path).databases
     assert db.checkpoint_interval == read
-    timers = cost.Timers.from_config({}, "10s", db.checkpoint_interval)
+    timers = cost.Timers.from_config(read_config(path), "10s", db.checkpoint_interval)
     assert cost.checkpoint_uploads(timers, 100) == (0 if read == "0s" else 60 if read == "1m" else 6)
 
 
 def test_a_checkpoint_interval_that_is_not_one_is_named(tmp_path):
-    from backup.render import read_config
+    from backup.ltconfig import read_config
 
     path = tmp_path / "litestream.yml"
     path.write_text("dbs:\n  - path: /x.db\n    checkpoint-interval: soon\n    replica:\n      type: file\n      path: /r\n")

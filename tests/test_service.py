@@ -65,6 +65,8 @@ def test_systemd_install_is_idempotent_and_uninstall_removes_only_its_file(tmp_p
     name = unit.name
     assert re.fullmatch(r"chora-backup-my-ws-[0-9a-f]{8}", name)
     assert unit.file == home / ".config" / "systemd" / "user" / f"{name}.service"
+    # litestream's 30 s final sync, chora-backup's stop margin, then the manager's
+    assert "\nTimeoutStopSec=60\n" in unit.text.decode()
     manager = FakeManager()
     first = service.install(settings, unit, manager)
     assert first.written and unit.file.read_bytes() == unit.text
@@ -127,7 +129,7 @@ def test_secrets_only_in_the_shell_are_refused(tmp_path, home):
 @pytest.mark.posix
 def test_launchd_plist_and_commands(tmp_path, home):
     settings = settings_for(tmp_path)
-    unit = service.unit_for(settings, service.LAUNCHD, stop_timeout=30,
+    unit = service.unit_for(settings, service.LAUNCHD, stop_timeout=45,  # chora-backup's own stop
                             environ={"BACKUP_STATE_DIR": str(tmp_path / "state"), "R2_SECRET_ACCESS_KEY": "x"})
     assert unit.file == home / "Library" / "LaunchAgents" / f"{unit.name}.plist"
     plist = plistlib.loads(unit.text)
@@ -136,7 +138,7 @@ def test_launchd_plist_and_commands(tmp_path, home):
     assert plist["ProgramArguments"][-1] == "start" and plist["WorkingDirectory"] == str(settings.workspace)
     assert plist["StandardOutPath"] == plist["StandardErrorPath"] == str(settings.logfile)
     assert plist["EnvironmentVariables"] == {"BACKUP_STATE_DIR": str(tmp_path / "state"), "PYTHONUNBUFFERED": "1"}
-    assert plist["ExitTimeOut"] == 30 + service.STOP_MARGIN
+    assert plist["ExitTimeOut"] == 45 + service.STOP_MARGIN == 60
     uid = os.getuid()
     manager = FakeManager()
     service.install(settings, unit, manager)

@@ -6,7 +6,7 @@ import threading
 import pytest
 
 from conftest import r2_settings
-from backup.render import Entry
+from backup.ltconfig import Entry
 from backup.store import FileStore, S3Store, open_store
 from backup.errors import BackupError
 

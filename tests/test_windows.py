@@ -22,7 +22,7 @@ import pytest
 from backup import config, daemon, ltlog, process, terminal, winconsole
 from backup.errors import describe_os_error
 from backup.files import same_path
-from backup.render import read_config
+from backup.ltconfig import read_config
 from backup.litestream import (
     CREATE_BREAKAWAY_FROM_JOB,
     CREATE_NEW_PROCESS_GROUP,
