@@ -190,6 +190,7 @@ def _snapshot_after_crash(settings: Settings, litestream: Litestream, state: Pro
         return False
     if any(not e.pattern and not e.path.exists() for e in config.databases):
         return False  # 'replicate -once' would wait for a database that is not there
+    # No timeout: an upload of the whole database takes as long as its size and the link need.
     litestream.run("replicate", "-once", "-force-snapshot", config=settings.config_path, timeout=None)
     return True
 

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import psutil
 
+from . import child
 from .config import Settings
 from .errors import BackupError, ConfigError, LitestreamError, missing_bucket, translate
 from .files import same_path, write_private
@@ -346,13 +347,11 @@ class Litestream:
         except (OSError, ValueError):
             pass
         try:
-            out = subprocess.run(
-                [binary, "version"], capture_output=True, text=True, timeout=30
-            ).stdout
+            out = child.run([binary, "version"], 30, what=f"{binary} version").stdout
         except OSError as exc:
             raise BackupError(f"cannot run {binary}: {exc.strerror}; {INSTALL_HINT}") from None
-        except subprocess.TimeoutExpired:
-            raise BackupError(f"{binary} version did not answer within 30s: {INSTALL_HINT}") from None
+        except child.ChildTimeout as exc:
+            raise BackupError(f"{exc.message}: {INSTALL_HINT}") from None
         version = parse_version(out)
         # A development build prints no number; let it through.
         if version is not None and version < MIN_VERSION:
@@ -390,16 +389,9 @@ class Litestream:
         argv = self.argv(command, *args, config=config)
         log.debug("running %s", argv)
         try:
-            proc = subprocess.run(
-                argv,
-                env=self.environment(),
-                stdin=subprocess.DEVNULL,
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-            )
-        except subprocess.TimeoutExpired:
-            raise LitestreamError(f"litestream {command} did not answer within {timeout:g}s") from None
+            proc = child.run(argv, timeout, what=f"litestream {command}", env=self.environment())
+        except child.ChildTimeout as exc:
+            raise LitestreamError(exc.message) from None
         log.debug("litestream %s exited %s; stderr: %s", command, proc.returncode,
                   self.settings.mask(proc.stderr.strip()))
         if check and proc.returncode != 0:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -33,9 +32,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from . import child
 from .errors import EXIT_CONFIG, BackupError
 
 EXTRA = "pip install 'chora-backup[query]'"
+# A query still reading after this is stuck, not slow (a scan of a 200 MB replica through
+# the VFS took under 10 minutes): it is stopped, and the error says what to do instead.
+QUERY_TIMEOUT = 3600.0
 NOT_ON_WINDOWS = (
     "backup.query needs litestream's VFS, which has no Windows build: restore a copy with "
     "'inv backup.restore --output PATH' (with --timestamp or --txid for an earlier point) and "
@@ -149,11 +152,15 @@ def _rfc3339_ms(when: datetime) -> str:
 
 
 def _ask(request: dict[str, Any], environ: dict[str, str], settings: Any) -> dict[str, Any]:
-    proc = subprocess.run(
-        # -I: the workspace's folder on sys.path must not decide which backup.query runs.
-        [sys.executable, "-I", "-m", "backup.query"],
-        input=json.dumps(request), env=environ, capture_output=True, text=True,
-    )
+    try:
+        proc = child.run(
+            # -I: the workspace's folder on sys.path must not decide which backup.query runs.
+            [sys.executable, "-I", "-m", "backup.query"], QUERY_TIMEOUT, what="the query",
+            input=json.dumps(request), env=environ,
+        )
+    except child.ChildTimeout as exc:
+        raise BackupError(f"{exc.message} (it was stopped): narrow it with WHERE or LIMIT, or "
+                          "restore a copy with 'inv backup.restore --output PATH' and query that") from None
     try:
         answer = json.loads(proc.stdout or "null")
     except ValueError:

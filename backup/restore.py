@@ -488,6 +488,7 @@ def _download(replica: Any, temp: Path, point: list[str], progress: Progress | N
         )
         watcher.start()
     try:
+        # No timeout: a download of the whole database takes as long as its size and the link need.
         summary = replica.json("restore", "-o", str(temp), *point, timeout=None)
     finally:
         done.set()

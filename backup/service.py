@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import escape
 
+from . import child
 from .config import SECRET_VARIABLES, VARIABLES, Settings
 from .errors import EXIT_CONFIG, EXIT_FAILED, BackupError, ConfigError
 from .files import write_private
@@ -286,12 +287,11 @@ class Runner:
 
     def run(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
         try:
-            return subprocess.run(argv, capture_output=True, text=True, timeout=60,
-                                  stdin=subprocess.DEVNULL)
+            return child.run(argv, 60)
         except FileNotFoundError:
             return subprocess.CompletedProcess(argv, 127, "", f"{argv[0]}: command not found")
-        except subprocess.TimeoutExpired:
-            return subprocess.CompletedProcess(argv, 124, "", f"{argv[0]} did not answer within 60s")
+        except child.ChildTimeout as exc:
+            return subprocess.CompletedProcess(argv, 124, "", exc.message)
 
 
 def _why(proc: subprocess.CompletedProcess[str]) -> str:

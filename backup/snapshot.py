@@ -177,6 +177,7 @@ def _snapshot(settings: Settings, litestream: Litestream, databases: list[Databa
     reset = {db.path: _prepare(db, before[db.path], holes[db.path], step, several) for db in databases}
     step("taking a snapshot: litestream replicate -once -force-snapshot")
     # Claimed like any replicating start; the caller holds the workspace lock.
+    # No timeout: an upload of the whole database takes as long as its size and the link need.
     prepared = daemon.replicate_once(settings, litestream, "-force-snapshot", timeout=None, lock=False,
                                      config=config)
     if prepared is None:

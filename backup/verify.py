@@ -272,6 +272,7 @@ def _attempt(unit: Database, sync: _Syncer, folder: Path, running: bool) -> _Att
     folder.mkdir()
     restored = folder / db.name
     try:
+        # No timeout: a download of the whole database takes as long as its size and the link need.
         summary = unit.replica.json("restore", "-o", str(restored), timeout=None)
     except BackupError as exc:
         # An empty replica: whether to start a daemon depends on whether one runs.
