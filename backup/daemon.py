@@ -25,7 +25,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import psutil
 
-from . import logfile, ltlog, process, terminal, wal
+from . import localstate, logfile, ltlog, process, terminal, wal
 from .config import LOCAL, R2, START_WAIT, Settings, require_r2
 from .errors import NO_CONFIG, BackupError, ConfigError, LitestreamError, translate
 from .files import private_dir, write_private
@@ -366,7 +366,7 @@ def _synced_by_replicas(settings: Settings, litestream: Litestream, config: Lite
     synced = set()
     for entry in config.databases:
         for one in entry.databases():
-            local = wal.local_txid(one.path)
+            local = localstate.local_txid(one.path)
             if local is None:
                 continue
             try:
@@ -533,7 +533,7 @@ GO_PANIC = 2  # the exit code of a Go program that panicked
 
 def _captured(config: LitestreamConfig) -> dict[Path, int]:
     """Each database's local position (newest L0 txid) before litestream starts."""
-    return {path: wal.local_txid(path) or 0 for path in _existing(config)}
+    return {path: localstate.local_txid(path) or 0 for path in _existing(config)}
 
 
 def _release_after_first_sync(pin: wal.Pin, litestream: Litestream, config: LitestreamConfig,
@@ -545,7 +545,7 @@ def _release_after_first_sync(pin: wal.Pin, litestream: Litestream, config: Lite
     deadline = time.monotonic() + timeout
     try:
         while proc.poll() is None and time.monotonic() < deadline:
-            moved = {db for db, txid in captured.items() if (wal.local_txid(db) or 0) > txid}
+            moved = {db for db, txid in captured.items() if (localstate.local_txid(db) or 0) > txid}
             synced = _synced(litestream, config.socket) if config.socket else None
             if set(captured) <= moved | (synced or set()):
                 return

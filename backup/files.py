@@ -20,11 +20,34 @@ FILE_MODE = 0o600
 DIR_MODE = 0o700
 
 
-def same_path(a: str | os.PathLike[str], b: str | os.PathLike[str], platform: str = sys.platform) -> bool:
-    """Do two spellings name one file, as this system compares names? Windows' are
-    case-insensitive and take either slash (C:\\Work\\chora.db is c:/work/chora.db)."""
+# Paths, compared one way everywhere: ``spelling`` for names as written (a config's, a
+# command line's), ``identity`` for the file a path reaches (links and ``..`` resolved).
+def spelling(path: str | os.PathLike[str], platform: str = sys.platform) -> str:
+    """A path as this system compares names: Windows' are case-insensitive and take either
+    slash (C:\\Work\\chora.db is c:/work/chora.db); ``a/../b`` is ``b``."""
     flavour = ntpath if platform == "win32" else posixpath
-    return flavour.normcase(flavour.normpath(os.fspath(a))) == flavour.normcase(flavour.normpath(os.fspath(b)))
+    return flavour.normcase(flavour.normpath(os.fspath(path)))
+
+
+def same_path(a: str | os.PathLike[str], b: str | os.PathLike[str], platform: str = sys.platform) -> bool:
+    """Do two spellings name one file, as this system compares names?"""
+    return spelling(a, platform) == spelling(b, platform)
+
+
+def identity(path: str | os.PathLike[str]) -> str:
+    """The file ``path`` reaches, for comparing: links resolved, then spelled as the system
+    compares names. Not for opening (on Windows it is lower-cased)."""
+    return spelling(os.path.realpath(path))
+
+
+def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
+    """Do ``a`` and ``b`` reach one file (another spelling, a link)?"""
+    return identity(a) == identity(b)
+
+
+def absolute(path: str | os.PathLike[str]) -> Path:
+    """``path`` made absolute from the current folder (``~`` expanded), links kept as written."""
+    return Path(os.path.abspath(Path(path).expanduser()))
 
 
 def private_dir(path: Path, ours: bool = False) -> Path:

@@ -36,7 +36,7 @@ import psutil
 from . import logfile, ltlog, process, sqlitefile, terminal
 from .config import Settings, max_age, parse_duration
 from .errors import BackupError, ConfigError, translate
-from .files import private_dir, same_path, write_private
+from .files import absolute, private_dir, same_file, write_private
 from .process import PidRecord, ProcessState
 from .workspace import Database, Workspace
 
@@ -146,7 +146,7 @@ def _refuse_own_database(workspace: Workspace, output: Path) -> None:
                 "a follower writes a separate read-only copy; choose another path"
             )
     for db in workspace.databases:
-        if same_path(db.path.resolve(), resolved):
+        if same_file(db.path, resolved):
             raise BackupError(f"--output {output} is this workspace's database {db.name}: choose another path")
 
 
@@ -280,7 +280,7 @@ def start(
     """Start following ``db`` into ``output``; return once litestream follows it, or once
     ``timeout`` seconds have passed with its first restore still going on (it goes on)."""
     settings = workspace.settings
-    output = Path(os.path.abspath(output))
+    output = absolute(output)
     _check_output(workspace, output)
     try:
         if parse_duration(interval) <= 0:
@@ -415,7 +415,7 @@ class Stopped:
 
 
 def stop(settings: Settings, output: Path) -> Stopped:
-    output = Path(os.path.abspath(output))
+    output = absolute(output)
     slot = slot_for(settings, output)
     if not slot.pidfile.exists():
         return Stopped(output, False)

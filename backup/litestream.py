@@ -153,11 +153,6 @@ def child_environment(settings: Settings, base: Mapping[str, str]) -> dict[str, 
     return env
 
 
-def local_state_dir(db: Path) -> Path:
-    """Where litestream keeps its local state (LTX files) for database ``db``."""
-    return db.parent / f".{db.name}-litestream"
-
-
 def check_endpoint(endpoint: str | None, timeout: float = 5.0) -> None:
     """Fail fast, with the fix, when an S3 endpoint cannot be reached at all.
 

@@ -23,7 +23,6 @@ are adopted by the database that has litestream state for them.
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import uuid
 from dataclasses import asdict, dataclass
@@ -31,10 +30,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from . import localstate
 from .config import Settings
 from .errors import BackupError
 from .files import private_dir, same_path, write_private
-from .litestream import local_state_dir, replicators
+from .litestream import replicators
 from .ltconfig import Entry
 from .store import Store, open_store
 
@@ -90,7 +90,7 @@ def _dump(record: Owner | Local) -> bytes:
 
 
 def local_path(db: Path) -> Path:
-    return local_state_dir(db) / RECORD
+    return localstate.folder(db) / RECORD
 
 
 def read_local(db: Path) -> Local | None:
@@ -115,17 +115,7 @@ def reset_litestream_state(db: Path) -> Path | None:
     cleared, or None when there was none. litestream then starts a new history whose first
     file holds the whole database: what a replica that holds nothing needs, since litestream
     otherwise uploads from txid 1 changes it keeps locally only from a later txid on."""
-    local = local_state_dir(db)
-    if not _has_litestream_state(db):
-        return None
-    mine = read_local(db)
-    try:
-        shutil.rmtree(local)
-    except OSError as exc:
-        raise BackupError(f"cannot clear litestream's local state {local}: {exc.strerror}") from None
-    if mine:
-        write_local(db, mine)
-    return local
+    return localstate.clear(db, keep=(RECORD,))
 
 
 def read_owner(store: Store) -> Owner | None:
@@ -136,12 +126,6 @@ def read_owner(store: Store) -> Owner | None:
             "then start again (the next start claims the replica anew)"
         )
     return record
-
-
-def _has_litestream_state(db: Path) -> bool:
-    """Has litestream replicated this database file before (before owner records)?"""
-    ltx = local_state_dir(db) / "ltx"
-    return ltx.is_dir() and any(ltx.rglob("*.ltx"))
 
 
 def _fix(settings: Settings, entry: Entry) -> str:
@@ -233,7 +217,7 @@ class Ownership:
             # History nobody claimed is adopted only by the database that wrote it (from
             # before owner records: it has litestream's state and no record of ours) or one
             # restored from that very replica.
-            legacy = local is None and db.exists() and _has_litestream_state(db)
+            legacy = local is None and db.exists() and localstate.exists(db)
             if history and not (legacy or (local is not None and local.replica == where)):
                 raise BackupError(
                     f"{where} holds backups that no database has claimed, and {db} has never "

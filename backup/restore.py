@@ -21,11 +21,10 @@ from typing import Any
 
 import psutil
 
-from . import daemon
+from . import daemon, localstate
 from .config import Settings
 from .errors import EXIT_CONFIG, SNAPSHOT_FIX, BackupError, ConfigError, missing_txids
-from .files import private_dir, temp_beside
-from .litestream import local_state_dir
+from .files import identity, private_dir, spelling, temp_beside
 from .ltx import LtxFile, Window, plan, window
 from .process import ProcessState
 from .timeparse import iso_z, rfc3339
@@ -186,14 +185,14 @@ def integrity_check(path: Path) -> str:
 
 def holders(path: Path) -> list[int]:
     """Pids of other processes that have ``path`` (or its -wal/-shm) open, where visible."""
-    real = os.path.realpath(path)
+    real = identity(path)
     wanted = {real, *(real + s for s in SIDECARS)}
     found = []
     for proc in psutil.process_iter(["pid"]):
         if proc.pid == os.getpid():
             continue
         try:
-            if any(f.path in wanted for f in proc.open_files()):
+            if any(spelling(f.path) in wanted for f in proc.open_files()):
                 found.append(proc.pid)
         except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
             continue
@@ -203,7 +202,7 @@ def holders(path: Path) -> list[int]:
 def _aside_stamp(target: Path) -> str:
     """A UTC timestamp no earlier move-aside of ``target`` (or its sidecars, or state) used."""
     base = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    meta = local_state_dir(target)
+    meta = localstate.folder(target)
     for n in range(1, 10_000):
         stamp = base if n == 1 else f"{base}-{n}"
         taken = [Path(f"{target}.pre-restore-{stamp}{s}") for s in ("", *SIDECARS)]
@@ -358,16 +357,16 @@ def restore(
             f"({known}): add --db PATH to choose one", code=EXIT_CONFIG,
         )
     # Resolved, so another spelling of the live database (a/../app.db, a link) is seen as it.
-    live = {Path(os.path.realpath(db.path)) for db in workspace.databases}
+    live = {identity(db.path) for db in workspace.databases}
     targets = [(db, Path(os.path.realpath(output if output is not None else db.path))) for db in databases]
-    any_live = any(target in live for _, target in targets)
+    any_live = any(identity(target) in live for _, target in targets)
     # No daemon may start, and no other restore may move files, until these are in place;
     # a copy elsewhere locks only its own path.
     lock = workspace.lock(of=None if any_live else targets[0][1])
     with lock if not dry_run else contextlib.nullcontext():
         points = {}
         for db, target in targets:
-            _check_target(workspace.settings, target, force, target in live, dry_run, db.folder is not None)
+            _check_target(workspace.settings, target, force, identity(target) in live, dry_run, db.folder is not None)
         for db, _ in targets:  # every database can reach the point, before the first download
             try:
                 points[db.path] = point_args(db.replica.files(), db.path, timestamp, txid,
@@ -380,7 +379,7 @@ def restore(
         done: list[Any] = []
         for db, target in targets:
             try:
-                done.append(_restore(workspace.settings, db, target, target in live, points[db.path],
+                done.append(_restore(workspace.settings, db, target, identity(target) in live, points[db.path],
                                      timestamp, txid, dry_run, progress))
             except BackupError as exc:
                 if not done or dry_run:
@@ -572,7 +571,7 @@ def _make_room(target: Path, stamp: str, moves: list[tuple[Path, Path]]) -> tupl
             move(sidecar, dest)
             if moved_aside is None:
                 stale.append(dest)
-    meta = local_state_dir(target)
+    meta = localstate.folder(target)
     if meta.exists():
         move(meta, meta.with_name(f"{meta.name}.pre-restore-{stamp}"))
     return moved_aside, stale

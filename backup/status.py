@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import psutil
 
-from . import ltlog
+from . import localstate, ltlog
 from .config import Settings, max_age, parse_duration
 from .errors import (
     EXIT_FAILED,
@@ -24,11 +24,11 @@ from .errors import (
     hole_message,
     missing_bucket,
 )
-from .litestream import local_state_dir
+from .localstate import local_txid, unsynced_since
 from .ltx import SNAPSHOT_LEVEL, LtxFile
 from .process import ProcessState
 from .timeparse import from_litestream
-from .wal import local_txid, risk, written_since
+from .wal import risk, written_since
 from .workspace import Database, Workspace
 
 
@@ -142,10 +142,6 @@ def is_wal(path: Path) -> bool | None:
     return header[18] == 2 and header[19] == 2
 
 
-def _local_ltx_dir(db: Path) -> Path:
-    return local_state_dir(db) / "ltx" / "0"
-
-
 def _mtime(path: Path) -> float:
     try:
         return path.stat().st_mtime
@@ -163,7 +159,7 @@ def unseen_since(db: Path, stopped_at: float | None = None) -> float | None:
     database). Otherwise from the times, with litestream's shutdown (``stopped_at``, from
     its log) and two seconds of slack not counted as a write.
     """
-    captured = max((_mtime(p) for p in _local_ltx_dir(db).glob("*.ltx")), default=0.0)
+    captured = localstate.captured_at(db)
     moved = written_since(db)
     if moved is not None:
         return captured if moved else None
@@ -184,19 +180,6 @@ def _log_tail(settings: Settings, tail_bytes: int = 65536) -> list[ltlog.Event]:
 def last_shutdown(settings: Settings) -> float | None:
     """When the daemon's litestream last logged its clean shutdown, if it did."""
     return ltlog.last_shutdown(_log_tail(settings))
-
-
-def unsynced_since(db: Path, replica_txid: int) -> float | None:
-    """When the oldest local change missing from the replica was made, if known."""
-    times = []
-    for ltx in _local_ltx_dir(db).glob("*.ltx"):
-        try:
-            min_txid = int(ltx.name.split("-")[0], 16)
-            if min_txid > replica_txid:
-                times.append(ltx.stat().st_mtime)
-        except (ValueError, OSError):
-            continue
-    return min(times) if times else None
 
 
 def _listing(db: Database) -> list[LtxFile] | BackupError:

@@ -28,7 +28,7 @@ from .errors import (
     describe_os_error,
     describe_sqlite_error,
 )
-from .files import to_null
+from .files import absolute, to_null
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -390,7 +390,7 @@ def logs(c, n="50", follow=False, follower=None):
     if follower is not None:
         if not follower.strip():
             raise BackupError("--follower needs the copy's path", code=EXIT_CONFIG)
-        path = slot_for(settings, Path(os.path.abspath(Path(follower).expanduser()))).logfile
+        path = slot_for(settings, absolute(follower)).logfile
         if not path.exists():
             print(f"no follower log for {follower}: start one with 'inv backup.follow --output {follower}'")
             return

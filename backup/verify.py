@@ -24,10 +24,9 @@ from pathlib import Path
 from . import daemon
 from .config import max_age as default_max_age
 from .errors import NOTHING_TO_RESTORE, SNAPSHOT_FIX, BackupError
+from .localstate import local_txid, unsynced_since
 from .owner import read_local, read_owner
 from .restore import connect_readonly, integrity_check, nothing_yet
-from .status import unsynced_since
-from .wal import local_txid
 from .workspace import Database, Workspace
 
 CONTENT_METHOD = "sha256 per table, rowid order"

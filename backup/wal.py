@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BackupError
-from .litestream import local_state_dir
+from .localstate import newest_l0
 
 WAL_HEADER = 32  # bytes; salt-1 and salt-2 at 16..23, big-endian
 FRAME_HEADER = 24  # bytes; the frame's copy of the salts at 8..15
@@ -72,33 +72,6 @@ class Position:
 
 def wal_path(db: Path) -> Path:
     return Path(f"{db}-wal")
-
-
-def newest_l0(db: Path) -> tuple[int, Path] | None:
-    """litestream's newest local level-0 file for ``db`` and its txid (what ``litestream
-    status`` reports as the local txid), or None before it captured anything."""
-    folder = local_state_dir(db) / "ltx" / "0"
-    newest: tuple[int, Path] | None = None
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return None
-    for name in names:
-        low, _, high = name.removesuffix(".ltx").partition("-")
-        try:
-            first, txid = int(low, 16), int(high, 16)
-        except ValueError:
-            continue  # a .tmp file being written, or not an LTX file
-        if name.endswith(".ltx") and first <= txid and txid and (newest is None or txid > newest[0]):
-            newest = (txid, folder / name)
-    return newest
-
-
-def local_txid(db: Path) -> int | None:
-    """The newest txid litestream has captured locally (as ``litestream status`` reads it:
-    the highest in its level-0 folder), or None before it saw the database."""
-    newest = newest_l0(db)
-    return newest[0] if newest else None
 
 
 def position(db: Path) -> Position | None:

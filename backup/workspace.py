@@ -20,7 +20,7 @@ from pathlib import Path
 from . import process
 from .config import Settings
 from .errors import EXIT_CONFIG, NO_CONFIG, BackupError, ConfigError
-from .files import same_path
+from .files import identity, same_path, spelling
 from .litestream import Litestream, is_replicate
 from .ltconfig import Entry, LitestreamConfig, read_config
 from .process import ProcessState
@@ -225,13 +225,13 @@ class Workspace:
             return self.databases
         if not name.strip():
             raise BackupError("--db is empty: name one of the databases", code=EXIT_CONFIG)
-        spelled = _spelling(name.strip())
+        spelled = spelling(name.strip())
         for entry in self.config.databases:
-            if entry.pattern and spelled in {_spelling(w) for w in self._written(entry)}:
+            if entry.pattern and spelled in {spelling(w) for w in self._written(entry)}:
                 return tuple(db for db in self.databases if db.folder == entry)
-        exact = tuple(db for db in self.databases if spelled in (_spelling(db.name), _spelling(str(db.path))))
+        exact = tuple(db for db in self.databases if spelled in (spelling(db.name), spelling(str(db.path))))
         by_place = [
-            tuple(db for db in self.databases if _real(db.path) == place)
+            tuple(db for db in self.databases if identity(db.path) == place)
             for place in self._candidates(name.strip())
         ]
         found = [c for c in by_place if c]
@@ -268,16 +268,9 @@ class Workspace:
         """Where ``name`` may point: itself if absolute, else in the workspace, then here."""
         path = Path(os.path.expanduser(name))
         if path.is_absolute():
-            return [_real(path)]
-        places = [_real(self.settings.workspace / path), _real(Path.cwd() / path)]
+            return [identity(path)]
+        places = [identity(self.settings.workspace / path), identity(Path.cwd() / path)]
         return places[:1] if places[0] == places[1] else places
 
 
-def _spelling(name: str) -> str:
-    """A name as written, compared the way this system compares paths (data\\x.db on Windows)."""
-    return os.path.normcase(os.path.normpath(name))
-
-
-def _real(path: Path) -> str:
-    return os.path.normcase(os.path.realpath(path))
 

@@ -11,7 +11,7 @@ import pytest
 
 from backup import wal
 from backup.errors import BackupError
-from backup.litestream import local_state_dir
+from backup.localstate import folder as local_state_dir
 
 
 def app(db: Path) -> sqlite3.Connection:
