@@ -220,11 +220,10 @@ def local(c, no_start=False, force=False, dry_run=False, background=False):
 
 
 def _run_foreground(settings: cfg.Settings) -> None:
-    from .daemon import run_foreground
-    from .litestream import Litestream
+    from .control import run_foreground
 
     _ensure_config(settings)
-    code = run_foreground(settings, Litestream(settings), sys.stdout)
+    code = run_foreground(_workspace(settings), sys.stdout)
     if code < 0:  # killed by a signal: the shell's convention, so a service manager restarts it
         raise Exit(f"error: litestream was killed by signal {-code}", code=128 - code)
     if code != 0:
@@ -239,23 +238,10 @@ def start(c):
 
 
 def _start_background(settings: cfg.Settings, timeout: float = cfg.START_WAIT) -> None:
-    from .daemon import start_background
-    from .litestream import Litestream
+    from .control import start_background
 
     _ensure_config(settings)
-    installed = _installed_service(settings)
-    if installed is not None and installed.enabled is not None:  # a manager that answers
-        from .service import start_service
-
-        _show(start_service(settings, installed, timeout), False)
-        return
-    _show(start_background(settings, Litestream(settings), timeout=timeout), False)
-
-
-def _installed_service(settings: cfg.Settings) -> Any:
-    from .service import find
-
-    return find(settings)
+    _show(start_background(_workspace(settings), timeout), False)
 
 
 @task(
@@ -282,30 +268,19 @@ def start_bg(c, timeout=str(cfg.START_WAIT)):
 @actionable
 def stop(c, timeout=None, follower=None, all=False):  # noqa: A002 -- the flag is --all
     """Stop the background daemon gracefully (final sync first); or a follower, or all."""
-    from .daemon import stop as stop_daemon
-    from .follow import slots
-    from .follow import stop as stop_follower
+    from .control import stop as stop_replication
 
     seconds = None if timeout is None else _number(timeout, "--timeout")
     settings = cfg.load()
-    if follower is not None:
-        if not follower.strip() or all:
-            raise BackupError("--follower needs the copy's path, and goes without --all", code=EXIT_CONFIG)
-        _show(stop_follower(settings, Path(follower).expanduser()), False)
-        return
-    if all:
-        for slot, _ in slots(settings):
-            try:
-                _show(stop_follower(settings, slot.output), False)
-            except BackupError as exc:  # the daemon is still to be stopped: say it, go on
-                print(f"error: {exc.message}", file=sys.stderr)
-    installed = _installed_service(settings)
-    if installed is not None and installed.active:
-        from .service import stop_service
-
-        _show(stop_service(settings, installed, seconds), False)  # else it would start it again
-        return
-    _show(stop_daemon(settings, timeout=seconds), False)
+    if follower is not None and (not follower.strip() or all):
+        raise BackupError("--follower needs the copy's path, and goes without --all", code=EXIT_CONFIG)
+    chosen = None if follower is None else Path(follower).expanduser()
+    for result in stop_replication(settings, seconds, chosen, everything=all):
+        if isinstance(result, BackupError):
+            sys.stdout.flush()
+            print(f"error: {result.message}", file=sys.stderr)
+        else:
+            _show(result, False)
 
 
 @task(
@@ -330,19 +305,16 @@ def follow(c, output=None, interval="1s", background=False, force=False, db=None
     if output is None or not output.strip():
         raise BackupError("--output is required: the path of the read-only copy to keep", code=EXIT_CONFIG)
     workspace = _from_replicas(cfg.load())
-    chosen = workspace.select(db)
-    if len(chosen) != 1:
-        names = ", ".join(d.name for d in chosen)
-        raise BackupError(f"a follower keeps one database: pick one of {names} with --db", code=EXIT_CONFIG)
+    chosen = workspace.database(db, "a follower keeps")
     if timeout is not None and not background:
         raise BackupError("--timeout goes with --background (in the foreground, Ctrl-C ends the wait)",
                           code=EXIT_CONFIG)
     seconds = cfg.START_WAIT if timeout is None else _number(timeout, "--timeout")
     target = Path(output).expanduser()
     if background:
-        _show(start(workspace, chosen[0], target, interval, force, timeout=seconds), json)
+        _show(start(workspace, chosen, target, interval, force, timeout=seconds), json)
         return
-    code = run_foreground(workspace, chosen[0], target, interval, force, sys.stdout)
+    code = run_foreground(workspace, chosen, target, interval, force, sys.stdout)
     if code:
         raise Exit(code=code)
 
@@ -489,11 +461,8 @@ def query(c, sql=None, timestamp=None, txid=None, db=None, json=False):
         raise BackupError(missing(), code=EXIT_CONFIG)
     when, upto = _point_in_time(timestamp, txid)
     workspace = _from_replicas(cfg.load())
-    chosen = workspace.select(db)
-    if len(chosen) != 1:
-        names = ", ".join(d.name for d in chosen)
-        raise BackupError(f"a query asks one database: pick one of {names} with --db", code=EXIT_CONFIG)
-    _show(run(workspace, chosen[0], sql, timestamp=when, txid=upto), json)
+    chosen = workspace.database(db, "a query asks")
+    _show(run(workspace, chosen, sql, timestamp=when, txid=upto), json)
 
 
 @task(help={

@@ -247,9 +247,13 @@ class Workspace:
                               code=EXIT_CONFIG)
         return chosen
 
-    def database(self, name: str) -> Database:
-        """The one database ``--db name`` names."""
+    def database(self, name: str | None, purpose: str = "this command works on") -> Database:
+        """The one database ``--db name`` names; without ``--db``, the only one there is
+        (``purpose`` says why one: "a follower keeps")."""
         chosen = self.select(name)
+        if len(chosen) != 1 and name is None:
+            raise BackupError(f"{purpose} one database: pick one of {', '.join(d.name for d in chosen)} "
+                              "with --db", code=EXIT_CONFIG)
         if len(chosen) != 1:
             raise BackupError(
                 f"--db {name} names {len(chosen)} databases ({', '.join(d.name for d in chosen)}): "
