@@ -193,6 +193,37 @@ class Workspace:
     def inv(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
         return self.run(str(BIN / "inv"), *args, **kwargs)
 
+    def inv_here(self, *args: str) -> subprocess.CompletedProcess:
+        """``inv`` with ``args``, run in this process through invoke's own Program over the
+        workspace's root namespace (its tasks.py's), in the workspace folder with its
+        environment: for flag and validation tables, where a process each only costs time.
+        What a real ``inv`` adds (its own interpreter, the console) is proven by ``inv``."""
+        import contextlib
+        import io
+
+        from invoke import Collection, Program
+
+        from backup.tasks import ns
+
+        out, err = io.StringIO(), io.StringIO()
+        saved_env, saved_cwd = dict(os.environ), os.getcwd()
+        os.environ.clear()
+        os.environ.update(self.environ())
+        os.chdir(self.path)
+        code = 0
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                Program(namespace=Collection(ns), binary="inv").run(["inv", *args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        finally:
+            os.chdir(saved_cwd)
+            os.environ.clear()
+            os.environ.update(saved_env)
+        result = subprocess.CompletedProcess(["inv", *args], code, out.getvalue(), err.getvalue())
+        self.outputs += [result.stdout, result.stderr]
+        return result
+
     def cli(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
         return self.run(str(BIN / "chora-backup"), *args, **kwargs)
 

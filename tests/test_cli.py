@@ -75,7 +75,7 @@ BAD_ENVS = [
 def test_bad_env_is_one_line_with_no_traceback_and_nothing_written(ws: Workspace, text, expected):
     (ws.path / ".env").write_text(text)
     before = snapshot(ws)
-    result = ws.inv("backup.setup")
+    result = ws.inv_here("backup.setup")
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
@@ -142,7 +142,7 @@ BAD_FLAGS = [
 @pytest.mark.parametrize("argv, expected", BAD_FLAGS, ids=[e for _, e in BAD_FLAGS])
 def test_bad_flag_values_are_one_clean_line(ws: Workspace, argv, expected):
     before = snapshot(ws)
-    result = ws.inv(*argv)
+    result = ws.inv_here(*argv)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], result.stderr

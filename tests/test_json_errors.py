@@ -27,13 +27,21 @@ CASES = [
 def test_a_failed_json_command_prints_a_json_error_and_its_line(ws: Workspace, argv, env, code, word):
     make_db(ws.db)
     ws.write_env(env)
-    result = ws.inv(*argv)
+    result = ws.inv_here(*argv)
     assert result.returncode == code, result.stdout + result.stderr
     error = json.loads(result.stdout)
     assert set(error) == {"error", "exit_code", "details"} and error["exit_code"] == code
     assert word in error["error"]
     assert f"error: {error['error']}" in result.stderr.splitlines()
     assert "Traceback" not in result.stderr
+
+
+def test_through_a_real_inv_too(ws: Workspace):
+    """The table runs in this process (invoke's Program); the same through the inv binary."""
+    ws.write_env("BACKUP_SYNC_INTERVAL=often")
+    result = ws.inv("backup.status", "--json")
+    assert result.returncode == 2 and json.loads(result.stdout)["exit_code"] == 2
+    assert result.stderr.startswith("error: ") and "BACKUP_SYNC_INTERVAL" in result.stderr
 
 
 def test_without_json_stdout_stays_free_of_it(ws: Workspace):
