@@ -28,6 +28,8 @@ def two_batches(ws: Workspace) -> tuple[str, str]:
     started = ws.inv("backup.start-bg")
     assert started.returncode == 0, started.stdout + started.stderr
     first = ask(ws, "select count(*) from items", "--json")
+    # Time itself is the condition: a moment more than a second after the first batch's
+    # files and before the second's (the VFS travels by time, to the second).
     time.sleep(1.2)
     between = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     time.sleep(1.2)

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import BIN, Workspace, insert, make_db, rows, wait_for
 
-from .conftest import setup, start_bg, write_s3_env
+from .conftest import setup, start_bg, status, write_s3_env
 
 
 def follower_of(primary: Workspace, root) -> Workspace:
@@ -37,6 +37,19 @@ def followers(ws: Workspace) -> tuple[int, list[dict]]:
     result = ws.inv("backup.status", "--json")
     assert result.stdout.startswith("{"), result.stdout + result.stderr
     return result.returncode, json.loads(result.stdout)["followers"]
+
+
+def insert_synced(ws: Workspace, body: str) -> None:
+    """Commit ``body`` on the primary and wait until its replica holds it: litestream has
+    captured a newer txid than before, and the replica has that txid (status says so)."""
+    def txids() -> tuple[str, str]:
+        (db,) = status(ws)[1]["databases"]
+        return db["local_txid"] or "", db["replica_txid"] or ""
+
+    before, _ = txids()
+    insert(ws.db, body)
+    wait_for(lambda: (lambda local, replica: local > before and local == replica)(*txids()), 20,
+             interval=0.2, what="the primary's sync")
 
 
 def copy_rows(ws: Workspace) -> list[tuple]:
@@ -81,8 +94,7 @@ def test_a_follower_keeps_a_readable_copy_through_stops_and_a_kill(rws, report, 
         stopped = other.inv("backup.stop", "--follower", str(other.path / "copy.db"))
         assert stopped.returncode == 0 and "stopped the follower" in stopped.stdout, stopped.stdout
         assert restores_running(other) == []
-        insert(rws.db, "while the follower was stopped")
-        time.sleep(2)  # the primary's 1 s sync
+        insert_synced(rws, "while the follower was stopped")
         again = follow(other, "--background")
         assert again.returncode == 0, again.stdout + again.stderr
         assert copy_rows(other) == rows(rws.db)
@@ -96,8 +108,7 @@ def test_a_follower_keeps_a_readable_copy_through_stops_and_a_kill(rws, report, 
         assert code == 1 and found[0]["state"] == "stale", found
         text = other.inv("backup.status").stdout
         assert "  state          stale (its litestream is gone)" in text, text  # the JSON's word
-        insert(rws.db, "after the kill")
-        time.sleep(2)
+        insert_synced(rws, "after the kill")
         recovered = follow(other, "--background")
         assert recovered.returncode == 0, recovered.stdout + recovered.stderr
         assert "removed a stale follower pidfile" in recovered.stdout
@@ -195,8 +206,7 @@ def test_a_follower_still_restoring_at_the_timeout_goes_on_and_can_be_stopped(rw
     # A copy that cannot be resumed: restored beside it, swapped in by the follower itself.
     assert rws.inv("backup.stop", "--follower", str(copy)).returncode == 0
     (rws.path / "copy.db-txid").unlink()
-    insert(rws.db, "before the second start")
-    time.sleep(2)  # the primary's 1 s sync
+    insert_synced(rws, "before the second start")
     second = follow(rws, "--background", "--timeout", "0")
     assert second.returncode == 0 and "still restoring after 0s" in second.stdout, second.stdout
     wait_for(settled, 30, interval=0.3, what="the swapped-in copy")
