@@ -199,6 +199,7 @@ class Workspace:
         environment: for flag and validation tables, where a process each only costs time.
         What a real ``inv`` adds (its own interpreter, the console) is proven by ``inv``."""
         import contextlib
+        import copy
         import io
 
         from invoke import Collection, Program
@@ -213,7 +214,8 @@ class Workspace:
         code = 0
         try:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                Program(namespace=Collection(ns), binary="inv").run(["inv", *args])
+                # A copy: parsing pops each flag's help out of its task (invoke's Task.arg_opts).
+                Program(namespace=Collection(copy.deepcopy(ns)), binary="inv").run(["inv", *args])
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         finally:
