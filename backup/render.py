@@ -170,6 +170,28 @@ def write_config(settings: Settings, text: str, force: bool = False) -> WriteRes
     return WriteResult(path, changed=True, backup=backup)
 
 
+@dataclass(frozen=True)
+class Written:
+    """What setup and local tell: the file written (or unchanged), the settings it holds
+    (no secret, only whether each is set), and what to fix before replication starts."""
+
+    result: WriteResult
+    summary: list[tuple[str, str]]
+    warnings: list[str]
+
+    def as_lines(self) -> list[str]:
+        lines = [f"kept the previous config as {self.result.backup}"] if self.result.backup else []
+        lines.append(f"{'wrote' if self.result.changed else 'unchanged:'} {self.result.path}")
+        width = max((len(k) for k, _ in self.summary), default=0)
+        lines += [f"  {key.ljust(width)}  {value}" for key, value in self.summary]
+        return lines + [f"warning: {w}" for w in self.warnings]
+
+    def as_dict(self) -> dict[str, object]:
+        return {"path": str(self.result.path), "changed": self.result.changed,
+                "backup": str(self.result.backup) if self.result.backup else None,
+                "summary": [list(row) for row in self.summary], "warnings": self.warnings}
+
+
 def config_summary(settings: Settings, mode: str) -> list[tuple[str, str]]:
     """What setup tells the user: no secret, only whether each is set."""
     rows = []

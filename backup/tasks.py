@@ -147,30 +147,18 @@ def _show(result: Any, as_json: bool) -> None:
         print("\n".join(result.as_lines()))
 
 
-def _print_rows(rows: list[tuple[str, str]]) -> None:
-    width = max(len(k) for k, _ in rows)
-    for key, value in rows:
-        print(f"  {key.ljust(width)}  {value}")
-
-
 def _write(settings: cfg.Settings, mode: str, force: bool, dry_run: bool) -> None:
     from .daemon import rewrite_config
-    from .render import config_summary, render
+    from .render import Written, config_summary, render
 
     text = render(settings, mode)
     if dry_run:
         print(text, end="")
         return
     result = rewrite_config(settings, text, force=force)
-    if result.backup:
-        print(f"kept the previous config as {result.backup}")
-    verb = "wrote" if result.changed else "unchanged:"
-    print(f"{verb} {result.path}")
-    _print_rows(config_summary(settings, mode))
-    for spec in settings.databases:
-        if spec.pattern and not spec.path.is_dir():
-            print(f"warning: the folder {spec.path} ({spec.written}) does not exist: create it before "
-                  "replication starts")
+    warnings = [f"the folder {spec.path} ({spec.written}) does not exist: create it before replication starts"
+                for spec in settings.databases if spec.pattern and not spec.path.is_dir()]
+    _show(Written(result, config_summary(settings, mode), warnings), False)
 
 
 def _ensure_config(settings: cfg.Settings, write_missing: bool = False, config: Any = None) -> bool:
@@ -531,7 +519,7 @@ def verify(c, max_age=None, strict=False, require_running=False, db=None):
 @actionable
 def doctor(c, json=False, ping=False):
     """Check everything backups depend on, for every database; one line each with its fix; exit 1 on any failure."""
-    from .doctor import FAIL, Report, run_checks
+    from .doctor import FAIL, Check, Report, run_checks
     from .litestream import Litestream
     from .workspace import Workspace
 
@@ -539,9 +527,7 @@ def doctor(c, json=False, ping=False):
         settings = cfg.load()
     except ConfigError as exc:
         # Nothing else can be checked without settings: report this one and stop.
-        if json:
-            raise BackupError(f"1 check(s) failed: .env: {exc.message}", code=EXIT_FAILED) from None
-        print(f"  fail  {'.env':<20} {exc.message}")
+        _show(Report([Check(".env", FAIL, exc.message)]), json)
         raise Exit("error: 1 check(s) failed: .env", code=EXIT_FAILED) from None
     litestream = Litestream(settings)
     workspace, problem = None, None

@@ -17,7 +17,6 @@ CASES = [
     (("backup.snapshot", "--json"), "", 2, "litestream.yml"),
     (("backup.query", "--json", "select 1"), "", 2, "litestream.yml"),
     (("backup.cost", "--json", "--writes-per-month", "lots"), "", 2, "--writes-per-month"),
-    (("backup.doctor", "--json"), "BACKUP_SYNC_INTERVAL=often", 1, "BACKUP_SYNC_INTERVAL"),
     (("backup.install-service", "--json", "--manager", "upstart", "--dry-run"), "", 2, "upstart"),
     (("backup.follow", "--json", "--background", "--output", "copy.db"), "", 2, "litestream.yml"),
 ]
@@ -34,6 +33,19 @@ def test_a_failed_json_command_prints_a_json_error_and_its_line(ws: Workspace, a
     assert word in error["error"]
     assert f"error: {error['error']}" in result.stderr.splitlines()
     assert "Traceback" not in result.stderr
+
+
+def test_doctor_reports_a_broken_env_as_its_one_failing_check(ws: Workspace):
+    """doctor's JSON is its checks, a broken .env among them: the result, not an error object."""
+    ws.write_env("BACKUP_SYNC_INTERVAL=often")
+    result = ws.inv_here("backup.doctor", "--json")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert report["ok"] is False and [c["name"] for c in report["checks"]] == [".env"]
+    assert "BACKUP_SYNC_INTERVAL" in report["checks"][0]["detail"]
+    assert result.stderr.strip() == "error: 1 check(s) failed: .env"
+    human = ws.inv_here("backup.doctor")
+    assert human.returncode == 1 and human.stdout.startswith("  fail  .env ")
 
 
 def test_through_a_real_inv_too(ws: Workspace):
