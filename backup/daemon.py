@@ -57,11 +57,6 @@ def check(settings: Settings) -> ProcessState:
     return replicator(settings).check()
 
 
-def refuse_unknown(settings: Settings, state: ProcessState) -> None:
-    """Act on no pidfile whose process cannot be inspected: it may be a running replicator."""
-    process.refuse_unknown(settings.pidfile, state)
-
-
 def _refuse_other_workspace(settings: Settings, state: ProcessState) -> None:
     if state.running and state.record and state.record.config != str(settings.config_path):
         raise BackupError(
@@ -314,7 +309,7 @@ def start_background(
             argv = litestream.argv("replicate")
             logfile.rotate(settings.logfile)
             offset = logfile.size(settings.logfile)
-            proc, log_pump = _spawn_with_log(settings, litestream)
+            proc, log_pump = process.spawn_logged(settings, litestream, settings.logfile, "replicate")
             record = None
             try:  # from here on, a failure (or Ctrl-C) must leave no process behind
                 record = _record(proc, argv, settings, False, prepared)
@@ -341,10 +336,6 @@ def start_background(
             resnapshot=resnapshot,
             repaired=prepared.fresh + tuple(repaired),
         )
-
-
-def _spawn_with_log(settings: Settings, litestream: Litestream) -> tuple[subprocess.Popen, subprocess.Popen]:
-    return process.spawn_logged(settings, litestream, settings.logfile, "replicate")
 
 
 def _synced(litestream: Litestream, socket: Path) -> set[Path] | None:
@@ -673,7 +664,7 @@ def replicate_once(
         held = replicator(settings).claimed(platform)
     else:  # the caller holds the lock: check and refuse all the same
         held = contextlib.nullcontext(check(settings))
-        refuse_unknown(settings, held.enter_result)
+        process.refuse_unknown(settings.pidfile, held.enter_result)
     with held as state:
         if state.running:
             return None

@@ -21,7 +21,7 @@ from typing import Any
 
 import psutil
 
-from . import daemon, localstate
+from . import daemon, localstate, process
 from .config import Settings
 from .errors import EXIT_CONFIG, SNAPSHOT_FIX, BackupError, ConfigError, missing_txids
 from .files import identity, private_dir, spelling, temp_beside
@@ -240,7 +240,7 @@ def _check_target(
         return
     if is_live:
         state = daemon.check(settings)
-        daemon.refuse_unknown(settings, state)
+        process.refuse_unknown(settings.pidfile, state)
         if state.running:
             raise BackupError(
                 f"litestream is replicating {target} (pid {state.pid}): stop it first with "

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from . import daemon
+from . import daemon, process
 from .config import START_WAIT, Settings
 from .errors import BackupError, hole_problem
 from .litestream import Litestream
@@ -101,7 +101,7 @@ def take_snapshot(workspace: Workspace, say: Say | None = None) -> Snapshotted:
     for db in databases:
         db.replica.check()  # credentials and endpoint, before the daemon is stopped
     state = daemon.check(settings)
-    daemon.refuse_unknown(settings, state)
+    process.refuse_unknown(settings.pidfile, state)
     if workspace.config_changed and read_config(settings.config_path).databases != workspace.config.databases:
         # The snapshot runs the file; the listing and the repair would read the daemon's copy,
         # which names other databases or replicas.

@@ -101,6 +101,7 @@ class SlowSocket:
         self.server.bind(str(path))
         self.server.listen(16)
         self.done = threading.Event()
+        self.handlers: list[threading.Thread] = []
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -110,20 +111,23 @@ class SlowSocket:
                 conn, _ = self.server.accept()
             except OSError:
                 return
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+            handler = threading.Thread(target=self._one, args=(conn,), daemon=True)
+            self.handlers.append(handler)
+            handler.start()
 
     def _one(self, conn: socket.socket) -> None:
         with conn:
             request = conn.recv(65536)
             if request.startswith(b"POST /sync"):
                 self.done.wait(self.hold)
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as upstream:
+            if self.done.is_set():
+                return  # the stand-in is closing: the asker gets no answer, as from a busy daemon
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as upstream, contextlib.suppress(OSError):
                 upstream.connect(str(self.real))
                 upstream.sendall(request)
                 upstream.shutdown(socket.SHUT_WR)
-                with contextlib.suppress(OSError):
-                    while data := upstream.recv(65536):
-                        conn.sendall(data)
+                while data := upstream.recv(65536):
+                    conn.sendall(data)
 
     def close(self) -> None:
         self.done.set()
@@ -131,6 +135,9 @@ class SlowSocket:
             self.server.shutdown(socket.SHUT_RDWR)  # wakes the accept(); close() alone may not
         self.server.close()
         self.thread.join(10)
+        for handler in self.handlers:
+            handler.join(10)
+        assert not any(t.is_alive() for t in (self.thread, *self.handlers)), "a stand-in thread still runs"
         self.path.unlink(missing_ok=True)
         os.rename(self.real, self.path)
 
