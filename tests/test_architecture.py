@@ -34,6 +34,13 @@ def imports() -> dict[str, set[str]]:
     return graph
 
 
+def test_the_readme_shows_the_same_map():
+    block = re.compile(r"```\n(layer 0.*?)```", re.S)
+    readme = block.search((REPO / "README.md").read_text("utf-8"))
+    page = block.search((REPO / "docs" / "architecture.md").read_text("utf-8"))
+    assert readme and page and readme.group(1) == page.group(1)
+
+
 def test_every_module_has_a_layer():
     assert set(imports()) == set(layers())
 
