@@ -222,47 +222,6 @@ def check(path: Path, ours: Callable[[PidRecord], bool]) -> ProcessState:
     return ProcessState("running", record, process=proc)
 
 
-@contextlib.contextmanager
-def _locked(
-    settings: Settings, platform: Posix | Windows, timeout: float = LOCK_TIMEOUT, path: Path | None = None
-) -> Iterator[None]:
-    """Hold the workspace lock, or the lock file ``path`` (removed again when released)."""
-    # A state dir holding our lock file is ours: one an earlier version made 0755 is tightened.
-    private_dir(settings.state_dir, ours=settings.lockfile.exists())
-    deadline = time.monotonic() + timeout
-    lockfile = path or settings.lockfile
-    while True:
-        with open_private(lockfile, "a+b") as fh:
-            while True:
-                try:
-                    platform.lock(fh)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() > deadline:
-                        raise BackupError(
-                            f"another chora-backup command has held {lockfile} for "
-                            f"{timeout:g}s: wait for it, or check 'inv backup.status'"
-                        ) from None
-                    time.sleep(POLL)
-            if path is not None and not _same_file(fh, lockfile):
-                platform.unlock(fh)
-                continue  # its holder removed it meanwhile: lock the file now there
-            try:
-                yield
-                return
-            finally:
-                if path is not None and sys.platform != "win32":
-                    lockfile.unlink(missing_ok=True)  # while still locked: leave nothing behind
-                platform.unlock(fh)
-
-
-def _same_file(fh: IO[bytes], path: Path) -> bool:
-    try:
-        return os.path.samestat(os.fstat(fh.fileno()), os.stat(path))
-    except OSError:
-        return False
-
-
 def refuse_unknown(pidfile: Path, state: ProcessState) -> None:
     """Act on no pidfile whose process cannot be inspected: it may be a running litestream."""
     if state.state == "unknown" and state.record:
