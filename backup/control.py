@@ -6,6 +6,7 @@ choice between service, daemon and followers is made here, not in the task layer
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Iterator
 from typing import IO, Any
 
 from . import daemon, follow, service
@@ -14,12 +15,14 @@ from .errors import BackupError
 from .workspace import Workspace
 
 
-def start_background(workspace: Workspace, timeout: float) -> Any:
+def start_background(settings: Settings, timeout: float) -> Any:
     """Start replicating in the background: through the service where one is installed and
-    its manager answers, else as the daemon; returns once the first sync is done."""
-    installed = service.find(workspace.settings)
+    its manager answers (litestream.yml is the service's to read), else as the daemon, of
+    the Workspace built here; returns once the first sync is done."""
+    installed = service.find(settings)
     if installed is not None and installed.enabled is not None:
-        return service.start_service(workspace.settings, installed, timeout)
+        return service.start_service(settings, installed, timeout)
+    workspace = Workspace.load(settings)
     return daemon.start_background(workspace.settings, workspace.litestream, timeout=timeout)
 
 
@@ -29,26 +32,25 @@ def run_foreground(workspace: Workspace, out: IO[str]) -> int:
 
 
 def stop(settings: Settings, timeout: float | None, follower: Path | None = None,
-         everything: bool = False) -> list[Any]:
+         everything: bool = False) -> Iterator[Any]:
     """Stop the follower writing ``follower``; else the daemon (through its service, when one
-    is active), after every follower when ``everything``. What each stop returned, in order,
-    with a BackupError in place of a follower's stop that failed (the rest went on).
+    is active), after every follower when ``everything``. Yields what each stop returned as
+    it happens, a BackupError in place of a follower's stop that failed (the rest go on).
 
     Settings alone, no Workspace: stopping must work whatever litestream.yml holds now (a
     running daemon is found by its pidfile, and its own copy of the config says how long
     its final sync may take)."""
     if follower is not None:
-        return [follow.stop(settings, follower)]
-    results: list[Any] = []
+        yield follow.stop(settings, follower)
+        return
     if everything:
         for slot, _ in follow.slots(settings):
             try:
-                results.append(follow.stop(settings, slot.output))
+                yield follow.stop(settings, slot.output)
             except BackupError as exc:  # the daemon is still to be stopped: say it, go on
-                results.append(exc)
+                yield exc
     installed = service.find(settings)
     if installed is not None and installed.active:
-        results.append(service.stop_service(settings, installed, timeout))
+        yield service.stop_service(settings, installed, timeout)
     else:
-        results.append(daemon.stop(settings, timeout=timeout))
-    return results
+        yield daemon.stop(settings, timeout=timeout)

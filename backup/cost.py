@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from .config import parse_duration
 from .errors import ConfigError
-from .ltconfig import LitestreamConfig, checkpoint_interval
+from .ltconfig import MISSING, LitestreamConfig, checkpoint_interval
 
 if TYPE_CHECKING:
     from .ltx import LtxFile
@@ -70,7 +70,7 @@ class Timers:
         (``checkpoint``: its ``checkpoint-interval``; default: the first database's)."""
         if checkpoint is None:
             checkpoint = config.databases[0].checkpoint_interval
-        if any(interval is None for interval in config.levels):
+        if any(interval is MISSING for interval in config.levels):
             raise ConfigError("litestream.yml: every entry under levels needs an interval")
         intervals = [*config.levels, config.snapshot_interval]
         return cls(

@@ -221,7 +221,7 @@ def _private_socket_folder(settings: Settings, socket: Path | None) -> None:
 
 def _remove_socket(socket: Path | None, platform: str = sys.platform) -> None:
     """A litestream that was killed leaves its socket file behind: take it away. (Python
-    cannot tell a process.Windows socket file from another file: there, whatever is at that path,
+    cannot tell a Windows socket file from another file: there, whatever is at that path,
     in our own state dir or folder, with no daemon running.)"""
     if socket is not None and (socket.is_socket() or (platform == "win32" and socket.is_file())):
         socket.unlink(missing_ok=True)
@@ -601,9 +601,9 @@ def stop(
                 process.remove_pidfile(settings.pidfile, state.record)
             return StopResult(False, stale=state if state.state == "stale" else None)
         timeout = stop_timeout(settings, state) if timeout is None else timeout
-        deadline = time.monotonic() + timeout  # the sync first (process.Windows) and the stop share it
+        deadline = time.monotonic() + timeout  # the sync first (Windows) and the stop share it
         offset = logfile.size(settings.logfile)
-        # process.Windows: litestream's own final sync needs a Ctrl-Break that may not reach it;
+        # Windows: litestream's own final sync needs a Ctrl-Break that may not reach it;
         # ask for the sync first, through its socket, and wait for it.
         synced = _sync_now(settings, state, deadline) if isinstance(platform, process.Windows) else None
         forced = process.stop(state, max(1.0, deadline - time.monotonic()), platform)

@@ -56,8 +56,6 @@ class Slot:
     lockfile: Path
     logfile: Path
     config: Path  # the one-database litestream.yml it reads: no credential in it
-
-
     managed: process.Managed  # its pidfile and lock, as a managed process
 
 

@@ -75,6 +75,7 @@ def unsynced_since(db: Path, replica_txid: int) -> float | None:
     captured, if any is."""
     times = [_mtime(ltx) for ltx in _level_0(db).glob("*.ltx")
              if (span := _span(ltx.name)) and span[0] > replica_txid]
+    times = [t for t in times if t]  # a file litestream's retention removed meanwhile: not a time
     return min(times) if times else None
 
 

@@ -40,6 +40,7 @@ class Defaults:
 
 
 DEFAULTS = Defaults()
+MISSING = "<missing>"  # a compaction level written without an interval
 DEFAULT_STOP_TIMEOUT = parse_duration(DEFAULTS.shutdown_sync_timeout) + STOP_MARGIN  # with no litestream.yml
 
 
@@ -106,7 +107,7 @@ class LitestreamConfig:
     logging_type: str = "text"  # litestream's log format: "text" or "json" (ltlog reads both)
     # The timers that decide how often litestream asks the bucket (cost reads them), as
     # written (checked where they are used), litestream's defaults where unset.
-    levels: tuple[object, ...] = DEFAULTS.levels  # each compaction level's interval (None: missing)
+    levels: tuple[object, ...] = DEFAULTS.levels  # each compaction level's interval (MISSING: none)
     snapshot_interval: object = DEFAULTS.snapshot_interval
     l0_retention: object = DEFAULTS.l0_retention
     l0_retention_check_interval: object = DEFAULTS.l0_retention_check_interval
@@ -251,12 +252,21 @@ def parse_config(data: object, path: Path, generated: bool = False) -> Litestrea
         heartbeat_url=str(data["heartbeat-url"]) if data.get("heartbeat-url") else None,
         heartbeat_interval=str(data.get("heartbeat-interval") or DEFAULTS.heartbeat_interval),
         logging_type=str(logging_.get("type") or "text"),
-        levels=tuple(l.get("interval") if isinstance(l, dict) else None for l in levels)
-        if isinstance(levels, list) and levels else DEFAULTS.levels,
+        levels=_levels(levels),
         snapshot_interval=snapshot.get("interval", DEFAULTS.snapshot_interval),
         l0_retention=data.get("l0-retention", DEFAULTS.l0_retention),
         l0_retention_check_interval=data.get("l0-retention-check-interval", DEFAULTS.l0_retention_check_interval),
     )
+
+
+def _levels(written: object) -> tuple[object, ...]:
+    """Each compaction level's interval as written (``MISSING`` where an entry has none, or
+    the whole block is not a list); litestream's defaults where the block is unset or empty."""
+    if not written:
+        return DEFAULTS.levels
+    if not isinstance(written, list):
+        return (MISSING,)
+    return tuple(level.get("interval", MISSING) if isinstance(level, dict) else MISSING for level in written)
 
 
 def settings_of(text: str) -> dict[str, Any] | None:

@@ -233,8 +233,6 @@ def refuse_unknown(pidfile: Path, state: ProcessState) -> None:
         )
 
 
-
-
 # -- the lock ------------------------------------------------------------------
 
 

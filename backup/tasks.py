@@ -229,7 +229,7 @@ def _start_background(settings: cfg.Settings, timeout: float = cfg.START_WAIT) -
     from .control import start_background
 
     _ensure_config(settings)
-    _show(start_background(_workspace(settings), timeout), False)
+    _show(start_background(settings, timeout), False)
 
 
 @task(

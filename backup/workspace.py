@@ -247,11 +247,11 @@ class Workspace:
                               code=EXIT_CONFIG)
         return chosen
 
-    def database(self, name: str | None, purpose: str = "this command works on") -> Database:
-        """The one database ``--db name`` names; without ``--db``, the only one there is
-        (``purpose`` says why one: "a follower keeps")."""
+    def database(self, name: str | None, purpose: str | None = None) -> Database:
+        """The one database ``--db name`` names, or with a ``purpose`` ("a follower keeps")
+        the one there is without ``--db``; several: one line saying to pick one."""
         chosen = self.select(name)
-        if len(chosen) != 1 and name is None:
+        if len(chosen) != 1 and purpose is not None:
             raise BackupError(f"{purpose} one database: pick one of {', '.join(d.name for d in chosen)} "
                               "with --db", code=EXIT_CONFIG)
         if len(chosen) != 1:

@@ -158,7 +158,8 @@ def test_cost_of_a_local_replica_is_zero(ws: Workspace):
 @pytest.mark.parametrize(
     "data",
     [{"l0-retention-check-interval": "0s"}, {"levels": [{"interval": "abc"}]}, {"levels": [{}]},
-     {"snapshot": {"interval": "-1h"}}],
+     {"snapshot": {"interval": "-1h"}}, {"levels": {"a": "1m"}}, {"levels": [5]},
+     {"levels": [{"interval": None}]}],
 )
 def test_hand_written_timers_that_are_not_durations_are_named(data):
     with pytest.raises(cost.ConfigError, match="litestream.yml: .*"):

@@ -36,3 +36,13 @@ def test_clear_keeps_only_the_files_named(tmp_path):
     assert sorted(p.name for p in localstate.folder(db).iterdir()) == ["chora-backup.json"]
     assert oct(localstate.folder(db).stat().st_mode & 0o777) == "0o700"
     assert localstate.local_txid(db) is None
+
+
+def test_a_file_removed_while_it_is_read_is_not_a_time(tmp_path, monkeypatch):
+    """litestream's retention may delete an L0 file between the listing and its stat."""
+    db = tmp_path / "chora.db"
+    l0(db, "0000000000000004-0000000000000004.ltx", 2000)
+    l0(db, "0000000000000005-0000000000000005.ltx", 3000)
+    real = localstate._mtime
+    monkeypatch.setattr(localstate, "_mtime", lambda p: 0.0 if p.name.startswith("0000000000000004") else real(p))
+    assert localstate.unsynced_since(db, 3) == 3000
