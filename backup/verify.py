@@ -2,8 +2,12 @@
 
 Used by ``inv backup.verify`` and the ``backup-restore-smoke`` pre-commit hook.
 When the live database did not change between the sync and the comparison, the
-restored copy must hold exactly its content: the same schema, and per table the
-same rows in the same order (a sha256 over each table's rows). When the live
+restored copy must hold exactly its content. First page for page: a restore writes
+litestream's page images verbatim, so a copy of the live database taken with SQLite's
+backup API (one consistent state) holds the same bytes, page 1's header aside; equal
+pages are equal content, at the cost of reading the files. Where the pages differ, each
+table is compared: the same schema, and the same rows in the same order (a sha256 over
+each table's rows), which names the tables that differ. When the live
 database moved on meanwhile, the whole check runs once more; if it moved on
 again, only row counts are compared, and the result says so. Everything it
 creates lives in one temp folder, removed on success, failure and Ctrl-C alike.
@@ -30,6 +34,12 @@ from .restore import connect_readonly, integrity_check, nothing_yet
 from .workspace import Database, Workspace
 
 CONTENT_METHOD = "sha256 per table, rowid order"
+PAGES_METHOD = "page for page"
+# Page 1's header bytes a copy may hold differently without any change of content: the
+# change counter (24-27) and the schema cookie (40-43), which SQLite's backup API bumps in
+# its copy, and version-valid-for with the library version that wrote it (92-99).
+_HEADER_MASK = ((24, 28), (40, 44), (92, 100))
+_HEADER = 100
 START_DAEMON = "start it with 'inv backup.start-bg'"
 # SQLite's own tables and litestream's bookkeeping (which litestream writes on
 # its own schedule) are not the user's data. '_' is a LIKE wildcard: escaped.
@@ -248,6 +258,7 @@ class _Attempt:
     local_txid: int | None = None
     live: Digest | None = None
     copy: Digest | None = None
+    method: str = CONTENT_METHOD  # how the two were compared
     moved: bool = False  # the live database changed between the sync and its reading
 
     @property
@@ -296,6 +307,13 @@ def _attempt(unit: Database, sync: _Syncer, folder: Path, running: bool) -> _Att
     if verdict != "ok":
         return attempt
 
+    shared = _same_pages(db, restored, folder)
+    if shared is not None:
+        attempt.live = attempt.copy = shared
+        attempt.method = PAGES_METHOD
+        attempt.moved = _fingerprint(db) != before
+        attempt.local_txid = local_txid(db)
+        return attempt
     try:
         attempt.live = digest(db)
     except sqlite3.Error as exc:
@@ -308,6 +326,60 @@ def _attempt(unit: Database, sync: _Syncer, folder: Path, running: bool) -> _Att
     except sqlite3.Error as exc:
         attempt.checks.append(Check("compare", False, f"could not read the restored copy: {exc}"))
     return attempt
+
+
+def _masked_header(fh) -> bytes:
+    head = bytearray(fh.read(_HEADER))
+    for start, end in _HEADER_MASK:
+        head[start:end] = bytes(end - start)
+    return bytes(head)
+
+
+def same_pages(a: Path, b: Path) -> bool:
+    """Do two database files hold the same bytes, page 1's volatile header fields
+    (``_HEADER_MASK``) aside? Read side by side, stopping at the first difference."""
+    if a.stat().st_size != b.stat().st_size:
+        return False
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        if _masked_header(fa) != _masked_header(fb):
+            return False
+        while chunk := fa.read(1 << 20):
+            if chunk != fb.read(len(chunk)):
+                return False
+    return True
+
+
+def _same_pages(db: Path, restored: Path, folder: Path) -> Digest | None:
+    """The reading both databases share when the live one, copied through SQLite's backup
+    API (one consistent state), holds the restored copy's pages byte for byte: its schema
+    and row counts, and "pages" standing for every table's content. None when the pages
+    differ (or cannot be read): then each table is compared row by row."""
+    snapshot = folder / "live-pages"
+    try:
+        source = connect_readonly(db)
+        try:
+            target = sqlite3.connect(snapshot)
+            try:
+                source.backup(target)
+            finally:
+                target.close()
+        finally:
+            source.close()
+        if not same_pages(snapshot, restored):
+            return None
+    except (sqlite3.Error, OSError):
+        return None
+    finally:
+        snapshot.unlink(missing_ok=True)
+    con = connect_readonly(restored)
+    try:
+        objects = con.execute(_OWN_OBJECTS).fetchall()
+        counts = {name: con.execute(f"SELECT count(*) FROM {_quote(name)}").fetchone()[0]
+                  for kind, name, sql in objects if kind == "table" and not _is_virtual(sql)}
+    finally:
+        con.close()
+    return Digest({f"{kind} {name}": sql or "" for kind, name, sql in objects}, counts,
+                  dict.fromkeys(counts, "pages"))
 
 
 def _schema_check(live: Digest, copy: Digest, replica: str) -> Check:
@@ -345,11 +417,12 @@ OWN_REPLICA_CAUSES = (
 )
 
 
-def _content_check(live: Digest, copy: Digest, owned: Callable[[], bool] = lambda: False) -> Check:
+def _content_check(live: Digest, copy: Digest, owned: Callable[[], bool] = lambda: False,
+                   method: str = CONTENT_METHOD) -> Check:
     tables = sorted(set(live.sums) | set(copy.sums))
     differing = [t for t in tables if live.sums.get(t) != copy.sums.get(t)]
     if not differing:
-        return Check("content", True, f"content identical in {len(tables)} table(s) ({CONTENT_METHOD})")
+        return Check("content", True, f"content identical in {len(tables)} table(s) ({method})")
     found = "content differs in " + ", ".join(_table_difference(t, live, copy) for t in differing)
     if owned():
         return Check("content", False, found + OWN_REPLICA_CAUSES)
@@ -411,7 +484,8 @@ def _judge(
             why = "the replica could not be made current"
             result.checks.append(_counts_check(attempt.live, attempt.copy, why))
         else:
-            result.checks.append(_content_check(attempt.live, attempt.copy, lambda: _owned_here(unit)))
+            result.checks.append(_content_check(attempt.live, attempt.copy, lambda: _owned_here(unit),
+                                                attempt.method))
 
     if result.lag_seconds is None:
         result.checks.append(Check(
