@@ -29,6 +29,7 @@ from . import daemon
 from .config import max_age as default_max_age
 from .errors import NOTHING_TO_RESTORE, SNAPSHOT_FIX, BackupError
 from .localstate import local_txid, unsynced_since
+from .wal import written_since
 from .owner import read_local, read_owner
 from .restore import connect_readonly, integrity_check, nothing_yet
 from .workspace import Database, Workspace
@@ -220,6 +221,8 @@ class _Syncer:
                 return _Synced("daemon running without a control socket: compared as replicated so far", True, False)
             ws.litestream.run("sync", "-wait", "-json", "-socket", str(socket), str(db.path), timeout=120)
             return _Synced(f"asked the daemon (pid {state.pid}) to sync", True, True)
+        if self._once is None and (idle := self._nothing_to_sync()):
+            self._once = _Synced(f"no daemon running: nothing to sync ({idle})", False, True)
         if self._once is None:
             try:
                 # The file as this command read it, unless it changed under a daemon since.
@@ -235,6 +238,28 @@ class _Syncer:
         if isinstance(self._once, BackupError):
             return self._failed(db, self._once)
         return self._once
+
+    def _nothing_to_sync(self) -> str | None:
+        """Why no database of the workspace has anything litestream would upload, or None:
+        for each, its WAL has not moved since litestream's saved position (same generation,
+        no frame past it), and the replica holds the txid litestream captured last. Then
+        'replicate -once' would only cost its start-up; in any other state (no WAL, no
+        position, a restart, a replica behind) it runs. The comparison that follows is the
+        proof either way: a replica that lacked a change would fail it."""
+        txids = []
+        for db in self.workspace.databases:
+            local = local_txid(db.path)
+            if local is None or written_since(db.path) is not False:
+                return None
+            try:
+                if (db.replica.newest_txid() or 0) < local:
+                    return None
+            except BackupError:
+                return None  # the restore says why
+            txids.append(f"{local:016x}")
+        if not txids:
+            return None
+        return f"the replica holds txid {', '.join(txids)}, and the WAL has not moved since"
 
     def _failed(self, db: Database, error: BackupError) -> _Synced:
         """One sync for all failed: it fails the database it names, not the others."""
@@ -360,6 +385,9 @@ def _same_pages(db: Path, restored: Path, folder: Path) -> Digest | None:
         try:
             target = sqlite3.connect(snapshot)
             try:
+                # A scratch copy, removed below: no journal, no fsync.
+                target.execute("PRAGMA journal_mode=OFF")
+                target.execute("PRAGMA synchronous=OFF")
                 source.backup(target)
             finally:
                 target.close()

@@ -117,6 +117,21 @@ def test_content_is_proven_on_an_s3_replica_too(r2ws: Workspace):
 # -- continuous backup off ---------------------------------------------------------
 
 
+def test_without_a_daemon_and_nothing_new_verify_does_not_run_litestream_to_sync(ws: Workspace):
+    """The WAL is where litestream left it and the replica holds its txid: no replicate -once.
+    A row written since makes it sync again (below)."""
+    replicated_once(ws, ["a"])
+    assert ws.inv("backup.verify").returncode == 0  # its own sync leaves the WAL where litestream read it
+    result = ws.inv("backup.verify")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no daemon running: nothing to sync (the replica holds txid " in result.stdout
+    assert "the WAL has not moved since" in result.stdout and "replicate -once" not in result.stdout
+    assert "content identical" in result.stdout
+    insert(ws.db, "one more")
+    again = ws.inv("backup.verify")
+    assert again.returncode == 0 and "synced once with 'litestream replicate -once'" in again.stdout
+
+
 def test_without_a_daemon_verify_tests_the_replica_and_warns(ws: Workspace):
     replicated_once(ws, ["a"])
     insert(ws.db, "written while nothing replicates")
