@@ -5,9 +5,9 @@ choice between service, daemon and followers is made here, not in the task layer
 """
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Iterator
-from typing import IO, Any
+from pathlib import Path
+from typing import Any
 
 from . import daemon, follow, service
 from .config import Settings
@@ -24,11 +24,6 @@ def start_background(settings: Settings, timeout: float) -> Any:
         return service.start_service(settings, installed, timeout)
     workspace = Workspace.load(settings)
     return daemon.start_background(workspace.settings, workspace.litestream, timeout=timeout)
-
-
-def run_foreground(workspace: Workspace, out: IO[str]) -> int:
-    """Replicate in the foreground until a stop signal; litestream's exit code."""
-    return daemon.run_foreground(workspace.settings, workspace.litestream, out)
 
 
 def stop(settings: Settings, timeout: float | None, follower: Path | None = None,

@@ -45,6 +45,14 @@ def same_file(a: str | os.PathLike[str], b: str | os.PathLike[str]) -> bool:
     return identity(a) == identity(b)
 
 
+def mtime(path: str | os.PathLike[str]) -> float:
+    """``path``'s modification time, 0.0 when it cannot be read (gone meanwhile)."""
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
+
+
 def absolute(path: str | os.PathLike[str]) -> Path:
     """``path`` made absolute from the current folder (``~`` expanded), links kept as written."""
     return Path(os.path.abspath(Path(path).expanduser()))

@@ -223,7 +223,7 @@ class _Run:
                 started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), log=str(slot.logfile),
                 foreground=foreground, output=str(slot.output), working=str(target),
             )
-            slot.managed.write(self.record)
+            process.write_pidfile(slot.pidfile, self.record)
         except BaseException:
             self.abandon()
             raise

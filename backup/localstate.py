@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from .errors import BackupError
+from .files import mtime, private_dir, write_private
 
 
 def folder(db: Path) -> Path:
@@ -58,22 +59,15 @@ def local_txid(db: Path) -> int | None:
     return newest[0] if newest else None
 
 
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
-
-
 def captured_at(db: Path) -> float:
     """When litestream last captured a change of ``db`` (0.0: never)."""
-    return max((_mtime(p) for p in _level_0(db).glob("*.ltx")), default=0.0)
+    return max((mtime(p) for p in _level_0(db).glob("*.ltx")), default=0.0)
 
 
 def unsynced_since(db: Path, replica_txid: int) -> float | None:
     """When the oldest local change missing from the replica (past ``replica_txid``) was
     captured, if any is."""
-    times = [_mtime(ltx) for ltx in _level_0(db).glob("*.ltx")
+    times = [mtime(ltx) for ltx in _level_0(db).glob("*.ltx")
              if (span := _span(ltx.name)) and span[0] > replica_txid]
     times = [t for t in times if t]  # a file litestream's retention removed meanwhile: not a time
     return min(times) if times else None
@@ -105,8 +99,6 @@ def clear(db: Path, keep: tuple[str, ...] = ()) -> Path | None:
     except OSError as exc:
         raise BackupError(f"cannot clear litestream's local state {where}: {exc.strerror}") from None
     if kept:
-        from .files import private_dir, write_private
-
         private_dir(where)
         for name, data in kept.items():
             write_private(where / name, data)

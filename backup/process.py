@@ -311,13 +311,6 @@ class Managed:
             refuse_unknown(self.pidfile, state)
             yield state
 
-    def write(self, record: PidRecord) -> None:
-        write_pidfile(self.pidfile, record)
-
-    def forget(self, record: PidRecord | None) -> None:
-        """Remove the pidfile, but only while it still names ``record`` (any, when None)."""
-        remove_pidfile(self.pidfile, record)
-
 
 # -- start and stop ----------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from .errors import (
     hole_message,
     missing_bucket,
 )
+from .files import mtime, read_json, update_json
 from .localstate import local_txid, unsynced_since
 from .ltx import SNAPSHOT_LEVEL, LtxFile
 from .process import ProcessState
@@ -142,13 +143,6 @@ def is_wal(path: Path) -> bool | None:
     return header[18] == 2 and header[19] == 2
 
 
-def _mtime(path: Path) -> float:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return 0.0
-
-
 def unseen_since(db: Path, stopped_at: float | None = None) -> float | None:
     """When litestream last captured this database, if it was written after that.
 
@@ -163,7 +157,7 @@ def unseen_since(db: Path, stopped_at: float | None = None) -> float | None:
     moved = written_since(db)
     if moved is not None:
         return captured if moved else None
-    written = max(_mtime(db), _mtime(db.with_name(db.name + "-wal")))
+    written = max(mtime(db), mtime(db.with_name(db.name + "-wal")))
     if stopped_at is not None and written <= stopped_at + 2.0:
         return None
     return captured if written > captured + 2.0 else None
@@ -299,8 +293,6 @@ def _daemon_view(workspace: Workspace, unit: Database, now: float) -> DaemonView
     per database; in between, the last answer stands. A daemon busy with a large upload
     may not answer within the socket's timeout: then its last answer stands, however old.
     """
-    from .files import read_json, update_json
-
     try:
         unit.replica.check()  # a TCP connect to the endpoint: free, and says at once it is cut
     except BackupError as exc:
@@ -338,7 +330,6 @@ def _current_listing(workspace: Workspace, unit: Database, now: float,
     (``replicated``; seen first at ``uploaded_at``): a listing made during a long first upload
     must not outlive it.
     Attempts count too, failed ones included: never more than LISTINGS_PER_HOUR."""
-    from .files import read_json, update_json
     from .replica import last_listing
 
     listed = last_listing(workspace.settings, unit.path)

@@ -208,10 +208,11 @@ def local(c, no_start=False, force=False, dry_run=False, background=False):
 
 
 def _run_foreground(settings: cfg.Settings) -> None:
-    from .control import run_foreground
+    from .daemon import run_foreground
 
     _ensure_config(settings)
-    code = run_foreground(_workspace(settings), sys.stdout)
+    workspace = _workspace(settings)
+    code = run_foreground(workspace.settings, workspace.litestream, sys.stdout)
     if code < 0:  # killed by a signal: the shell's convention, so a service manager restarts it
         raise Exit(f"error: litestream was killed by signal {-code}", code=128 - code)
     if code != 0:

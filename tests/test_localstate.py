@@ -43,6 +43,6 @@ def test_a_file_removed_while_it_is_read_is_not_a_time(tmp_path, monkeypatch):
     db = tmp_path / "chora.db"
     l0(db, "0000000000000004-0000000000000004.ltx", 2000)
     l0(db, "0000000000000005-0000000000000005.ltx", 3000)
-    real = localstate._mtime
-    monkeypatch.setattr(localstate, "_mtime", lambda p: 0.0 if p.name.startswith("0000000000000004") else real(p))
+    real = localstate.mtime
+    monkeypatch.setattr(localstate, "mtime", lambda p: 0.0 if p.name.startswith("0000000000000004") else real(p))
     assert localstate.unsynced_since(db, 3) == 3000
