@@ -48,10 +48,12 @@ VARIABLES = (
     "BACKUP_HEARTBEAT_INTERVAL",
     "BACKUP_METRICS_ADDR",
     "BACKUP_METRICS_PUBLIC",
+    "BACKUP_VERIFY_INTERVAL",
+    "BACKUP_VERIFY_PING_URL",
 )
 # Never written to a file this tool makes (except litestream.yml's heartbeat-url,
 # mode 0600), printed, or logged. A ping URL is a secret: its path is the token.
-SECRET_VARIABLES = ("R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "BACKUP_HEARTBEAT_URL")
+SECRET_VARIABLES = ("R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY", "BACKUP_HEARTBEAT_URL", "BACKUP_VERIFY_PING_URL")
 
 DEFAULT_DB = "chora.db"
 DEFAULT_LOCAL_DIR = "~/.chora/backups"
@@ -60,6 +62,13 @@ START_WAIT = 30.0  # seconds start-bg waits for the first sync before leaving it
 # litestream's heartbeat: its default interval, and the shortest it accepts.
 DEFAULT_HEARTBEAT_INTERVAL = "5m"
 MIN_HEARTBEAT_SECONDS = 60.0
+# Restore drills (backup.drill): once a day proves the replica within a day of any silent
+# loss, for a few requests and a download R2 does not charge for. Shorter than a minute
+# is refused (a drill restores the whole database); shorter than an hour, warned about.
+DEFAULT_VERIFY_INTERVAL = "24h"
+MIN_VERIFY_SECONDS = 60.0
+WARN_VERIFY_SECONDS = 3600.0
+OFF = "off"
 # The seed's interval for R2, chosen for cost; local copies are free.
 DEFAULT_SYNC_INTERVAL = {R2: "10s", LOCAL: "1s"}
 
@@ -139,6 +148,11 @@ class Settings:
     metrics_addr: str | None = None  # host:port of litestream's Prometheus endpoint
     # More values to mask: a ping URL litestream.yml holds that .env no longer names.
     extra_secrets: tuple[str, ...] = field(default=(), repr=False)
+    # Restore drills: seconds between two (None: off), as written, and the URL told of each.
+    verify_interval: float | None = 24 * 3600.0
+    verify_interval_text: str = DEFAULT_VERIFY_INTERVAL
+    verify_ping_url: str | None = field(default=None, repr=False)  # a secret: see secrets()
+    warnings: tuple[str, ...] = ()  # settings that work but that a careful user should hear about
 
     def __post_init__(self) -> None:
         if not self.databases:  # built by hand (tests): one database, as before
@@ -189,8 +203,9 @@ class Settings:
     def secrets(self) -> tuple[str, ...]:
         """Every value masked in output and logs: the keys, and the ping URL with its parts."""
         found = [s for s in (self.access_key_id, self.secret_access_key) if s]
-        if self.heartbeat_url:
-            found += url_secrets(self.heartbeat_url)
+        for url in (self.heartbeat_url, self.verify_ping_url):
+            if url:
+                found += url_secrets(url)
         return tuple(found) + self.extra_secrets
 
     def masking(self, heartbeat_url: object) -> Settings:
@@ -549,26 +564,55 @@ def _interval(value: str | None, problems: list[str]) -> str | None:
     return value
 
 
+def _ping_url(name: str, url: str | None, problems: list[str]) -> str | None:
+    """A ping URL (never echoed: it carries a token), or None when unset or refused."""
+    if url is None:
+        return None
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 -- raises on a port that is not a number
+        # litestream's own test is a case-sensitive prefix; and only plain URL characters,
+        # so the URL appears in a log exactly as written here (and is masked there).
+        valid = url.startswith(("http://", "https://")) and bool(parts.hostname) \
+            and _URL_CHARS.fullmatch(url) is not None and not _BAD_ESCAPE.search(url)
+    except ValueError:
+        valid = False
+    if not valid:
+        problems.append(
+            f"{name} must be an http:// or https:// URL of plain URL characters "
+            "(non-ASCII and spaces %-encoded), such as a healthchecks.io ping URL (its value "
+            "is not shown: ping URLs carry tokens)"
+        )
+        return None
+    return url
+
+
+def _drills(values: dict[str, str | None], problems: list[str], warnings: list[str]) -> tuple[float | None, str]:
+    """BACKUP_VERIFY_INTERVAL: seconds between restore drills (None: off), and as written."""
+    text = values["BACKUP_VERIFY_INTERVAL"] or DEFAULT_VERIFY_INTERVAL
+    if text.strip().lower() == OFF:
+        return None, OFF
+    try:
+        seconds = parse_duration(text)
+    except ValueError:
+        problems.append(f"BACKUP_VERIFY_INTERVAL {text!r} is not a duration (e.g. 24h, 6h, 30m) or 'off'")
+        return 24 * 3600.0, DEFAULT_VERIFY_INTERVAL
+    if seconds < MIN_VERIFY_SECONDS:
+        problems.append(
+            f"BACKUP_VERIFY_INTERVAL {text!r} is shorter than 1m: a drill restores the whole database, "
+            "so use 1m or more (24h is the default), or 'off'"
+        )
+    elif seconds < WARN_VERIFY_SECONDS:
+        warnings.append(
+            f"BACKUP_VERIFY_INTERVAL {text} is shorter than 1h: each drill downloads the whole database "
+            "(R2 request charges add up; see 'inv backup.cost'); 24h is the default"
+        )
+    return seconds, text.strip()
+
+
 def _heartbeat(values: dict[str, str | None], problems: list[str]) -> tuple[str | None, str]:
     """BACKUP_HEARTBEAT_URL (never echoed: it carries a token) and its interval."""
-    url = values["BACKUP_HEARTBEAT_URL"]
-    if url is not None:
-        try:
-            parts = urlsplit(url)
-            parts.port  # noqa: B018 -- raises on a port that is not a number
-            # litestream's own test is a case-sensitive prefix; and only plain URL characters,
-            # so the URL appears in its log exactly as written here (and is masked there).
-            valid = url.startswith(("http://", "https://")) and bool(parts.hostname) \
-                and _URL_CHARS.fullmatch(url) is not None and not _BAD_ESCAPE.search(url)
-        except ValueError:
-            valid = False
-        if not valid:
-            problems.append(
-                "BACKUP_HEARTBEAT_URL must be an http:// or https:// URL of plain URL characters "
-                "(non-ASCII and spaces %-encoded), such as a healthchecks.io ping URL (its value "
-                "is not shown: ping URLs carry tokens)"
-            )
-            url = None
+    url = _ping_url("BACKUP_HEARTBEAT_URL", values["BACKUP_HEARTBEAT_URL"], problems)
     interval = values["BACKUP_HEARTBEAT_INTERVAL"] or DEFAULT_HEARTBEAT_INTERVAL
     try:
         seconds = parse_duration(interval)
@@ -662,6 +706,9 @@ def load(
     local_dir, state_dir = _folders(values, workspace, problems)
     heartbeat_url, heartbeat_interval = _heartbeat(values, problems)
     metrics_addr = _metrics(values, problems)
+    warnings: list[str] = []
+    verify_interval, verify_interval_text = _drills(values, problems, warnings)
+    verify_ping_url = _ping_url("BACKUP_VERIFY_PING_URL", values["BACKUP_VERIFY_PING_URL"], problems)
 
     settings = Settings(
         workspace=workspace,
@@ -681,6 +728,10 @@ def load(
         heartbeat_url=heartbeat_url,
         heartbeat_interval=heartbeat_interval,
         metrics_addr=metrics_addr,
+        verify_interval=verify_interval,
+        verify_interval_text=verify_interval_text,
+        verify_ping_url=verify_ping_url,
+        warnings=tuple(warnings),
     )
     if mode == R2:
         named = {p.split(" ", 1)[0] for p in problems}

@@ -25,7 +25,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import psutil
 
-from . import localstate, logfile, ltlog, process, terminal, wal
+from . import drills, localstate, logfile, ltlog, process, terminal, wal
 from .config import LOCAL, R2, START_WAIT, Settings, require_r2
 from .errors import NO_CONFIG, BackupError, ConfigError, LitestreamError, translate
 from .files import private_dir, write_private
@@ -309,16 +309,22 @@ def start_background(
             argv = litestream.argv("replicate")
             logfile.rotate(settings.logfile)
             offset = logfile.size(settings.logfile)
-            proc, log_pump = process.spawn_logged(settings, litestream, settings.logfile, "replicate")
+            drills.stop_runner(settings, timeout=5)  # one left by a litestream that died
+            proc, log_pump, runner = process.spawn_logged(settings, litestream, settings.logfile, "replicate",
+                                                          beside=drills.argv)
             record = None
             try:  # from here on, a failure (or Ctrl-C) must leave no process behind
                 record = _record(proc, argv, settings, False, prepared)
                 process.write_pidfile(settings.pidfile, record)
+                drills.started(settings, runner)
                 waiting, syncing = _wait_healthy(
                     settings, litestream, prepared.config, proc, log_pump, offset, timeout
                 )
             except BaseException:
                 process.kill(proc)
+                if runner is not None:
+                    process.kill(runner)
+                drills.stop_runner(settings, timeout=1)
                 process.kill(log_pump)  # it ends with litestream's output; this is for a pump left waiting
                 _remove_socket(prepared.config.socket)
                 if record is not None:
@@ -479,11 +485,13 @@ def run_foreground(
                 _keep_running_copy(settings, prepared)
                 _remove_socket(prepared.config.socket)
                 argv = litestream.argv("replicate")
+                drills.stop_runner(settings, timeout=5)  # one left by a litestream that died
                 proc = litestream.spawn("replicate", stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
                 try:  # a failure before the pidfile names it must leave no process behind
                     stopper.attach(proc)
                     record = _record(proc, argv, settings, True, prepared)
                     process.write_pidfile(settings.pidfile, record)
+                    _start_runner(settings, proc, output)
                 except BaseException:
                     process.kill(proc)
                     raise
@@ -505,6 +513,7 @@ def run_foreground(
                 stopper(0, None)
                 proc.wait()
             pin.release()
+            drills.stop_runner(settings, platform=platform)  # it ends its drill with litestream
             if proc.returncode >= 0 and proc.returncode != GO_PANIC:
                 try:
                     with replicator(settings).locked(platform):
@@ -520,6 +529,32 @@ def run_foreground(
 
 
 GO_PANIC = 2  # the exit code of a Go program that panicked
+
+
+def _start_runner(settings: Settings, proc: subprocess.Popen, output: terminal.Output) -> None:
+    """The drill runner beside a foreground litestream, its lines into the same output."""
+    read_end, write_end = os.pipe()
+    try:
+        runner = process.start_beside(settings, drills.argv(proc.pid), write_end)
+    finally:
+        os.close(write_end)
+    reader = os.fdopen(read_end, "rb")
+    if runner is None:
+        reader.close()
+        return
+    try:
+        drills.started(settings, runner, foreground=True)
+    except BaseException:
+        process.kill(runner)
+        reader.close()
+        raise
+
+    def forward() -> None:
+        with reader:
+            for raw in reader:
+                output.write(raw.decode("utf-8", errors="replace"))
+
+    threading.Thread(target=forward, name="drill-output", daemon=True).start()
 
 
 def _captured(config: LitestreamConfig) -> dict[Path, int]:
@@ -599,6 +634,7 @@ def stop(
         if not state.running or state.record is None or state.process is None:
             if state.state == "stale":
                 process.remove_pidfile(settings.pidfile, state.record)
+            drills.stop_runner(settings, timeout=5)  # what a drill killed outright left
             return StopResult(False, stale=state if state.state == "stale" else None)
         timeout = stop_timeout(settings, state) if timeout is None else timeout
         deadline = time.monotonic() + timeout  # the sync first (Windows) and the stop share it
@@ -606,6 +642,7 @@ def stop(
         # Windows: litestream's own final sync needs a Ctrl-Break that may not reach it;
         # ask for the sync first, through its socket, and wait for it.
         synced = _sync_now(settings, state, deadline) if isinstance(platform, process.Windows) else None
+        drills.stop_runner(settings, platform=platform)  # first: a drill in progress ends at once
         forced = process.stop(state, max(1.0, deadline - time.monotonic()), platform)
         process.remove_pidfile(settings.pidfile, state.record)
         own = None if forced else _shutdown_sync(settings, offset)

@@ -1,7 +1,6 @@
 """backup.doctor: every check a person would make, each with its fix."""
 from __future__ import annotations
 
-import http.client
 import shutil
 import sqlite3
 import time
@@ -9,11 +8,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from . import daemon, ltlog
-from .config import LOCAL, R2, Settings, parse_duration
+from . import daemon, drills, ltlog
+from .config import LOCAL, OFF, R2, WARN_VERIFY_SECONDS, Settings, parse_duration
 from .errors import SNAPSHOT_FIX, BackupError, hole_problem
 from .litestream import Litestream
 from .ltconfig import LitestreamConfig, settings_of
+from .ping import PING_TIMEOUT, UNREACHABLE, get
+from .ping import ping as pinging
 from .owner import Ownership, read_local, read_owner
 from .render import render
 from .status import gather, is_wal
@@ -232,6 +233,45 @@ def _daemon(workspace: Workspace) -> Check:
     return Check("daemon", OK, f"pid {state.pid} running; the replica keeps up")
 
 
+def _drill(workspace: Workspace, db: Database, record: drills.Record, now: float) -> Check:
+    """Did the last restore drill (or verify) pass, and has one passed within twice the interval?"""
+    from .status import DRILL_FIX, verified
+
+    seen = verified(workspace.settings, record, db.path, workspace.running)
+    if seen["ok"] is False:
+        return Check("drill", FAIL, seen["message"], DRILL_FIX)
+    interval = seen["interval"]
+    if interval == OFF:
+        return Check("drill", WARN, "restore drills are off (BACKUP_VERIFY_INTERVAL=off): nothing proves the "
+                     "replica on a schedule", "remove BACKUP_VERIFY_INTERVAL=off (24h is the default) and restart")
+    passed = record.of(db.path).get("passed_at")
+    last = f"last passed {passed}" if passed else "none has passed yet"
+    if not workspace.running:
+        return Check("drill", OK if passed else WARN, f"{last}; drills run while the daemon runs",
+                     "" if passed else "start it with 'inv backup.start-bg'")
+    if not record.running:
+        return Check("drill", FAIL, f"{last}, and no drill runner runs beside the daemon",
+                     "restart the daemon ('inv backup.stop', then 'inv backup.start-bg'); 'inv backup.logs' says why")
+    since = max(timestamp(passed) if passed else 0.0, timestamp(record.schedule.get("started_at")))
+    limit = 2 * parse_duration(interval)
+    if now - since > limit:
+        return Check("drill", FAIL, f"{last}: no drill passed within twice the interval ({interval})",
+                     "'inv backup.logs' shows the drills' lines; 'inv backup.verify' proves the replica now")
+    detail = f"{last} ({seen['compared'] or 'nothing'} compared); next {seen['next']}" if passed \
+        else f"{last}: the first runs at {seen['next']} (every {interval})"
+    if parse_duration(interval) < WARN_VERIFY_SECONDS:
+        return Check("drill", WARN, f"{detail}; every {interval} downloads the whole database that often",
+                     "a longer BACKUP_VERIFY_INTERVAL (24h is the default); 'inv backup.cost' counts it")
+    return Check("drill", OK, detail)
+
+
+def timestamp(text: object) -> float:
+    try:
+        return from_litestream(str(text)).timestamp()
+    except (TypeError, ValueError):
+        return 0.0
+
+
 def _service(workspace: Workspace) -> Check:
     from .service import find
 
@@ -247,56 +287,10 @@ def _service(workspace: Workspace) -> Check:
     return Check("service", OK, f"{installed.name} ({installed.manager}) keeps replication running")
 
 
-PING_TIMEOUT = 10.0  # seconds: litestream's own ping gives up after 30
-
-
-def _opener(url: str):
-    """urllib as Go's client would reach ``url``: the environment's proxy, but never for
-    this machine's own addresses (Go does not proxy those; urllib would)."""
-    import urllib.request
-    from urllib.parse import urlsplit
-
-    from .config import is_loopback
-
-    direct = is_loopback(urlsplit(url).hostname or "")
-    return urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if direct else []))
-
-
-def _get(url: str, timeout: float, limit: int = 0) -> tuple[int, bytes]:
-    """GET ``url``: (HTTP status, up to ``limit`` bytes of the body); OSError and the like
-    when it cannot be reached or does not speak HTTP."""
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(url, method="GET", headers={"User-Agent": "chora-backup doctor"})
-    try:
-        with _opener(url).open(request, timeout=timeout) as answer:
-            return answer.status, answer.read(limit) if limit else b""
-    except urllib.error.HTTPError as exc:
-        return exc.code, b""
-
-
-# What _get raises when there is no HTTP answer: refused, timed out, not HTTP at all.
-_UNREACHABLE = (OSError, ValueError, http.client.HTTPException)
-
-
 def ping(url: str, settings: Settings, timeout: float = PING_TIMEOUT) -> tuple[bool, str]:
-    """Request ``url`` once, as litestream's heartbeat does (a GET): (answered 2xx, what happened).
-
-    The answer never holds the URL's token: only its host is named, and every
-    secret is masked from what the network library says.
-    """
-    from .config import public_url
-
-    shown = public_url(url)
-    try:
-        code, _ = _get(url, timeout)
-    except _UNREACHABLE as exc:
-        reason = getattr(exc, "reason", None) or exc
-        return False, settings.mask(f"could not reach {shown}: {reason}")
-    if 200 <= code < 300:
-        return True, f"{shown} answered HTTP {code} to a test ping"
-    return False, f"{shown} answered HTTP {code}: litestream's pings would fail too"
+    """One test request to ``url``, as litestream's heartbeat sends it (see ``backup.ping``)."""
+    ok, what = pinging(url, settings, timeout)
+    return ok, what + (": litestream's pings would fail too" if not ok and "answered HTTP" in what else "")
 
 
 def _heartbeat(workspace: Workspace | None, config: LitestreamConfig | None, settings: Settings,
@@ -354,8 +348,8 @@ def _metrics(workspace: Workspace | None, config: LitestreamConfig | None, setti
     if workspace is None or not workspace.running:
         return Check("metrics", OK, f"{url} (served while the daemon runs)")
     try:
-        code, body = _get(url, timeout=5, limit=4 << 20)
-    except _UNREACHABLE as exc:
+        code, body = get(url, timeout=5, limit=4 << 20)
+    except UNREACHABLE as exc:
         return Check("metrics", FAIL, f"the daemon does not answer at {url}: {getattr(exc, 'reason', None) or exc}",
                      "see 'inv backup.logs' (is the port taken by another program?)")
     present = [db for db in workspace.databases if db.path.is_file()]
@@ -393,6 +387,7 @@ def run_checks(
     checks = [binary, env, _config(settings, workspace, problem)]
     if workspace is not None and config is not None:
         several = workspace.several
+        record = drills.read(settings)
         for entry in config.databases:
             if entry.pattern and not entry.path.is_dir():
                 checks.append(Check(f"folder ({entry.pattern})", FAIL,
@@ -407,6 +402,8 @@ def run_checks(
             if binary.state == OK and env.state == OK:
                 checks.append(named(_replica(db)))
                 checks.append(named(_owner(settings, db)))
+            if db.path.is_file():
+                checks.append(named(_drill(workspace, db, record, time.time())))
         if binary.state == OK and env.state == OK:
             checks.append(_daemon(workspace))
         checks.append(_service(workspace))

@@ -215,7 +215,7 @@ class _Run:
         argv = litestream.argv("restore", *args, config=slot.config)
         self.record: PidRecord | None = None
         # The pump puts the restored file in place once litestream follows (logfile.keeper).
-        self.proc, self.pump = process.spawn_logged(settings, litestream, slot.logfile, "restore", *args,
+        self.proc, self.pump, _ = process.spawn_logged(settings, litestream, slot.logfile, "restore", *args,
                                                    config=slot.config, touch=slot.output, restored=target)
         try:
             self.record = PidRecord(

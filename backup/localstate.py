@@ -52,6 +52,17 @@ def newest_l0(db: Path) -> tuple[int, Path] | None:
     return newest
 
 
+def l0_file(db: Path, txid: int) -> Path | None:
+    """litestream's local level-0 file that ends at ``txid``, or None when it has none (not
+    captured here, or removed by its retention)."""
+    where = _level_0(db)
+    try:
+        names = os.listdir(where)
+    except OSError:
+        return None
+    return next((where / name for name in names if (span := _span(name)) and span[1] == txid), None)
+
+
 def local_txid(db: Path) -> int | None:
     """The newest txid litestream has captured locally (as ``litestream status`` reads it),
     or None before it saw the database."""

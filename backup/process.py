@@ -31,7 +31,7 @@ import psutil
 from . import logfile
 from .errors import BackupError
 from .files import open_private, private_dir, write_private
-from .litestream import CREATE_NEW_PROCESS_GROUP, CREATE_NO_WINDOW
+from .litestream import CREATE_NEW_PROCESS_GROUP, CREATE_NO_WINDOW, start_process
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -318,10 +318,13 @@ class Managed:
 def spawn_logged(
     settings: Settings, litestream: Litestream, log: Path, command: str, *args: str,
     config: Path | None = None, touch: Path | None = None, restored: Path | None = None,
-) -> tuple[subprocess.Popen, subprocess.Popen]:
+    beside: Callable[[int], list[str]] | None = None,
+) -> tuple[subprocess.Popen, subprocess.Popen, subprocess.Popen | None]:
     """litestream, detached, its output piped into the log pump that keeps ``log`` bounded
     and masked (and, for a follower, puts ``restored`` in place as the copy ``touch`` once
-    it follows, then moves that copy's change counter after each apply)."""
+    it follows, then moves that copy's change counter after each apply). ``beside``: the
+    argv (given litestream's pid) of a process that runs beside it, in the workspace, with
+    this environment, its output into the same log; (litestream, the pump, that process)."""
     read_end, write_end = os.pipe()
     try:
         environ = {k: v for k, v in os.environ.items() if v not in settings.secrets()}
@@ -332,10 +335,23 @@ def spawn_logged(
         except BaseException:
             kill(log_pump)
             raise
+        companion = start_beside(settings, beside(proc.pid), write_end) if beside else None
     finally:
         os.close(read_end)
         os.close(write_end)
-    return proc, log_pump
+    return proc, log_pump, companion
+
+
+def start_beside(settings: Settings, argv: list[str], output: int | IO[Any] | None) -> subprocess.Popen | None:
+    """A Python process beside litestream (the drill runner), detached like it, in the
+    workspace, with this process's environment (never an argument: it may hold secrets);
+    None when it cannot start (said in the debug log: replication goes on without it)."""
+    try:
+        return start_process(argv, True, stdin=subprocess.DEVNULL, stdout=output, stderr=subprocess.STDOUT,
+                             cwd=str(settings.workspace), env=dict(os.environ))
+    except OSError as exc:
+        log.debug("%s did not start: %s", argv, exc)
+        return None
 
 
 def kill(proc: subprocess.Popen | psutil.Process) -> None:

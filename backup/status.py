@@ -13,8 +13,8 @@ from typing import Any, NamedTuple
 
 import psutil
 
-from . import localstate, ltlog
-from .config import Settings, max_age, parse_duration
+from . import drills, localstate, ltlog
+from .config import OFF, Settings, max_age, parse_duration
 from .errors import (
     EXIT_FAILED,
     EXIT_NOT_RUNNING,
@@ -66,12 +66,17 @@ class DatabaseStatus:
     replica_source: str = "listing"
     listed_at: str | None = None
     name: str = ""  # as people name it: relative to the workspace where it lies inside
+    # The last restore drill or verify (backup.drills): at, ok, txid, compared, message, by,
+    # and when the next drill runs (None: no drill runner runs).
+    verified: dict[str, Any] | None = None
 
     @property
     def failing(self) -> bool:
         """The one rule for "replication of this database is failing"."""
         if self.error or self.first_sync_pending:
             return True
+        if self.verified and self.verified.get("ok") is False:
+            return True  # until a later drill or 'inv backup.verify' passes
         if not self.exists:
             return False  # waiting for it is not a failure
         return self.lag_seconds is None or self.lag_seconds > max_age(self.sync_interval)
@@ -467,6 +472,9 @@ def gather(workspace: Workspace) -> Status:
         databases = [_from_daemon(workspace, db, synced, now, errors) for db in workspace.databases]
     else:
         databases = _listed(workspace, present, now)
+    record = drills.read(workspace.settings)
+    for db in databases:
+        db.verified = verified(workspace.settings, record, Path(db.path), state.running)
     from .service import find
 
     installed = find(workspace.settings)
@@ -482,6 +490,34 @@ def gather(workspace: Workspace) -> Status:
         heartbeat=config.heartbeat,
         followers=_followers(workspace, now),
     )
+
+
+DRILL_FIX = "'inv backup.verify' shows every check; 'inv backup.snapshot' takes a fresh full copy"
+
+
+def verified(settings: Settings, record: drills.Record, db: Path, running: bool) -> dict[str, Any]:
+    """What the last restore drill (or verify) of ``db`` proved, and when the next drill runs."""
+    entry = record.of(db)
+    following = record.next_at()
+    interval = record.schedule.get("interval") if record.running else settings.verify_interval_text
+    if entry:
+        message = str(entry.get("message") or "")
+        if entry.get("ok") is False:
+            who = "restore drill" if entry.get("by") == "drill" else "'inv backup.verify'"
+            message = f"the last {who} ({entry.get('at')}) failed: {message}"
+            if "inv backup." not in message:
+                message += f"; {DRILL_FIX}"
+    elif interval == OFF:
+        message = "restore drills are off (BACKUP_VERIFY_INTERVAL=off): 'inv backup.verify' proves the replica on demand"
+    elif following:
+        message = f"no restore drill yet: the first runs at {following} (every {interval})"
+    elif running:
+        message = "no restore drill yet, and no drill runner beside the daemon: restart it to run drills"
+    else:
+        message = f"no restore drill yet: drills run every {interval} while the daemon runs"
+    return {"at": entry.get("at"), "ok": entry.get("ok"), "txid": entry.get("txid"),
+            "compared": entry.get("compared"), "message": message, "next": following,
+            "by": entry.get("by"), "interval": interval}
 
 
 def _followers(workspace: Workspace, now: float) -> list[Any]:
@@ -514,6 +550,15 @@ def _size(n: int | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024  # type: ignore[assignment]
     return str(n)
+
+
+def _verified_line(v: dict[str, Any]) -> str:
+    if v.get("ok") is None:
+        return v["message"]
+    line = v["message"] if v["ok"] is False else (
+        f"ok at {v['at']} ({v.get('by') or 'drill'}): {v.get('compared') or '-'} compared"
+        + (f" at txid {v['txid']}" if v.get("txid") else "") + f" — {v['message']}")
+    return line + (f"; next drill {v['next']}" if v.get("next") else "")
 
 
 def _lines(status: Status) -> list[str]:
@@ -586,6 +631,8 @@ def _lines(status: Status) -> list[str]:
         elif db.lag_seconds is not None:
             lines.append(f"  lag            at most {db.lag_seconds:g}s (since the daemon's last successful sync)")
         lines.append(f"  last snapshot  {db.latest_snapshot or '-'}")
+        if db.verified:
+            lines.append(f"  verified       {_verified_line(db.verified)}")
         if db.next_start_full_copy:
             lines.append(f"  next start     takes a fresh full copy first: {db.next_start_full_copy}")
     for f in status.followers:

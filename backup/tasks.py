@@ -182,6 +182,7 @@ def _ensure_config(settings: cfg.Settings, write_missing: bool = False, config: 
 def setup(c, force=False, dry_run=False):
     """Generate litestream.yml from .env, replicating to Cloudflare R2 (or any S3)."""
     settings = cfg.load(mode=cfg.R2)
+    _warn(settings)
     _write(settings, cfg.R2, force, dry_run)
 
 
@@ -198,6 +199,8 @@ def setup(c, force=False, dry_run=False):
 def local(c, no_start=False, force=False, dry_run=False, background=False):
     """Back up to a local folder (BACKUP_LOCAL_DIR, default ~/.chora/backups): no R2 needed."""
     settings = cfg.load(mode=cfg.LOCAL)
+    if dry_run or no_start:
+        _warn(settings)  # a start below says it itself
     _write(settings, cfg.LOCAL, force, dry_run)
     if dry_run or no_start:
         return
@@ -207,9 +210,16 @@ def local(c, no_start=False, force=False, dry_run=False, background=False):
         _run_foreground(settings)
 
 
+def _warn(settings: cfg.Settings) -> None:
+    """Settings that work, but that a careful user should hear about (one line each)."""
+    for line in settings.warnings:
+        print(f"warning: {line}", file=sys.stderr)
+
+
 def _run_foreground(settings: cfg.Settings) -> None:
     from .daemon import run_foreground
 
+    _warn(settings)
     _ensure_config(settings)
     workspace = _workspace(settings)
     code = run_foreground(workspace.settings, workspace.litestream, sys.stdout)
@@ -229,6 +239,7 @@ def start(c):
 def _start_background(settings: cfg.Settings, timeout: float = cfg.START_WAIT) -> None:
     from .control import start_background
 
+    _warn(settings)
     _ensure_config(settings)
     _show(start_background(settings, timeout), False)
 

@@ -22,18 +22,21 @@ import sqlite3
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from . import daemon
+from . import daemon, drills
 from .config import max_age as default_max_age
+from .drills import Proof
+from .files import private_dir
 from .errors import NOTHING_TO_RESTORE, SNAPSHOT_FIX, BackupError
 from .localstate import local_txid, unsynced_since
-from .wal import written_since
+from .wal import NoImage, Reading, written_since
 from .owner import read_local, read_owner
 from .restore import connect_readonly, integrity_check, nothing_yet
 from .workspace import Database, Workspace
 
+CONTENT, COUNTS = "content", "counts"  # what a comparison covered
 CONTENT_METHOD = "sha256 per table, rowid order"
 PAGES_METHOD = "page for page"
 # Page 1's header bytes a copy may hold differently without any change of content: the
@@ -42,6 +45,8 @@ PAGES_METHOD = "page for page"
 _HEADER_MASK = ((24, 28), (40, 44), (92, 100))
 _HEADER = 100
 START_DAEMON = "start it with 'inv backup.start-bg'"
+SYNC_WAIT = 120.0  # seconds a running daemon is given to upload what it holds
+POINT_TRIES = 3  # syncs tried for one point the live database and the replica share
 # SQLite's own tables and litestream's bookkeeping (which litestream writes on
 # its own schedule) are not the user's data. '_' is a LIKE wildcard: escaped.
 _OWN_OBJECTS = (
@@ -74,6 +79,11 @@ class VerifyResult:
     local_txid: str | None = None
     replica_txid: str | None = None
     lag_seconds: float | None = None
+    # Per database (by name): what was compared, CONTENT or COUNTS (none: a check before
+    # the comparison failed), and the txid both sides were read at, where one was held.
+    compared: dict[str, str] = field(default_factory=dict)
+    points: dict[str, str] = field(default_factory=dict)
+    proofs: dict[Path, Proof] = field(default_factory=dict)  # each database's verdict
 
     @property
     def ok(self) -> bool:
@@ -196,6 +206,7 @@ class _Synced:
     how: str
     running: bool  # a daemon replicates the workspace
     current: bool  # the replica was made to hold the live state
+    txid: int | None = None  # the txid the replica was made to hold, where known
 
 
 class _Syncer:
@@ -205,8 +216,9 @@ class _Syncer:
     one ``replicate -once`` syncs every database, so it runs once per round.
     """
 
-    def __init__(self, workspace: Workspace):
+    def __init__(self, workspace: Workspace, daemon_only: bool = False):
         self.workspace = workspace
+        self.daemon_only = daemon_only
         self._once: _Synced | BackupError | None = None
 
     def again(self) -> None:
@@ -219,8 +231,17 @@ class _Syncer:
             socket = ws.config.socket
             if not socket:
                 return _Synced("daemon running without a control socket: compared as replicated so far", True, False)
-            ws.litestream.run("sync", "-wait", "-json", "-socket", str(socket), str(db.path), timeout=120)
-            return _Synced(f"asked the daemon (pid {state.pid}) to sync", True, True)
+            answer = ws.litestream.control(socket).sync(db.path, wait=SYNC_WAIT)
+            if answer is None:
+                raise BackupError(f"the daemon (pid {state.pid}) did not answer a sync of {db.path} on {socket} "
+                                  f"within {SYNC_WAIT:g}s: see 'inv backup.logs'")
+            txid, held = int(answer.get("txid") or 0), int(answer.get("replicated_txid") or 0)
+            if held < txid:
+                raise BackupError(f"the daemon (pid {state.pid}) could not upload txid {txid:016x} of "
+                                  f"{db.path} within {SYNC_WAIT:g}s (the replica holds {held:016x}): {_LAG_FIX}")
+            return _Synced(f"asked the daemon (pid {state.pid}) to sync", True, True, held or None)
+        if self.daemon_only:
+            raise BackupError("no daemon replicates this workspace any more")
         if self._once is None and (idle := self._nothing_to_sync()):
             self._once = _Synced(f"no daemon running: nothing to sync ({idle})", False, True)
         if self._once is None:
@@ -237,6 +258,8 @@ class _Syncer:
                 self._once = exc
         if isinstance(self._once, BackupError):
             return self._failed(db, self._once)
+        if self._once.current:  # what this database's last capture was, the replica holds
+            return replace(self._once, txid=local_txid(db.path))
         return self._once
 
     def _nothing_to_sync(self) -> str | None:
@@ -285,6 +308,8 @@ class _Attempt:
     copy: Digest | None = None
     method: str = CONTENT_METHOD  # how the two were compared
     moved: bool = False  # the live database changed between the sync and its reading
+    point: int | None = None  # the txid both sides were read at, when one could be held
+    unpinned: str | None = None  # why not, when not
 
     @property
     def behind(self) -> bool:
@@ -292,23 +317,62 @@ class _Attempt:
         return self.local_txid is not None and self.local_txid > self.restored_txid
 
 
+def _at_one_point(unit: Database, sync: _Syncer, attempt: _Attempt, image: Path) -> _Synced | None:
+    """Sync, then copy the live database as it was at the very txid the replica now holds
+    (``wal.Reading``): the two can then be compared exactly however fast the database
+    moves on. Tried again when something moved in between; the sync of the last try, or
+    None when a sync failed (its check says why). ``attempt.unpinned`` tells why no copy
+    was made, if none was."""
+    db = unit.path
+    for n in range(POINT_TRIES):
+        try:
+            synced = sync(unit)
+        except BackupError as exc:
+            attempt.checks.append(Check("sync", False, f"could not sync: {exc.message}"))
+            return None
+        if not synced.current or synced.txid is None:
+            attempt.unpinned = "the replica could not be made current"
+            return synced
+        try:
+            with Reading(db) as reading:
+                reading.image(synced.txid, image)
+            attempt.point = synced.txid
+            return synced
+        except NoImage as exc:
+            attempt.unpinned = exc.reason
+            if not exc.again or n == POINT_TRIES - 1:
+                return synced
+            sync.again()
+    return synced  # not reached: the last try returns
+
+
 def _attempt(unit: Database, sync: _Syncer, folder: Path, running: bool) -> _Attempt:
     db = unit.path
     attempt = _Attempt([], running)
-    try:
-        synced = sync(unit)
-    except BackupError as exc:
-        attempt.checks.append(Check("sync", False, f"could not sync: {exc.message}"))
+    folder.mkdir()
+    image = folder / "live.db"
+    synced = _at_one_point(unit, sync, attempt, image)
+    if synced is None:
         return attempt
     attempt.running, attempt.current = synced.running, synced.current
     attempt.checks.append(Check("sync", True, synced.how))
     before = _fingerprint(db)
 
-    folder.mkdir()
     restored = folder / db.name
+    point = ["-txid", f"{attempt.point:016x}"] if attempt.point is not None else []
     try:
         # No timeout: a download of the whole database takes as long as its size and the link need.
-        summary = unit.replica.json("restore", "-o", str(restored), timeout=None)
+        try:
+            summary = unit.replica.json("restore", "-o", str(restored), *point, timeout=None)
+        except BackupError:
+            if not point:
+                raise
+            # litestream names a hole only on the way to the latest state: restore that, and
+            # compare as the database stands.
+            attempt.point, attempt.unpinned = None, f"no restore reaches txid {point[1]}"
+            image.unlink(missing_ok=True)
+            restored.unlink(missing_ok=True)
+            summary = unit.replica.json("restore", "-o", str(restored), timeout=None)
     except BackupError as exc:
         # An empty replica: whether to start a daemon depends on whether one runs.
         why = nothing_yet(db, daemon.check(sync.workspace.settings)) if exc.message == NOTHING_TO_RESTORE else exc.message
@@ -332,6 +396,14 @@ def _attempt(unit: Database, sync: _Syncer, folder: Path, running: bool) -> _Att
     if verdict != "ok":
         return attempt
 
+    if attempt.point is not None:
+        # Both sides at one txid: whatever was committed since is not part of the question.
+        attempt.local_txid = attempt.point
+        try:
+            _compare(attempt, image, restored)
+        except sqlite3.Error as exc:
+            attempt.checks.append(Check("compare", False, f"could not read the copies to compare: {exc}"))
+        return attempt
     shared = _same_pages(db, restored, folder)
     if shared is not None:
         attempt.live = attempt.copy = shared
@@ -351,6 +423,15 @@ def _attempt(unit: Database, sync: _Syncer, folder: Path, running: bool) -> _Att
     except sqlite3.Error as exc:
         attempt.checks.append(Check("compare", False, f"could not read the restored copy: {exc}"))
     return attempt
+
+
+def _compare(attempt: _Attempt, live: Path, restored: Path) -> None:
+    """Page for page, or where pages differ, table by table."""
+    if same_pages(live, restored):
+        attempt.live = attempt.copy = _pages_digest(restored)
+        attempt.method = PAGES_METHOD
+    else:
+        attempt.live, attempt.copy = digest(live), digest(restored)
 
 
 def _masked_header(fh) -> bytes:
@@ -399,7 +480,13 @@ def _same_pages(db: Path, restored: Path, folder: Path) -> Digest | None:
         return None
     finally:
         snapshot.unlink(missing_ok=True)
-    con = connect_readonly(restored)
+    return _pages_digest(restored)
+
+
+def _pages_digest(path: Path) -> Digest:
+    """The reading two databases with the same pages share: the schema and row counts, and
+    "pages" standing for every table's content."""
+    con = connect_readonly(path)
     try:
         objects = con.execute(_OWN_OBJECTS).fetchall()
         counts = {name: con.execute(f"SELECT count(*) FROM {_quote(name)}").fetchone()[0]
@@ -488,6 +575,10 @@ def _judge(
     """Turn the last attempt into checks: content, or counts when the database kept moving."""
     db, replica = unit.path, unit.replica.where
     checks = attempt.checks
+    if checks and checks[0].name == "sync" and checks[0].ok:
+        checks[0] = Check("sync", True, checks[0].detail + (
+            f"; both sides read at txid {attempt.point:016x}" if attempt.point is not None
+            else f"; no one point to read both sides at ({attempt.unpinned})" if attempt.unpinned else ""))
     if retried:
         checks[0] = Check("sync", True, f"{checks[0].detail}; checked twice, because {retried}")
     result.checks += checks
@@ -507,13 +598,18 @@ def _judge(
         if attempt.moved:
             why = "live database changed during the check"
             result.checks.append(_counts_check(attempt.live, attempt.copy, why))
+            result.compared[unit.name] = COUNTS
         elif not attempt.current and attempt.live.sums != attempt.copy.sums:
             # Changes the daemon has not captured yet look like foreign data.
             why = "the replica could not be made current"
             result.checks.append(_counts_check(attempt.live, attempt.copy, why))
+            result.compared[unit.name] = COUNTS
         else:
             result.checks.append(_content_check(attempt.live, attempt.copy, lambda: _owned_here(unit),
                                                 attempt.method))
+            result.compared[unit.name] = CONTENT
+        if attempt.point is not None:
+            result.points[unit.name] = f"{attempt.point:016x}"
 
     if result.lag_seconds is None:
         result.checks.append(Check(
@@ -558,28 +654,53 @@ def _continuity(result: VerifyResult, running: bool, require_running: bool) -> N
 
 def verify(
     workspace: Workspace, databases: tuple[Database, ...], max_age: float | None = None,
-    require_running: bool = False,
+    require_running: bool = False, by: str | None = "verify", daemon_only: bool = False,
+    temp_root: Path | None = None,
 ) -> VerifyResult:
-    """Restore each database's latest backup and compare it with the live one."""
+    """Restore each database's latest backup and compare it with the live one.
+
+    ``by``: who asks, as the drills' record keeps each database's verdict (None: not kept);
+    ``daemon_only``: sync through a running daemon or not at all (a drill never replicates
+    on its own); ``temp_root``: where the temporary folder goes (the system's by default).
+    """
     if not workspace.configured:
         return VerifyResult(configured=False)
     result = VerifyResult(configured=True)
-    sync = _Syncer(workspace)
+    sync = _Syncer(workspace, daemon_only)
     running = workspace.running
     for unit in databases:
         before = len(result.checks)
-        running = _verify_one(unit, sync, result, max_age, running)
+        running = _verify_one(unit, sync, result, max_age, running, temp_root)
+        result.proofs[unit.path] = _proof(unit, result, result.checks[before:])
         if workspace.listed_apart(databases):
             for check in result.checks[before:]:
                 check.database = unit.name
     if not databases:
         result.checks.append(Check("database", False, "no database to verify: BACKUP_DB names none that exists yet"))
     _continuity(result, running, require_running)
+    # A verify that passes counts as a drill that passed; one that fails says so in its own
+    # exit code, and leaves the drills' verdict as it was.
+    kept = {path: proof for path, proof in result.proofs.items() if proof.ok or by != "verify"}
+    if by is not None and kept:
+        drills.remember(workspace.settings, kept, by)
     return result
+
+
+def _proof(unit: Database, result: VerifyResult, checks: list[Check]) -> Proof:
+    """One database's verdict, as the drills' record keeps it."""
+    failed = next((c for c in checks if not c.ok), None)
+    compared = next((c for c in checks if c.name in ("content", "rows")), None)
+    said = failed or compared or (checks[-1] if checks else None)
+    message = said.detail if said else "not checked"
+    if failed is not None and failed.name not in message:
+        message = f"{failed.name}: {message}"
+    return Proof(failed is None and bool(checks), message, result.points.get(unit.name) or result.replica_txid,
+                 result.compared.get(unit.name))
 
 
 def _verify_one(
     unit: Database, sync: _Syncer, result: VerifyResult, max_age: float | None, running: bool,
+    temp_root: Path | None = None,
 ) -> bool:
     """One database: up to two rounds of sync, restore and comparison; whether a daemon runs."""
     db = unit.path
@@ -590,7 +711,9 @@ def _verify_one(
         return running
     limit = default_max_age(unit.sync_interval) if max_age is None else max_age
     retried = None
-    folder = Path(tempfile.mkdtemp(prefix="chora-verify-"))
+    if temp_root is not None:
+        private_dir(temp_root)
+    folder = Path(tempfile.mkdtemp(prefix="chora-verify-", dir=temp_root))
     try:
         for n in (1, 2):
             attempt = _attempt(unit, sync, folder / str(n), running)

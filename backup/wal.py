@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import BackupError
-from .localstate import newest_l0
+from .localstate import l0_file, newest_l0
 
 WAL_HEADER = 32  # bytes; salt-1 and salt-2 at 16..23, big-endian
 FRAME_HEADER = 24  # bytes; the frame's copy of the salts at 8..15
@@ -74,13 +74,18 @@ def wal_path(db: Path) -> Path:
     return Path(f"{db}-wal")
 
 
-def position(db: Path) -> Position | None:
-    """litestream's saved position for ``db``, or None before it wrote one (or unreadable)."""
-    newest = newest_l0(db)
-    if newest is None:
+def position(db: Path, txid: int | None = None) -> Position | None:
+    """litestream's saved position for ``db`` (its newest level-0 file), or at ``txid``; None
+    before it wrote one (or unreadable, or no longer kept)."""
+    if txid is None:
+        newest = newest_l0(db)
+        if newest is None:
+            return None
+        txid, path = newest
+    elif (path := l0_file(db, txid)) is None:
         return None
     try:
-        with open(newest[1], "rb") as fh:
+        with open(path, "rb") as fh:
             head = fh.read(LTX_HEADER)
     except OSError:
         return None
@@ -88,7 +93,7 @@ def position(db: Path) -> Position | None:
         return None
     page_size = struct.unpack(">I", head[8:12])[0]
     offset, size = struct.unpack(">qq", head[48:64])
-    return Position(newest[0], page_size, offset, size, struct.unpack(">II", head[64:72]))
+    return Position(txid, page_size, offset, size, struct.unpack(">II", head[64:72]))
 
 
 def _read_at(path: Path, offset: int, size: int) -> bytes:
@@ -148,6 +153,153 @@ def risk(db: Path) -> str | None:
         return None  # "wal overwritten by another process": litestream takes a full copy
     return ("its WAL was checkpointed and restarted by another connection while litestream "
             "was not running")
+
+
+# -- the live database at one of litestream's txids -----------------------------------
+
+# The WAL index's checkpoint record, in the machine's byte order, after the index header's
+# two 48-byte copies: nBackfillAttempted, which a checkpoint sets *before* it copies frames
+# into the database file (nBackfill, at 96, only after).
+SHM_BACKFILL_ATTEMPTED = 128
+COPY_CHUNK = 1 << 20
+
+
+class NoImage(Exception):
+    """Why the live database cannot be copied at a txid now; ``again``: it may be next time
+    (something moved meanwhile), rather than not at all in this state (no WAL, no position)."""
+
+    def __init__(self, reason: str, again: bool = False):
+        super().__init__(reason)
+        self.reason, self.again = reason, again
+
+
+class Reading:
+    """A read transaction on a live database, with the files it reads from held open.
+
+    While it lasts, the WAL cannot restart under the frames it was opened over, and a
+    checkpoint copies into the database file no frame a reader needs: so the database
+    file and the start of the WAL, copied now, hold the database exactly as it was at a
+    txid litestream captured, from the real files rather than litestream's view of them.
+    ``image`` writes that copy. The handles are opened before the transaction and closed
+    after it: on POSIX, closing any handle of a file drops every lock this process holds
+    on it, SQLite's own included.
+    """
+
+    def __init__(self, db: Path):
+        self.db = db
+        self._files: dict[str, Any] = {}
+        self._con: sqlite3.Connection | None = None
+        self.problem: str | None = None
+
+    def __enter__(self) -> Reading:
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                self._files[suffix] = open(f"{self.db}{suffix}", "rb")  # noqa: SIM115 -- closed in __exit__
+        try:
+            self._con = sqlite3.connect(f"{self.db.absolute().as_uri()}?mode=ro", uri=True, timeout=5,
+                                        isolation_level=None)
+            self._con.execute("BEGIN")
+            self._con.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        except sqlite3.Error as exc:
+            self.problem = f"cannot read {self.db}: {exc}"
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._con is not None:
+            self._con.close()
+        for fh in self._files.values():
+            fh.close()
+
+    def image(self, txid: int, out: Path) -> None:
+        """Write ``db`` as it was at litestream's ``txid`` to ``out`` (one plain file, no
+        WAL), or raise NoImage saying why it cannot (``out`` then does not exist)."""
+        try:
+            self._image(txid, out)
+        except (OSError, sqlite3.Error) as exc:
+            self._remove(out)
+            raise NoImage(f"the copy failed: {exc}", again=True) from None
+        except NoImage:
+            self._remove(out)
+            raise
+
+    @staticmethod
+    def _remove(out: Path) -> None:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{out}{suffix}").unlink(missing_ok=True)
+
+    def _image(self, txid: int, out: Path) -> None:
+        if self.problem:
+            raise NoImage(self.problem)
+        main, log, index = (self._files.get(s) for s in ("", "-wal", "-shm"))
+        if main is None or log is None or index is None:
+            raise NoImage("it has no WAL (no connection has it open)")
+        pos = position(self.db, txid)
+        if pos is None or pos.page_size <= 0 or pos.end < WAL_HEADER:
+            raise NoImage(f"litestream no longer keeps its position at txid {txid:016x}", again=True)
+        if not all(_same(fh, Path(f"{self.db}{s}")) for s, fh in self._files.items()):
+            raise NoImage("its files were replaced meanwhile", again=True)
+        head = _pread(log, 0, WAL_HEADER)
+        if len(head) < WAL_HEADER or struct.unpack(">II", head[16:24]) != pos.salts:
+            raise NoImage(f"its WAL restarted after txid {txid:016x}", again=True)
+        if os.fstat(log.fileno()).st_size < pos.end:
+            raise NoImage(f"its WAL is shorter than at txid {txid:016x}", again=True)
+        frames = (pos.end - WAL_HEADER) // (pos.page_size + FRAME_HEADER)
+        _copy(main, out)
+        _copy(log, Path(f"{out}-wal"), pos.end)
+        # Read after the copy: every checkpoint that could have written the database file
+        # while it was copied had set this first.
+        record = _pread(index, 0, SHM_BACKFILL_ATTEMPTED + 4)
+        if len(record) < SHM_BACKFILL_ATTEMPTED + 4 or record[SHM_SALTS:SHM_SALTS + 8] != head[16:24]:
+            raise NoImage("its WAL index belongs to another WAL", again=True)
+        attempted = struct.unpack("=I", record[SHM_BACKFILL_ATTEMPTED:])[0]
+        if attempted > frames:
+            raise NoImage(f"a checkpoint copied changes made after txid {txid:016x} into the database "
+                          "file meanwhile", again=True)
+        # SQLite replays the copied frames (checking each one's checksum) and writes them in;
+        # closing the last connection removes the WAL.
+        con = sqlite3.connect(out, isolation_level=None)
+        try:
+            busy, logged, written = con.execute("PRAGMA wal_checkpoint").fetchone()
+        finally:
+            con.close()
+        if busy or logged != frames or written != logged:
+            raise NoImage(f"its WAL up to txid {txid:016x} did not replay whole ({logged} of {frames} "
+                          "frames)", again=True)
+
+
+def _same(fh: Any, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fh.fileno()), os.stat(path))
+    except OSError:
+        return False
+
+
+def _pread(fh: Any, offset: int, size: int) -> bytes:
+    fh.seek(offset)
+    return fh.read(size)
+
+
+def _copy(source: Any, target: Path, length: int | None = None) -> None:
+    """The first ``length`` bytes (all) of the open file ``source`` into a new ``target``;
+    the kernel copies where it can (``copy_file_range``)."""
+    length = os.fstat(source.fileno()).st_size if length is None else length
+    done = 0
+    with open(target, "wb") as out:
+        if hasattr(os, "copy_file_range"):
+            with contextlib.suppress(OSError):  # not across these file systems: by hand, below
+                while done < length:
+                    n = os.copy_file_range(source.fileno(), out.fileno(), length - done, done, done)
+                    if n <= 0:
+                        break
+                    done += n
+        source.seek(done)
+        out.seek(done)
+        while done < length:
+            chunk = source.read(min(COPY_CHUNK, length - done))
+            if not chunk:
+                break
+            out.write(chunk)
+            done += len(chunk)
 
 
 def truncate(db: Path, wait: float = TRUNCATE_WAIT) -> None:

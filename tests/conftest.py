@@ -520,3 +520,6 @@ def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         if item.get_closest_marker(skipped):
             item.add_marker(skips[skipped])
+    # Tests that wait minutes for real timers go first: the workers run the rest beside them
+    # instead of waiting for them at the end.
+    items.sort(key=lambda item: item.get_closest_marker("minutes") is None)

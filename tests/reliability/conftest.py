@@ -252,12 +252,15 @@ class Forwarder:
     ``cut()`` drops every open connection and closes the listening socket, so new
     connections are refused, as by a firewall that rejects; ``heal()`` listens on
     the same port again. ``close()`` stops every thread it started. ``rate`` (bytes
-    a second) makes the uplink slow: every upload shares it, as on a home line.
+    a second) makes the uplink slow: every upload shares it, as on a home line;
+    ``down`` makes the downlink slow too, at that rate.
     """
 
-    def __init__(self, upstream_port: int, rate: float | None = None):
+    def __init__(self, upstream_port: int, rate: float | None = None, down: float | None = None):
         self.upstream = ("127.0.0.1", upstream_port)
         self.rate = rate
+        self.down = down
+        self._next_receive = 0.0
         self._next_send = 0.0
         self.port = 0
         self.accepted = 0
@@ -305,7 +308,14 @@ class Forwarder:
                 self.accepted += 1
                 self._pairs.add(pair)
             self._spawn(pair.pump, client, upstream, self._throttle if self.rate else None)
-            self._spawn(pair.pump, upstream, client)
+            self._spawn(pair.pump, upstream, client, self._throttle_down if self.down else None)
+
+    def _throttle_down(self, size: int) -> None:
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next_receive)
+            self._next_receive = start + size / self.down
+        time.sleep(max(0.0, start - now))
 
     def _throttle(self, size: int) -> None:
         """Hold the sender until the shared uplink has room for ``size`` more bytes."""
