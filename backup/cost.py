@@ -55,6 +55,34 @@ HOURS_PER_MONTH = 730
 
 LIST_PER_IDLE_TICK = 1  # every level but the snapshot's
 LIST_PER_L0_RETENTION = 2  # the level-1 files, then the L0 files
+# A restore drill's restore plans from one listing of the snapshot level and of each of
+# levels 8 to 0 (replica.go's CalcRestorePlan), then GETs each file of the plan: the
+# snapshot and what each level holds since (bench/drill.py counts them).
+LIST_PER_RESTORE = 10
+
+
+@dataclass(frozen=True)
+class Drills:
+    """Restore drills of one database (or the sum of several): how often, and what each costs."""
+
+    per_hour: float  # 0: off
+    interval: str
+    gets: int  # GETs of one drill: the files a restore of the latest state reads now
+    bytes: int  # downloaded by one drill (free on R2: egress costs nothing)
+    lists: int = LIST_PER_RESTORE
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"interval": self.interval, "per_month": round(self.per_hour * HOURS_PER_MONTH, 1),
+                "class_a_per_drill": self.lists, "class_b_per_drill": self.gets,
+                "bytes_per_drill": self.bytes}
+
+
+def drills_of(interval: float | None, text: str, files: list[LtxFile]) -> Drills:
+    """The drills of a database whose replica holds ``files``, every ``interval`` seconds."""
+    from .ltx import plan
+
+    chain = plan(files).files
+    return Drills(0.0 if not interval else 3600 / interval, text, len(chain), sum(f.size for f in chain))
 
 
 @dataclass(frozen=True)
@@ -132,7 +160,7 @@ def checkpoint_uploads(timers: Timers, writes_per_hour: float) -> float:
     return min(3600 / timers.checkpoint, writes_per_hour, 3600 / timers.sync_interval)
 
 
-def requests_per_hour(timers: Timers, writes_per_hour: float) -> Requests:
+def requests_per_hour(timers: Timers, writes_per_hour: float, drills: Drills | None = None) -> Requests:
     writes = min(writes_per_hour, 3600 / timers.sync_interval)  # syncs that carry a change
     checkpoints = checkpoint_uploads(timers, writes_per_hour)
     put, delete, get = writes + checkpoints, 0.0, 0.0
@@ -161,6 +189,10 @@ def requests_per_hour(timers: Timers, writes_per_hour: float) -> Requests:
         parts[name] = level_put + level_list + level_delete
         arriving = busy
     parts["L0 expiry"] = expiry
+    if drills is not None and drills.per_hour:
+        lists += drills.per_hour * drills.lists
+        get += drills.per_hour * drills.gets
+        parts["restore drills"] = drills.per_hour * drills.lists
     return Requests(put=put, list=lists, delete=delete, get=get, parts=tuple(parts.items()))
 
 
@@ -180,6 +212,7 @@ class Estimate:
     writes_per_hour: float
     requests: Requests
     stored_bytes: int
+    drills: Drills | None = None
 
     @property
     def class_a_month(self) -> float:
@@ -216,8 +249,21 @@ class Estimate:
             "class_b_usd": round(listed["class_b"], 4),
             "class_a_per_hour_by_cause": {name: round(count, 1) for name, count in self.requests.parts},
             "writes_per_month": round(self.writes_per_hour * HOURS_PER_MONTH),
+            "restore_drills": self.drills.as_dict() if self.drills else None,
             "prices_checked": PRICES_CHECKED,
         }
+
+    def _drill_lines(self) -> list[str]:
+        d = self.drills
+        if d is None:
+            return []
+        if not d.per_hour:
+            return ["- Restore drills: off (BACKUP_VERIFY_INTERVAL=off)"]
+        month = d.per_hour * HOURS_PER_MONTH
+        usd = month * (d.lists * PRICE_CLASS_A + d.gets * PRICE_CLASS_B)
+        return [f"- Restore drills (every {d.interval}, {month:,.0f}/month): {d.lists} LISTs (Class A) and "
+                f"{d.gets} GETs (Class B) each, {d.bytes / 1e6:,.1f} MB downloaded each (egress free): "
+                f"${usd:.4f}/month, counted above"]
 
     def as_lines(self) -> list[str]:
         listed, billed = self.usd(free_tier=False), self.usd(free_tier=True)
@@ -230,15 +276,16 @@ class Estimate:
             f"- Class B ops (read): {self.requests.class_b:.0f}/hour = {self.class_b_month:,.0f}/month "
             f"x $0.36/million = ${listed['class_b']:.4f}",
             "- Egress: FREE",
+            *self._drill_lines(),
             f"Workload: {self.writes_per_hour * HOURS_PER_MONTH:,.0f} writes/month",
             f"Total: ${listed['total']:.2f}/month at list price; ${billed['total']:.2f}/month after the "
             f"free tier (10 GB-month, 1M Class A, 10M Class B each month)",
         ]
 
 
-def estimate(timers: Timers, writes_per_month: float, stored_bytes: int) -> Estimate:
+def estimate(timers: Timers, writes_per_month: float, stored_bytes: int, drills: Drills | None = None) -> Estimate:
     per_hour = writes_per_month / HOURS_PER_MONTH
-    return Estimate(per_hour, requests_per_hour(timers, per_hour), stored_bytes)
+    return Estimate(per_hour, requests_per_hour(timers, per_hour, drills), stored_bytes, drills)
 
 
 def observed_writes_per_month(files: list[LtxFile], l0_retention: float, now: float) -> float:
@@ -257,11 +304,15 @@ def combined(estimates: list[Estimate]) -> Estimate:
     for e in estimates:
         for name, count in e.requests.parts:
             parts[name] = parts.get(name, 0.0) + count
+    drilled = [e.drills for e in estimates if e.drills is not None]
+    drills = Drills(drilled[0].per_hour, drilled[0].interval, sum(d.gets for d in drilled),
+                    sum(d.bytes for d in drilled), sum(d.lists for d in drilled)) if drilled else None
     return Estimate(
         writes_per_hour=sum(e.writes_per_hour for e in estimates),
         requests=Requests(*(sum(getattr(e.requests, k) for e in estimates) for k in ("put", "list", "delete", "get")),
                           parts=tuple(parts.items())),
         stored_bytes=sum(e.stored_bytes for e in estimates),
+        drills=drills,
     )
 
 
@@ -320,6 +371,7 @@ def project(workspace: Workspace, writes_per_month: float | None = None) -> Proj
             writes = writes_from_uploads(timers, uploads) * HOURS_PER_MONTH
         else:
             writes = (writes_per_month or 0.0) / max(1, len(databases))
-        each.append((db.name, estimate(timers, writes, sum(f.size for f in files))))
+        drills = drills_of(workspace.settings.verify_interval, workspace.settings.verify_interval_text, files)
+        each.append((db.name, estimate(timers, writes, sum(f.size for f in files), drills)))
     total = combined([e for _, e in each])  # no database yet: litestream asks nothing
     return Projection(total, observed, config.path, tuple(each) if workspace.several else ())

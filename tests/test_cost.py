@@ -139,14 +139,36 @@ def test_cost_task_from_a_real_replica(r2ws: Workspace):
     modelled = json.loads(r2ws.inv("backup.cost", "--json", "--writes-per-month", "100000").stdout)
     assert modelled["writes_per_month"] == 100000
     timers = timers_of(yaml.safe_load(r2ws.config.read_text()), "10s")
-    assert modelled["class_a_per_hour"] == round(cost.requests_per_hour(timers, 100000 / 730).class_a, 1)
+    # A daily restore drill (the default): ten LISTs and a GET per file of the restore plan.
+    drills = modelled["restore_drills"]
+    assert drills["interval"] == "24h" and drills["per_month"] == round(730 / 24, 1)
+    assert drills["class_a_per_drill"] == 10 and drills["class_b_per_drill"] >= 1 and drills["bytes_per_drill"] > 0
+    daily = cost.Drills(1 / 24, "24h", drills["class_b_per_drill"], drills["bytes_per_drill"])
+    expected = cost.requests_per_hour(timers, 100000 / 730, daily)
+    assert modelled["class_a_per_hour"] == round(expected.class_a, 1)
+    assert modelled["class_b_per_hour"] == round(expected.class_b, 1)
+    assert modelled["class_a_per_hour_by_cause"]["restore drills"] == round(10 / 24, 1)
     assert 137 < modelled["class_a_per_hour"] <= 1.2 * 137
     assert set(modelled) >= {"total_usd", "class_a_per_month", "class_b_per_month", "storage_gb"}
     observed = json.loads(r2ws.inv("backup.cost", "--json").stdout)
     assert observed["writes_observed"] is True and observed["writes_per_month"] > 0
     human = r2ws.inv("backup.cost")
     assert "- Egress: FREE" in human.stdout and "Total: $" in human.stdout
+    assert "- Restore drills (every 24h, 30/month): 10 LISTs (Class A) and " in human.stdout
     r2ws.assert_no_secrets()
+
+
+def test_drills_off_cost_nothing_and_an_hourly_drill_costs_24_times_a_daily_one():
+    timers = cost.Timers(10.0, 21600.0, (900.0, 3600.0, 21600.0, 86400.0), 1800.0)
+    none = cost.requests_per_hour(timers, 137)
+    off = cost.requests_per_hour(timers, 137, cost.Drills(0.0, "off", 25, 10**8))
+    assert off == none
+    daily = cost.requests_per_hour(timers, 137, cost.Drills(1 / 24, "24h", 25, 10**8))
+    hourly = cost.requests_per_hour(timers, 137, cost.Drills(1.0, "1h", 25, 10**8))
+    assert round(daily.class_a - none.class_a, 6) == round(10 / 24, 6)
+    assert round(hourly.class_b - none.class_b, 6) == 25.0 == round(24 * (daily.class_b - none.class_b), 6)
+    assert cost.Estimate(137, off, 0, cost.Drills(0.0, "off", 25, 10**8))._drill_lines() == \
+        ["- Restore drills: off (BACKUP_VERIFY_INTERVAL=off)"]
 
 
 def test_cost_of_a_local_replica_is_zero(ws: Workspace):
