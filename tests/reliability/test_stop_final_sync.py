@@ -7,6 +7,7 @@ there yet.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import select
 import signal
@@ -15,6 +16,7 @@ import subprocess
 import threading
 import time
 
+import psutil
 import pytest
 
 from conftest import BIN, insert, make_db, rows, wait_for
@@ -83,6 +85,12 @@ def test_every_stop_signal_to_a_foreground_start_ends_in_the_final_sync(rws, rep
     make_db(rws.db, 3)
     proc = spawn_start(rws, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     wait_for(rws.synced, 30, interval=0.2, what="first sync")
+    # The drill runner runs beside a foreground litestream too, its schedule on record.
+    wait_for(lambda: (rws.state / "drill.pid").exists(), 10, what="the drill runner")
+    runner = json.loads((rws.state / "drill.pid").read_text())["pid"]
+    assert "backup.drill" in psutil.Process(runner).cmdline()
+    wait_for(lambda: json.loads(rws.inv("backup.status", "--json").stdout)["databases"][0]["verified"]["next"],
+             10, what="the first drill's time in status")
     restores = Restores(rws)
     before = restores()
     insert(rws.db, f"committed just before {sig.name}")
@@ -91,6 +99,9 @@ def test_every_stop_signal_to_a_foreground_start_ends_in_the_final_sync(rws, rep
     assert code == 0, output
     assert restores() == rows(rws.db) != before
     assert litestreams(rws) == [] and not rws.pidfile.exists()
+    assert not psutil.pid_exists(runner) or psutil.Process(runner).status() == psutil.STATUS_ZOMBIE
+    assert not (rws.state / "drill.pid").exists()
+    assert "chora-backup drill: next restore drill at" in output  # its lines where litestream's go
     report(f"foreground {sig.name}: exit 0, the row committed just before it is in the replica")
 
 
