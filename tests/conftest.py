@@ -13,10 +13,12 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import psutil
@@ -523,3 +525,34 @@ def pytest_collection_modifyitems(config, items) -> None:
     # Tests that wait minutes for real timers go first: the workers run the rest beside them
     # instead of waiting for them at the end.
     items.sort(key=lambda item: item.get_closest_marker("minutes") is None)
+
+
+class PingServer:
+    """A dead man's switch on 127.0.0.1 (``url`` ends in ``path``): records each request's
+    path, answers ``code``."""
+
+    def __init__(self, path: str) -> None:
+        self.code = 200
+        self.paths: list[str] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                server.paths.append(self.path)
+                self.send_response(server.code)
+                self.end_headers()
+                self.wfile.write(b"OK")
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.url = self.base + path
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(10)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import struct
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -20,6 +18,8 @@ from backup.localstate import folder
 from backup.ping import failure_url
 from backup.status import verified
 from backup.wal import NoImage, Reading
+
+from conftest import PingServer
 
 # -- the setting ------------------------------------------------------------------------
 
@@ -184,38 +184,15 @@ def test_a_runner_stops_when_litestream_is_gone(tmp_path):
         runner.run()
 
 
-class PingServer:
-    def __init__(self) -> None:
-        self.paths: list[str] = []
-        seen = self.paths
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
-                seen.append(self.path)
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
 @pytest.mark.parametrize("path, passed, expected", [
     ("/ping/tok-123456", True, ["/ping/tok-123456"]),
     ("/ping/tok-123456", False, ["/ping/tok-123456/fail"]),
     ("/drill/tok-123456", False, []),
 ])
 def test_a_drill_pings_once_when_it_passes_and_fail_only_where_taken(tmp_path, path, passed, expected):
-    server = PingServer()
+    server = PingServer(path)
     try:
-        settings = settings_in(tmp_path, BACKUP_VERIFY_PING_URL=server.base + path)
+        settings = settings_in(tmp_path, BACKUP_VERIFY_PING_URL=server.url)
         said = []
 
         class Out:

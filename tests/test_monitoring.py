@@ -18,43 +18,14 @@ import pytest
 
 from backup import config, doctor
 
-from conftest import Workspace, free_port, make_db, wait_for
+from conftest import PingServer, Workspace, free_port, make_db, wait_for
 
 TOKEN = "7f3e0b5c-ping-token-4411"
 
 
-class PingServer:
-    """A dead-man's switch on 127.0.0.1: records each request, answers ``code``."""
-
-    def __init__(self) -> None:
-        self.code = 200
-        self.paths: list[str] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                server.paths.append(self.path)
-                self.send_response(server.code)
-                self.end_headers()
-                self.wfile.write(b"OK")
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/ping/{TOKEN}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(10)
-
-
 @pytest.fixture
 def pings():
-    server = PingServer()
+    server = PingServer(f"/ping/{TOKEN}")
     try:
         yield server
     finally:

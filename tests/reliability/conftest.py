@@ -260,8 +260,7 @@ class Forwarder:
         self.upstream = ("127.0.0.1", upstream_port)
         self.rate = rate
         self.down = down
-        self._next_receive = 0.0
-        self._next_send = 0.0
+        self._next = {"up": 0.0, "down": 0.0}  # when each direction has room again
         self.port = 0
         self.accepted = 0
         self._pairs: set[_Pair] = set()
@@ -307,22 +306,17 @@ class Forwarder:
                     pair.shutdown()
                 self.accepted += 1
                 self._pairs.add(pair)
-            self._spawn(pair.pump, client, upstream, self._throttle if self.rate else None)
-            self._spawn(pair.pump, upstream, client, self._throttle_down if self.down else None)
+            up = (lambda size: self._throttle("up", self.rate, size)) if self.rate else None
+            down = (lambda size: self._throttle("down", self.down, size)) if self.down else None
+            self._spawn(pair.pump, client, upstream, up)
+            self._spawn(pair.pump, upstream, client, down)
 
-    def _throttle_down(self, size: int) -> None:
+    def _throttle(self, direction: str, rate: float, size: int) -> None:
+        """Hold the sender until the shared link has room for ``size`` more bytes."""
         with self._lock:
             now = time.monotonic()
-            start = max(now, self._next_receive)
-            self._next_receive = start + size / self.down
-        time.sleep(max(0.0, start - now))
-
-    def _throttle(self, size: int) -> None:
-        """Hold the sender until the shared uplink has room for ``size`` more bytes."""
-        with self._lock:
-            now = time.monotonic()
-            start = max(now, self._next_send)
-            self._next_send = start + size / self.rate
+            start = max(now, self._next[direction])
+            self._next[direction] = start + size / rate
         time.sleep(max(0.0, start - now))
 
     def cut(self) -> None:

@@ -12,14 +12,12 @@ import json
 import os
 import signal
 import sqlite3
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import psutil
 import pytest
 
-from conftest import insert, make_db, wait_for
+from conftest import PingServer, insert, make_db, wait_for
 from test_holes import NEVER, delete_middle_pending, set_levels
 
 from .conftest import Forwarder, Writer, setup, status, stop, write_s3_env
@@ -30,36 +28,9 @@ TOKEN = "drill-4b1d9e-ping-token"
 FIRST_DRILL = 150  # seconds: the first drill comes one interval (1m) after the start, plus its time
 
 
-class Pings:
-    """A dead man's switch on 127.0.0.1 that records each request's path."""
-
-    def __init__(self, path: str) -> None:
-        self.paths: list[str] = []
-        pings = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
-                pings.paths.append(self.path)
-                self.send_response(200)
-                self.end_headers()
-
-            def log_message(self, *args) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}{path}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(10)
-
-
 @pytest.fixture
 def pings():
-    server = Pings(f"/drill/{TOKEN}")  # not a healthchecks URL: a failure is told by silence
+    server = PingServer(f"/drill/{TOKEN}")  # not a healthchecks URL: a failure is told by silence
     try:
         yield server
     finally:
