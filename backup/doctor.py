@@ -252,11 +252,14 @@ def _drill(workspace: Workspace, db: Database, record: drills.Record, now: float
     if not record.running:
         return Check("drill", FAIL, f"{last}, and no drill runner runs beside the daemon",
                      "restart the daemon ('inv backup.stop', then 'inv backup.start-bg'); 'inv backup.logs' says why")
-    since = max(timestamp(passed) if passed else 0.0, timestamp(record.schedule.get("started_at")))
+    watching = record.schedule.get("watching_since") or record.schedule.get("started_at")
+    since = max(timestamp(passed) if passed else 0.0, timestamp(watching))
     limit = 2 * parse_duration(interval)
     if now - since > limit:
         return Check("drill", FAIL, f"{last}: no drill passed within twice the interval ({interval})",
-                     "'inv backup.logs' shows the drills' lines; 'inv backup.verify' proves the replica now")
+                     "'inv backup.logs' shows the drills' lines (a daemon restarted more often than the "
+                     "interval never drills: shorten BACKUP_VERIFY_INTERVAL); 'inv backup.verify' proves "
+                     "the replica now")
     detail = f"{last} ({seen['compared'] or 'nothing'} compared); next {seen['next']}" if passed \
         else f"{last}: the first runs at {seen['next']} (every {interval})"
     if parse_duration(interval) < WARN_VERIFY_SECONDS:

@@ -37,6 +37,7 @@ from .ping import failure_url, ping
 from .workspace import Workspace
 
 WATCH = 0.5  # seconds between two looks at litestream
+MIN_RESTORE_TIMEOUT = 600.0
 PREFIX = "chora-backup drill:"
 
 
@@ -104,12 +105,25 @@ class Runner:
 
         settings = self.settings
         self.say("restore drill: restoring every database from its replica to compare it with the live one")
+        paths = [db.path for db in settings.databases]
         try:
             workspace = Workspace.load(settings, remember=False)
+            paths = [db.path for db in workspace.databases]
             units = tuple(db for db in workspace.databases if db.path.is_file())
-            proofs = verify(workspace, units, by=None, daemon_only=True, temp_root=drills.folder(settings)).proofs
+            for db in workspace.databases:
+                if db not in units:
+                    self.say(f"{db.path}: skipped: it does not exist (litestream waits for it)")
+            # A drill can take no longer than its interval (at least 10 minutes): a stalled
+            # download ends as a failed drill, not as a runner that never answers again.
+            timeout = max(settings.verify_interval or 0.0, MIN_RESTORE_TIMEOUT)
+            proofs = verify(workspace, units, by=None, daemon_only=True, temp_root=drills.folder(settings),
+                            restore_timeout=timeout).proofs
+        except (Stopped, KeyboardInterrupt):
+            raise
         except BackupError as exc:
-            proofs = {db.path: Proof(False, exc.message) for db in settings.databases}
+            proofs = {path: Proof(False, exc.message) for path in paths}
+        except Exception as exc:  # noqa: BLE001 -- a full disk, an unreadable file: a failed drill, said
+            proofs = {path: Proof(False, f"the drill could not run: {type(exc).__name__}: {exc}") for path in paths}
         finally:
             drills.clean(settings)
         self._check()  # a drill cut short by a stop leaves no verdict

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import sys
 import time
@@ -115,8 +116,15 @@ def remember(settings: Settings, proofs: dict[Path, Proof], by: str, at: float |
 
 
 def schedule(settings: Settings, **fields: Any) -> None:
-    """The runner's schedule: its pid, interval, start and next drill."""
-    _write(settings, lambda data: data.__setitem__("schedule", fields))
+    """The runner's schedule: its pid, interval, start and next drill; and ``watching_since``,
+    the first start of a runner with drills on, kept across restarts (a daemon restarted more
+    often than its interval never drills: doctor counts from there)."""
+    def change(data: dict[str, Any]) -> None:
+        before = data.get("schedule") if isinstance(data.get("schedule"), dict) else {}
+        since = before.get("watching_since") or fields.get("started_at")
+        data["schedule"] = {**fields, "watching_since": since if fields.get("next") else None}
+
+    _write(settings, change)
 
 
 @dataclass(frozen=True)
@@ -151,7 +159,7 @@ def read(settings: Settings) -> Record:
 
 def leftovers(settings: Settings) -> list[psutil.Process]:
     """Restores still writing into the drill folder (their drill was killed outright)."""
-    where = str(folder(settings))
+    where = str(folder(settings)) + os.sep  # inside it: not drills.json or drill.pid beside it
     found = []
     for proc in psutil.process_iter(["cmdline"]):
         with contextlib.suppress(psutil.Error, TypeError):

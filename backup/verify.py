@@ -22,8 +22,10 @@ import sqlite3
 import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from . import daemon, drills
 from .config import max_age as default_max_age
@@ -219,6 +221,7 @@ class _Syncer:
     def __init__(self, workspace: Workspace, daemon_only: bool = False):
         self.workspace = workspace
         self.daemon_only = daemon_only
+        self.restore_timeout: float | None = None  # the restores of this run (None: no limit)
         self._once: _Synced | BackupError | None = None
 
     def again(self) -> None:
@@ -309,6 +312,7 @@ class _Attempt:
     method: str = CONTENT_METHOD  # how the two were compared
     moved: bool = False  # the live database changed between the sync and its reading
     point: int | None = None  # the txid both sides were read at, when one could be held
+    before: tuple = ()  # the live database's fingerprint right after the last sync
     unpinned: str | None = None  # why not, when not
 
     @property
@@ -317,78 +321,104 @@ class _Attempt:
         return self.local_txid is not None and self.local_txid > self.restored_txid
 
 
-def _at_one_point(unit: Database, sync: _Syncer, attempt: _Attempt, image: Path) -> _Synced | None:
+def _at_one_point(unit: Database, sync: _Syncer, attempt: _Attempt, image: Path,
+                  restore_at: Callable[[int], Future], discard: Callable[[Future], None],
+                  ) -> tuple[_Synced | None, Future | None]:
     """Sync, then copy the live database as it was at the very txid the replica now holds
-    (``wal.Reading``): the two can then be compared exactly however fast the database
-    moves on. Tried again when something moved in between; the sync of the last try, or
-    None when a sync failed (its check says why). ``attempt.unpinned`` tells why no copy
-    was made, if none was."""
+    (``wal.Reading``) while the replica is restored at that txid (``restore_at``, on another
+    thread): the two can then be compared exactly however fast the database moves on. Tried
+    again when something moved in between. The sync of the last try (None when a sync
+    failed: its check says why) and the restore at the point, when one was held;
+    ``attempt.unpinned`` tells why none was."""
     db = unit.path
+    synced: _Synced | None = None
     for n in range(POINT_TRIES):
         try:
             synced = sync(unit)
         except BackupError as exc:
             attempt.checks.append(Check("sync", False, f"could not sync: {exc.message}"))
-            return None
+            return None, None
+        attempt.before = _fingerprint(db)  # what the live database was right after the sync
         if not synced.current or synced.txid is None:
             attempt.unpinned = "the replica could not be made current"
-            return synced
+            return synced, None
+        restoring = restore_at(synced.txid)  # the download runs while the live copy is made
         try:
             with Reading(db) as reading:
                 reading.image(synced.txid, image)
             attempt.point = synced.txid
-            return synced
+            return synced, restoring
         except NoImage as exc:
+            discard(restoring)
             attempt.unpinned = exc.reason
             if not exc.again or n == POINT_TRIES - 1:
-                return synced
+                return synced, None
             sync.again()
-    return synced  # not reached: the last try returns
+    return synced, None  # not reached: the last try returns
 
 
 def _attempt(unit: Database, sync: _Syncer, folder: Path, running: bool) -> _Attempt:
     db = unit.path
     attempt = _Attempt([], running)
     folder.mkdir()
-    image = folder / "live.db"
-    synced = _at_one_point(unit, sync, attempt, image)
-    if synced is None:
-        return attempt
-    attempt.running, attempt.current = synced.running, synced.current
-    attempt.checks.append(Check("sync", True, synced.how))
-    before = _fingerprint(db)
+    image, restored = folder / "live.db", folder / db.name
+    # By default no timeout: a download of the whole database takes as long as its size
+    # and the link need.
+    limit = sync.restore_timeout
 
-    restored = folder / db.name
-    point = ["-txid", f"{attempt.point:016x}"] if attempt.point is not None else []
-    try:
-        # No timeout: a download of the whole database takes as long as its size and the link need.
+    def restore(*point: str) -> Any:
+        return unit.replica.json("restore", "-o", str(restored), *point, timeout=limit)
+
+    def discard(restoring: Future) -> None:
+        with contextlib.suppress(BackupError):
+            restoring.result()
+        restored.unlink(missing_ok=True)
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        synced, restoring = _at_one_point(unit, sync, attempt, image,
+                                          lambda txid: pool.submit(restore, "-txid", f"{txid:016x}"), discard)
+        if synced is None:
+            return attempt
+        attempt.running, attempt.current = synced.running, synced.current
+        attempt.checks.append(Check("sync", True, synced.how))
+        before = attempt.before
         try:
-            summary = unit.replica.json("restore", "-o", str(restored), *point, timeout=None)
-        except BackupError:
-            if not point:
-                raise
-            # litestream names a hole only on the way to the latest state: restore that, and
-            # compare as the database stands.
-            attempt.point, attempt.unpinned = None, f"no restore reaches txid {point[1]}"
-            image.unlink(missing_ok=True)
-            restored.unlink(missing_ok=True)
-            summary = unit.replica.json("restore", "-o", str(restored), timeout=None)
-    except BackupError as exc:
-        # An empty replica: whether to start a daemon depends on whether one runs.
-        why = nothing_yet(db, daemon.check(sync.workspace.settings)) if exc.message == NOTHING_TO_RESTORE else exc.message
-        attempt.checks.append(Check("restore", False, f"restore failed: {why}"))
-        if unit.replica.has_store:
-            # What this learned (a hole, an empty replica) is what the next status says:
-            # it reads the listing remembered here.
-            with contextlib.suppress(BackupError):
-                unit.replica.relist()
-        return attempt
+            try:
+                summary = restoring.result() if restoring is not None else restore()
+            except BackupError:
+                if restoring is None:
+                    raise
+                # litestream names a hole only on the way to the latest state: restore that, and
+                # compare as the database stands.
+                attempt.unpinned = f"no restore reaches txid {attempt.point:016x}"
+                attempt.point = None
+                image.unlink(missing_ok=True)
+                restored.unlink(missing_ok=True)
+                summary = restore()
+        except BackupError as exc:
+            # An empty replica: whether to start a daemon depends on whether one runs.
+            why = nothing_yet(db, daemon.check(sync.workspace.settings)) if exc.message == NOTHING_TO_RESTORE else exc.message
+            attempt.checks.append(Check("restore", False, f"restore failed: {why}"))
+            if unit.replica.has_store:
+                # What this learned (a hole, an empty replica) is what the next status says:
+                # it reads the listing remembered here.
+                with contextlib.suppress(BackupError):
+                    unit.replica.relist()
+            return attempt
     attempt.restored_txid = int(summary["txid"], 16) if summary.get("txid") else 0
     attempt.checks.append(Check(
         "restore", True, f"restored txid {attempt.restored_txid:016x} from {unit.replica.where}",
     ))
 
-    verdict = integrity_check(restored)
+    same = None
+    if attempt.point is not None:
+        # SQLite's check and the page comparison read the same copy: side by side, on two cores.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            checking = pool.submit(integrity_check, restored)
+            same = _pages_equal(image, restored)
+            verdict = checking.result()
+    else:
+        verdict = integrity_check(restored)
     attempt.checks.append(Check(
         "integrity", verdict == "ok",
         f"PRAGMA integrity_check: {verdict}" + ("" if verdict == "ok" else f"; the backup is damaged: {SNAPSHOT_FIX}"),
@@ -400,7 +430,7 @@ def _attempt(unit: Database, sync: _Syncer, folder: Path, running: bool) -> _Att
         # Both sides at one txid: whatever was committed since is not part of the question.
         attempt.local_txid = attempt.point
         try:
-            _compare(attempt, image, restored)
+            _compare(attempt, image, restored, bool(same))
         except sqlite3.Error as exc:
             attempt.checks.append(Check("compare", False, f"could not read the copies to compare: {exc}"))
         return attempt
@@ -425,9 +455,16 @@ def _attempt(unit: Database, sync: _Syncer, folder: Path, running: bool) -> _Att
     return attempt
 
 
-def _compare(attempt: _Attempt, live: Path, restored: Path) -> None:
-    """Page for page, or where pages differ, table by table."""
-    if same_pages(live, restored):
+def _pages_equal(live: Path, restored: Path) -> bool:
+    try:
+        return same_pages(live, restored)
+    except OSError:
+        return False  # compared table by table instead, which says what it cannot read
+
+
+def _compare(attempt: _Attempt, live: Path, restored: Path, same: bool) -> None:
+    """Page for page (``same``: the pages are equal), or where pages differ, table by table."""
+    if same:
         attempt.live = attempt.copy = _pages_digest(restored)
         attempt.method = PAGES_METHOD
     else:
@@ -484,15 +521,14 @@ def _same_pages(db: Path, restored: Path, folder: Path) -> Digest | None:
 
 
 def _pages_digest(path: Path) -> Digest:
-    """The reading two databases with the same pages share: the schema and row counts, and
-    "pages" standing for every table's content."""
+    """The reading two databases with the same pages share: the schema, and "pages" standing
+    for every table's content (and rows: equal pages hold equal rows, so none are counted)."""
     con = connect_readonly(path)
     try:
         objects = con.execute(_OWN_OBJECTS).fetchall()
-        counts = {name: con.execute(f"SELECT count(*) FROM {_quote(name)}").fetchone()[0]
-                  for kind, name, sql in objects if kind == "table" and not _is_virtual(sql)}
     finally:
         con.close()
+    counts = {name: -1 for kind, name, sql in objects if kind == "table" and not _is_virtual(sql)}
     return Digest({f"{kind} {name}": sql or "" for kind, name, sql in objects}, counts,
                   dict.fromkeys(counts, "pages"))
 
@@ -655,18 +691,20 @@ def _continuity(result: VerifyResult, running: bool, require_running: bool) -> N
 def verify(
     workspace: Workspace, databases: tuple[Database, ...], max_age: float | None = None,
     require_running: bool = False, by: str | None = "verify", daemon_only: bool = False,
-    temp_root: Path | None = None,
+    temp_root: Path | None = None, restore_timeout: float | None = None,
 ) -> VerifyResult:
     """Restore each database's latest backup and compare it with the live one.
 
     ``by``: who asks, as the drills' record keeps each database's verdict (None: not kept);
     ``daemon_only``: sync through a running daemon or not at all (a drill never replicates
-    on its own); ``temp_root``: where the temporary folder goes (the system's by default).
+    on its own); ``temp_root``: where the temporary folder goes (the system's by default);
+    ``restore_timeout``: seconds a restore may take (None: as long as it needs).
     """
     if not workspace.configured:
         return VerifyResult(configured=False)
     result = VerifyResult(configured=True)
     sync = _Syncer(workspace, daemon_only)
+    sync.restore_timeout = restore_timeout
     running = workspace.running
     for unit in databases:
         before = len(result.checks)

@@ -284,3 +284,61 @@ def test_no_copy_when_a_checkpoint_wrote_later_changes_into_the_file_or_the_wal_
         reading.image(4, out)
     assert "no longer keeps its position at txid 0000000000000004" in caught.value.reason
     con.close()
+
+
+def test_a_restart_keeps_when_the_runners_began_watching_so_doctor_sees_drills_that_never_come(tmp_path):
+    settings = settings_in(tmp_path)
+    drills.schedule(settings, pid=1, started_at="2026-12-01T00:00:00+00:00", interval="24h", next="x")
+    drills.schedule(settings, pid=2, started_at="2026-12-02T00:00:00+00:00", interval="24h", next="y")
+    plan = drills.read(settings).schedule
+    assert plan["pid"] == 2 and plan["watching_since"] == "2026-12-01T00:00:00+00:00"
+    drills.schedule(settings, pid=3, started_at="2026-12-03T00:00:00+00:00", interval="off", next=None)
+    drills.schedule(settings, pid=4, started_at="2026-12-04T00:00:00+00:00", interval="24h", next="z")
+    assert drills.read(settings).schedule["watching_since"] == "2026-12-04T00:00:00+00:00"  # off: anew
+
+
+@pytest.mark.posix
+def test_the_leftovers_of_a_killed_drill_are_its_folders_processes_only(tmp_path):
+    import subprocess
+    import sys
+
+    settings = settings_in(tmp_path)
+    inside = drills.folder(settings) / "chora-verify-1" / "chora.db"
+    beside = settings.state_dir / "drills.json"
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    procs = [subprocess.Popen([*sleeper, str(path)]) for path in (inside, beside)]
+    try:
+        assert [p.pid for p in drills.leftovers(settings)] == [procs[0].pid]
+        drills.clean(settings)
+        assert procs[0].wait(10) is not None and procs[1].poll() is None
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_a_drill_that_cannot_run_is_a_failed_drill_said_and_kept(tmp_path, monkeypatch):
+    import backup.verify
+
+    settings = settings_in(tmp_path)
+    (tmp_path / "litestream.yml").write_text(
+        f"dbs:\n  - path: {settings.db}\n    replica:\n      type: file\n      path: {tmp_path / 'replica'}\n")
+    settings.db.write_bytes(b"")
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(backup.verify, "verify", full_disk)
+    said = []
+
+    class Out:
+        def write(self, text):
+            said.append(text)
+
+        def flush(self):
+            pass
+
+    proofs = Runner(settings, Alive(), Out()).drill()
+    assert proofs[settings.db].ok is False and "No space left on device" in proofs[settings.db].message
+    assert drills.read(settings).of(settings.db)["ok"] is False
+    assert any("FAILED" in line and "the drill could not run: OSError" in line for line in said)
