@@ -37,6 +37,16 @@ def pings():
         server.close()
 
 
+def spread(db) -> None:
+    """300 rows of 1 KB over many pages: a later insert rewrites only the last of them, so a
+    foreign first file stays visible in every restore."""
+    make_db(db, 0)
+    con = sqlite3.connect(db)
+    con.executemany("INSERT INTO items (body) VALUES (?)", [(os.urandom(500).hex(),) for _ in range(300)])
+    con.commit()
+    con.close()
+
+
 def record(ws) -> dict:
     path = ws.state / "drills.json"
     return json.loads(path.read_text()) if path.exists() else {}
@@ -115,7 +125,7 @@ def test_a_damaged_replica_fails_the_next_drill_until_a_snapshot(ws, pings):
     ws.write_env(BACKUP_DB="chora.db,other.db", BACKUP_VERIFY_INTERVAL="1m", BACKUP_VERIFY_PING_URL=pings.url,
                  BACKUP_LOCAL_DIR=str(ws.root / "backups"))
     make_db(ws.db, 3)
-    make_db(other, 3)
+    spread(other)
     assert ws.inv("backup.local", "--no-start").returncode == 0
     set_levels(ws, *NEVER)  # no compaction to merge the files around the damage
     assert ws.inv("backup.start-bg").returncode == 0
@@ -127,8 +137,7 @@ def test_a_damaged_replica_fails_the_next_drill_until_a_snapshot(ws, pings):
     # A foreign database's first file (its whole content) where other.db's history starts.
     foreign = ws.root / "foreign"
     foreign.mkdir()
-    make_db(foreign / "f.db", 3)
-    insert(foreign / "f.db", "not ours")
+    spread(foreign / "f.db")  # the same shape, other rows
     conf = foreign / "litestream.yml"
     conf.write_text(f"dbs:\n  - path: {foreign / 'f.db'}\n    replica:\n      type: file\n"
                     f"      path: {foreign / 'replica'}\n")
