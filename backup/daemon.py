@@ -636,13 +636,13 @@ def stop(
                 process.remove_pidfile(settings.pidfile, state.record)
             drills.stop_runner(settings, timeout=5)  # what a drill killed outright left
             return StopResult(False, stale=state if state.state == "stale" else None)
+        drills.stop_runner(settings, platform=platform)  # first: a drill in progress ends at once
         timeout = stop_timeout(settings, state) if timeout is None else timeout
         deadline = time.monotonic() + timeout  # the sync first (Windows) and the stop share it
         offset = logfile.size(settings.logfile)
         # Windows: litestream's own final sync needs a Ctrl-Break that may not reach it;
         # ask for the sync first, through its socket, and wait for it.
         synced = _sync_now(settings, state, deadline) if isinstance(platform, process.Windows) else None
-        drills.stop_runner(settings, platform=platform)  # first: a drill in progress ends at once
         forced = process.stop(state, max(1.0, deadline - time.monotonic()), platform)
         process.remove_pidfile(settings.pidfile, state.record)
         own = None if forced else _shutdown_sync(settings, offset)

@@ -167,7 +167,9 @@ def _stops(runner: Runner) -> Iterator[None]:
 
     def interrupt() -> None:
         runner.stopping.set()
-        _thread.interrupt_main()  # first: the main thread raises as soon as its restore is gone
+        # First: the main thread raises as soon as its restore is gone. (SIGINT is handled
+        # below, so interrupt_main works even where the runner was started ignoring it.)
+        _thread.interrupt_main()
         end_children()
 
     def on_signal(signum: int, frame: object) -> None:
@@ -182,7 +184,7 @@ def _stops(runner: Runner) -> Iterator[None]:
                 return
             time.sleep(WATCH)
 
-    names = ("SIGTERM", "SIGHUP", "SIGBREAK")
+    names = ("SIGTERM", "SIGINT", "SIGHUP", "SIGBREAK")
     previous = {}
     for name in names:
         if hasattr(signal, name):

@@ -35,7 +35,7 @@ from .process import ProcessState
 
 MODULE = "backup.drill"
 RECORD_LOCK_WAIT = 10.0  # seconds: a record is written in milliseconds
-RUNNER_WAIT = 30.0  # seconds a stop gives the runner to end its drill and clean up
+RUNNER_WAIT = 5.0  # seconds a stop gives the runner to end its drill and clean up; then it is killed
 
 
 def record_path(settings: Settings) -> Path:
@@ -137,8 +137,12 @@ class Record:
 
     @property
     def running(self) -> bool:
-        """The runner that wrote the schedule still runs."""
-        return self.runner.running and self.schedule.get("pid") == self.runner.pid
+        """The runner that wrote the schedule still runs: the one the pidfile names wrote it
+        after it started. (Not by pid: on Windows a venv's python.exe starts the interpreter
+        as a child, whose pid the schedule holds.)"""
+        record = self.runner.record
+        return self.runner.running and record is not None \
+            and str(self.schedule.get("started_at") or "") >= record.started_at
 
     def next_at(self) -> str | None:
         return self.schedule.get("next") if self.running else None
@@ -178,8 +182,8 @@ def clean(settings: Settings) -> None:
 def stop_runner(settings: Settings, timeout: float = RUNNER_WAIT,
                 platform: process.Posix | process.Windows | None = None) -> None:
     """Stop the runner: a drill in progress ends at once (its restore killed, its folder
-    removed), a runner that does not end in ``timeout`` is killed, and what a drill killed
-    outright left is removed."""
+    removed), a runner that does not end in ``timeout`` is killed (a drill cut short records
+    nothing either way), and what it left is removed."""
     state = runner(settings).check()
     if state.running:
         process.stop(state, timeout, platform)

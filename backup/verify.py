@@ -28,12 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from . import daemon, drills
+from .child import ChildTimeout
 from .config import max_age as default_max_age
 from .drills import Proof
 from .files import private_dir
 from .errors import NOTHING_TO_RESTORE, SNAPSHOT_FIX, BackupError
 from .localstate import local_txid, unsynced_since
-from .wal import NoImage, Reading, written_since
+from .wal import NoImage, Reading, image_possible, written_since
 from .owner import read_local, read_owner
 from .restore import connect_readonly, integrity_check, nothing_yet
 from .workspace import Database, Workspace
@@ -342,6 +343,14 @@ def _at_one_point(unit: Database, sync: _Syncer, attempt: _Attempt, image: Path,
         if not synced.current or synced.txid is None:
             attempt.unpinned = "the replica could not be made current"
             return synced, None
+        try:
+            image_possible(db, synced.txid)  # before a download is spent on it
+        except NoImage as exc:
+            attempt.unpinned = exc.reason
+            if not exc.again or n == POINT_TRIES - 1:
+                return synced, None
+            sync.again()
+            continue
         restoring = restore_at(synced.txid)  # the download runs while the live copy is made
         try:
             with Reading(db) as reading:
@@ -361,7 +370,10 @@ def _attempt(unit: Database, sync: _Syncer, folder: Path, running: bool) -> _Att
     db = unit.path
     attempt = _Attempt([], running)
     folder.mkdir()
-    image, restored = folder / "live.db", folder / db.name
+    # Two folders, so no database name can make the live copy and the restored one one file.
+    (folder / "live").mkdir()
+    (folder / "replica").mkdir()
+    image, restored = folder / "live" / db.name, folder / "replica" / db.name
     # By default no timeout: a download of the whole database takes as long as its size
     # and the link need.
     limit = sync.restore_timeout
@@ -385,9 +397,9 @@ def _attempt(unit: Database, sync: _Syncer, folder: Path, running: bool) -> _Att
         try:
             try:
                 summary = restoring.result() if restoring is not None else restore()
-            except BackupError:
-                if restoring is None:
-                    raise
+            except BackupError as exc:
+                if restoring is None or isinstance(exc, ChildTimeout):
+                    raise  # a restore out of time gets no second one
                 # litestream names a hole only on the way to the latest state: restore that, and
                 # compare as the database stands.
                 attempt.unpinned = f"no restore reaches txid {attempt.point:016x}"
@@ -622,6 +634,7 @@ def _judge(
         return  # a check above failed and says why
 
     result.replica_txid = f"{attempt.restored_txid:016x}"
+    result.points.setdefault(unit.name, result.replica_txid)  # the txid restored, until a point says more
     result.local_txid = f"{attempt.local_txid:016x}" if attempt.local_txid is not None else None
     if attempt.behind:
         since = unsynced_since(db, attempt.restored_txid)
@@ -732,8 +745,11 @@ def _proof(unit: Database, result: VerifyResult, checks: list[Check]) -> Proof:
     message = said.detail if said else "not checked"
     if failed is not None and failed.name not in message:
         message = f"{failed.name}: {message}"
-    return Proof(failed is None and bool(checks), message, result.points.get(unit.name) or result.replica_txid,
-                 result.compared.get(unit.name))
+    compared_how = result.compared.get(unit.name)
+    ok = failed is None and bool(checks) and compared_how is not None
+    if failed is None and compared_how is None:
+        message = f"nothing compared: {message}"  # judged by its lag alone: no proof of content
+    return Proof(ok, message, result.points.get(unit.name), compared_how)
 
 
 def _verify_one(

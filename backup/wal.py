@@ -173,6 +173,24 @@ class NoImage(Exception):
         self.reason, self.again = reason, again
 
 
+def image_possible(db: Path, txid: int) -> None:
+    """Raise NoImage when ``Reading.image`` at ``txid`` cannot work now, from the files alone
+    (no WAL, no position, a WAL restarted or shorter since): cheap, before a download."""
+    pos = position(db, txid)
+    if pos is None or pos.page_size <= 0 or pos.end < WAL_HEADER:
+        raise NoImage(f"litestream no longer keeps its position at txid {txid:016x}", again=True)
+    if not Path(f"{db}-shm").exists():
+        raise NoImage("it has no WAL (no connection has it open)")
+    try:
+        length = wal_path(db).stat().st_size
+    except OSError:
+        raise NoImage("it has no WAL (no connection has it open)") from None
+    if wal_salts(db) != pos.salts:
+        raise NoImage(f"its WAL restarted after txid {txid:016x}", again=True)
+    if length < pos.end:
+        raise NoImage(f"its WAL is shorter than at txid {txid:016x}", again=True)
+
+
 class Reading:
     """A read transaction on a live database, with the files it reads from held open.
 
@@ -194,7 +212,9 @@ class Reading:
     def __enter__(self) -> Reading:
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(OSError):
-                self._files[suffix] = open(f"{self.db}{suffix}", "rb")  # noqa: SIM115 -- closed in __exit__
+                # Unbuffered: the WAL index is read a few bytes at a time, never across the
+                # lock bytes (120-127) that Windows' byte-range locks would refuse.
+                self._files[suffix] = open(f"{self.db}{suffix}", "rb", buffering=0)  # noqa: SIM115 -- closed in __exit__
         try:
             self._con = sqlite3.connect(f"{self.db.absolute().as_uri()}?mode=ro", uri=True, timeout=5,
                                         isolation_level=None)
@@ -248,10 +268,10 @@ class Reading:
         _copy(log, Path(f"{out}-wal"), pos.end)
         # Read after the copy: every checkpoint that could have written the database file
         # while it was copied had set this first.
-        record = _pread(index, 0, SHM_BACKFILL_ATTEMPTED + 4)
-        if len(record) < SHM_BACKFILL_ATTEMPTED + 4 or record[SHM_SALTS:SHM_SALTS + 8] != head[16:24]:
+        salts, record = _pread(index, SHM_SALTS, 8), _pread(index, SHM_BACKFILL_ATTEMPTED, 4)
+        if len(record) < 4 or salts != head[16:24]:
             raise NoImage("its WAL index belongs to another WAL", again=True)
-        attempted = struct.unpack("=I", record[SHM_BACKFILL_ATTEMPTED:])[0]
+        attempted = struct.unpack("=I", record)[0]
         if attempted > frames:
             raise NoImage(f"a checkpoint copied changes made after txid {txid:016x} into the database "
                           "file meanwhile", again=True)

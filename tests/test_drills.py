@@ -17,7 +17,7 @@ from backup.errors import ConfigError
 from backup.localstate import folder
 from backup.ping import failure_url
 from backup.status import verified
-from backup.wal import NoImage, Reading
+from backup.wal import NoImage, Reading, image_possible
 
 from conftest import PingServer
 
@@ -275,8 +275,13 @@ def test_no_copy_when_a_checkpoint_wrote_later_changes_into_the_file_or_the_wal_
     assert caught.value.again and "a checkpoint copied changes made after txid" in caught.value.reason
     assert not out.exists() and not Path(f"{out}-wal").exists()
 
+    image_possible(db, 3)  # from the files alone it looked possible: only the copy could tell
+
     con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     con.execute("INSERT INTO t VALUES (9)")  # a new WAL, with other salts
+    with pytest.raises(NoImage) as early:
+        image_possible(db, 3)  # told before any download is spent on it
+    assert early.value.again and "its WAL restarted after txid" in early.value.reason
     with Reading(db) as reading, pytest.raises(NoImage) as caught:
         reading.image(3, out)
     assert caught.value.again and "its WAL restarted after txid" in caught.value.reason
@@ -342,3 +347,19 @@ def test_a_drill_that_cannot_run_is_a_failed_drill_said_and_kept(tmp_path, monke
     assert proofs[settings.db].ok is False and "No space left on device" in proofs[settings.db].message
     assert drills.read(settings).of(settings.db)["ok"] is False
     assert any("FAILED" in line and "the drill could not run: OSError" in line for line in said)
+
+
+def test_a_verify_that_compared_nothing_is_no_proof(tmp_path):
+    """Judged by its lag alone (the live database ahead of a replica it could not hold still),
+    a verify passes its checks but proves no content: it does not clear a failed drill."""
+    from backup.verify import Check, VerifyResult, _proof
+
+    class Unit:
+        name = "chora.db"
+
+    result = VerifyResult(configured=True)
+    checks = [Check("sync", True, "synced"), Check("compare", True, "live database is ahead of the replica")]
+    proof = _proof(Unit(), result, checks)
+    assert proof.ok is False and proof.message.startswith("nothing compared: ")
+    result.compared["chora.db"] = "content"
+    assert _proof(Unit(), result, [*checks, Check("content", True, "content identical")]).ok is True
