@@ -136,6 +136,16 @@ class Clock:
         return self.now
 
 
+class Said(list):
+    """Stands for the runner's output: the lines it wrote."""
+
+    def write(self, text):
+        self.append(text)
+
+    def flush(self):
+        pass
+
+
 class Alive:
     """Stands for litestream's process in process.alive()."""
 
@@ -193,16 +203,8 @@ def test_a_drill_pings_once_when_it_passes_and_fail_only_where_taken(tmp_path, p
     server = PingServer(path)
     try:
         settings = settings_in(tmp_path, BACKUP_VERIFY_PING_URL=server.url)
-        said = []
-
-        class Out:
-            def write(self, text):
-                said.append(text)
-
-            def flush(self):
-                pass
-
-        Runner(settings, Alive(), Out())._ping(passed)
+        said = Said()
+        Runner(settings, Alive(), said)._ping(passed)
         assert server.paths == expected
         assert "tok-123456" not in "".join(said)
     finally:
@@ -334,16 +336,8 @@ def test_a_drill_that_cannot_run_is_a_failed_drill_said_and_kept(tmp_path, monke
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(backup.verify, "verify", full_disk)
-    said = []
-
-    class Out:
-        def write(self, text):
-            said.append(text)
-
-        def flush(self):
-            pass
-
-    proofs = Runner(settings, Alive(), Out()).drill()
+    said = Said()
+    proofs = Runner(settings, Alive(), said).drill()
     assert proofs[settings.db].ok is False and "No space left on device" in proofs[settings.db].message
     assert drills.read(settings).of(settings.db)["ok"] is False
     assert any("FAILED" in line and "the drill could not run: OSError" in line for line in said)
