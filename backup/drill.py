@@ -213,6 +213,7 @@ def main(argv: list[str]) -> int:
         pass
     finally:
         drills.clean(settings)
+        drills.stopped(settings)
     return 0
 
 

@@ -122,9 +122,28 @@ def schedule(settings: Settings, **fields: Any) -> None:
     def change(data: dict[str, Any]) -> None:
         before = data.get("schedule") if isinstance(data.get("schedule"), dict) else {}
         since = before.get("watching_since") or fields.get("started_at")
+        # Stopped for longer than an interval (a weekend): no drill was due meanwhile.
+        if _seconds_between(before.get("stopped_at"), fields.get("started_at")) > (settings.verify_interval or 0):
+            since = fields.get("started_at")
         data["schedule"] = {**fields, "watching_since": since if fields.get("next") else None}
 
     _write(settings, change)
+
+
+def stopped(settings: Settings) -> None:
+    """The runner ends: when, so the next start can tell a long stop from a restart."""
+    def change(data: dict[str, Any]) -> None:
+        if isinstance(data.get("schedule"), dict):
+            data["schedule"]["stopped_at"] = iso(time.time())
+
+    _write(settings, change)
+
+
+def _seconds_between(earlier: object, later: object) -> float:
+    try:
+        return (datetime.fromisoformat(str(later)) - datetime.fromisoformat(str(earlier))).total_seconds()
+    except (TypeError, ValueError):
+        return 0.0
 
 
 @dataclass(frozen=True)

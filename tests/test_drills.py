@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import struct
+import time
 from pathlib import Path
 
 import pytest
@@ -302,6 +303,13 @@ def test_a_restart_keeps_when_the_runners_began_watching_so_doctor_sees_drills_t
     drills.schedule(settings, pid=3, started_at="2026-12-03T00:00:00+00:00", interval="off", next=None)
     drills.schedule(settings, pid=4, started_at="2026-12-04T00:00:00+00:00", interval="24h", next="z")
     assert drills.read(settings).schedule["watching_since"] == "2026-12-04T00:00:00+00:00"  # off: anew
+    drills.stopped(settings)  # now
+    later = drills.iso(time.time() + 90000)  # a start more than an interval after that stop
+    drills.schedule(settings, pid=5, started_at=later, interval="24h", next="w")
+    assert drills.read(settings).schedule["watching_since"] == later  # a long stop: anew
+    drills.stopped(settings)
+    drills.schedule(settings, pid=6, started_at=drills.iso(time.time() + 60), interval="24h", next="v")
+    assert drills.read(settings).schedule["watching_since"] == later  # a restart a minute on: kept
 
 
 @pytest.mark.posix
