@@ -121,3 +121,12 @@ def timed(argv: list[str], cwd: Path, env: dict[str, str]) -> float:
     start = time.perf_counter()
     subprocess.run(argv, cwd=cwd, env=env, capture_output=True)
     return time.perf_counter() - start
+
+
+def run_main(main) -> None:
+    """A bench script's entry: its exit code; Ctrl-C says that everything was stopped."""
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        print("bench: interrupted; every process it started has been stopped", file=sys.stderr)
+        sys.exit(130)

@@ -50,7 +50,7 @@ from urllib.parse import unquote
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _workspace import BIN, REPO, Bench, counting, fill, median, s3_server, workspace  # noqa: E402
+from _workspace import BIN, REPO, Bench, counting, fill, median, run_main, s3_server, workspace  # noqa: E402
 from verify import check, fill_rows  # noqa: E402  (bench/verify.py: rows costly to hash)
 
 sys.path.insert(0, str(REPO))
@@ -291,8 +291,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        print("bench: interrupted; every process it started has been stopped", file=sys.stderr)
-        sys.exit(130)
+    run_main(main)
