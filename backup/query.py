@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -112,12 +113,52 @@ def replica_url(entry: Any) -> str:
     raise BackupError(f"{entry.path}: backup.query reads file and S3 replicas, not {entry.replica_type!r} ones")
 
 
+# SQL's tokens, as far as telling a read from a write needs: strings, quoted names and
+# comments are skipped whole, so no keyword inside them counts.
+_TOKEN = re.compile(r"""
+    '(?:[^']|'')*'                          # a string
+  | "(?:[^"]|"")*" | \[[^\]]*\] | `(?:[^`]|``)*`   # a quoted name
+  | --[^\n]* | /\*.*?(?:\*/|\Z)             # a comment
+  | (?P<word>[A-Za-z_][A-Za-z0-9_$]*)
+  | (?P<mark>[;=(.])
+  | \S | \s+
+""", re.S | re.X)
+READS = frozenset({"SELECT", "WITH", "VALUES", "PRAGMA", "EXPLAIN"})
+WRITES = frozenset({
+    "INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER", "ATTACH", "DETACH", "VACUUM",
+    "REINDEX", "ANALYZE", "BEGIN", "COMMIT", "ROLLBACK", "SAVEPOINT", "RELEASE", "UPSERT",
+})
+
+
+def screen(sql: str) -> None:
+    """Refuse, before anything is asked of the replica, what can never be a read: a statement
+    that writes, or two statements. (The child's authorizer stays the last word.)"""
+    tokens = [(m["word"].upper() if m["word"] else m["mark"]) for m in _TOKEN.finditer(sql) if m["word"] or m["mark"]]
+    if ";" in tokens and any(t != ";" for t in tokens[tokens.index(";"):]):
+        raise BackupError("one statement at a time: run each on its own")
+    words = [t for t in tokens if t not in (";", "=", "(", ".")]
+    if not words:
+        return  # nothing but comments: SQLite says so
+    written = next((w for i, w in enumerate(tokens) if w in WRITES
+                    and not (w == "REPLACE" and tokens[i + 1:i + 2] == ["("])), None)  # replace(): a function
+    if words[0] not in READS:
+        raise BackupError(f"{READ_ONLY} (not a read: {words[0].lower()})")
+    if written:
+        raise BackupError(f"{READ_ONLY} (not a read: {written.lower()}; where it is a name, quote it: "
+                          f"\"{written.lower()}\")")
+    if words[0] == "PRAGMA":
+        name = words[2] if tokens[2:3] == ["."] and len(words) > 2 else words[1] if len(words) > 1 else ""
+        if "=" in tokens or ("(" in tokens and name.lower() not in READING_PRAGMAS):
+            raise BackupError(f"{READ_ONLY} (not a read: pragma {name.lower()} with a value)")
+
+
 def run(workspace: Any, db: Any, sql: str, timestamp: datetime | None = None, txid: int | None = None) -> Answer:
     """Ask ``sql`` of ``db``'s replica, as it was at ``timestamp`` or ``txid`` (default: latest)."""
     from .restore import point_args
 
     if not sql.strip():
         raise BackupError("give the SQL to run, e.g. inv backup.query \"select count(*) from t\"", code=EXIT_CONFIG)
+    screen(sql)  # before any request to the replica: a write or two statements cost nothing
     reason = missing()
     if reason:
         raise BackupError(reason, code=EXIT_CONFIG)

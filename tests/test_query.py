@@ -15,6 +15,7 @@ from types import SimpleNamespace
 import pytest
 
 from backup import query
+from backup.errors import BackupError
 
 from conftest import SECRETS, Workspace, insert, make_db, rows, wait_for
 
@@ -136,3 +137,49 @@ def test_without_the_extra_the_task_names_the_install(ws, tmp_path):
     result = ws.inv("backup.query", "select 1", env={"PYTHONPATH": str(blocker)})
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.strip() == "error: backup.query needs apsw (optional): pip install 'chora-backup[query]'"
+
+
+@pytest.mark.parametrize("sql", [
+    "select 1", "SELECT replace(body, 'a', 'b') FROM items", "with x as (select 1) select * from x",
+    "select 'insert; drop' from t", 'select "update" from t', "pragma table_info(items)",
+    "pragma main.table_info(items)", "pragma user_version", "select 1;", "select 1; -- done",
+    "explain query plan select 1", "values (1)", "/* a note */ select 1",
+])
+def test_a_read_passes_the_screen(sql):
+    query.screen(sql)
+
+
+@pytest.mark.parametrize("sql, said", [
+    ("delete from items", "not a read: delete"),
+    ("with x as (select 1) insert into t select * from x", "not a read: insert"),
+    ("pragma user_version = 3", "not a read: pragma user_version with a value"),
+    ("pragma journal_mode(wal)", "not a read: pragma journal_mode with a value"),
+    ("attach 'x.db' as y", "not a read: attach"),
+    ("replace into t values (1)", "not a read: replace"),
+    ("select begin from t", "where it is a name, quote it"),
+    ("select 1; select 2", "one statement at a time"),
+    ("select 1; drop table t", "one statement at a time"),
+])
+def test_a_write_or_two_statements_are_refused_by_the_screen(sql, said):
+    with pytest.raises(BackupError) as caught:
+        query.screen(sql)
+    assert said in caught.value.message
+
+
+def test_a_refused_statement_asks_nothing_of_the_replica(r2ws, s3_endpoint):
+    """Refused before the replica is listed or a page fetched: no request to the bucket."""
+    from conftest import MOTO_LOGS
+
+    make_db(r2ws.db, 3)
+    assert r2ws.inv("backup.setup").returncode == 0
+    assert r2ws.inv("backup.snapshot").returncode == 0  # the replica holds the database
+
+    def requests() -> int:
+        text = MOTO_LOGS[s3_endpoint].read_text("utf-8", errors="replace")
+        return sum(1 for line in text.splitlines() if f" /{r2ws.bucket}" in line)
+
+    before = requests()
+    assert "not a read: delete" in refused(r2ws, "delete from items")
+    assert "one statement at a time" in refused(r2ws, "select 1; select 2")
+    assert "not a read: pragma user_version with a value" in refused(r2ws, "pragma user_version = 1")
+    assert requests() == before
