@@ -62,9 +62,11 @@ class Answer:
     txid: str
     timestamp: str
     notes: list[str] = field(default_factory=list)
+    via: str = "vfs"  # what answered: the VFS reading the replica in place, or a local copy
 
     def as_dict(self) -> dict[str, Any]:
-        return {"columns": self.columns, "rows": self.rows, "txid": self.txid, "timestamp": self.timestamp}
+        return {"columns": self.columns, "rows": self.rows, "txid": self.txid, "timestamp": self.timestamp,
+                "via": self.via}
 
     def as_lines(self) -> list[str]:
         cells = [[_cell(v) for v in row] for row in self.rows]
@@ -75,7 +77,8 @@ class Answer:
             lines.append("  ".join("-" * w for w in widths))
             lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
         count = f"{len(self.rows)} row{'s' if len(self.rows) != 1 else ''}"
-        lines.append(f"({count} from the replica of {self.database} at txid {self.txid}, {self.timestamp})")
+        how = "read in place" if self.via == VFS else "a local copy of it"
+        lines.append(f"({count} from the replica of {self.database} at txid {self.txid}, {self.timestamp}; {how})")
         return lines + self.notes
 
 
@@ -152,18 +155,32 @@ def screen(sql: str) -> None:
             raise BackupError(f"{READ_ONLY} (not a read: pragma {name.lower()} with a value)")
 
 
-def run(workspace: Any, db: Any, sql: str, timestamp: datetime | None = None, txid: int | None = None) -> Answer:
-    """Ask ``sql`` of ``db``'s replica, as it was at ``timestamp`` or ``txid`` (default: latest)."""
+VFS, COPY, AUTO = "vfs", "copy", "auto"
+VIA = (VFS, COPY, AUTO)
+
+
+def run(workspace: Any, db: Any, sql: str, timestamp: datetime | None = None, txid: int | None = None,
+        via: str = AUTO) -> Answer:
+    """Ask ``sql`` of ``db``'s replica, as it was at ``timestamp`` or ``txid`` (default: latest).
+
+    ``via``: VFS reads the replica in place, page by page (a point lookup fetches a few
+    pages); COPY restores it to a local copy first (kept in the state dir for the next query
+    while the replica has not moved on) and asks that; AUTO asks the VFS for the query plan
+    (a few pages) and takes the copy when the plan scans a table, which through the VFS
+    would fetch the table page by page.
+    """
     from .restore import point_args
 
     if not sql.strip():
         raise BackupError("give the SQL to run, e.g. inv backup.query \"select count(*) from t\"", code=EXIT_CONFIG)
+    if via not in VIA:
+        raise BackupError(f"--via {via!r} is not one of {', '.join(VIA)}", code=EXIT_CONFIG)
     screen(sql)  # before any request to the replica: a write or two statements cost nothing
-    reason = missing()
+    reason = missing() if via != COPY else None
     if reason:
         raise BackupError(reason, code=EXIT_CONFIG)
     files = db.replica.files()
-    point_args(files, db.path, timestamp, txid, lambda: workspace.state)  # restore's window and its errors
+    args = point_args(files, db.path, timestamp, txid, lambda: workspace.state)  # restore's window and its errors
     when = None
     if txid is not None:
         # The VFS travels by time: the moment the file ending at that txid was written
@@ -175,9 +192,13 @@ def run(workspace: Any, db: Any, sql: str, timestamp: datetime | None = None, tx
         when = min(ends) + timedelta(milliseconds=999)
     elif timestamp is not None:
         when = timestamp
-    request = {"sql": sql, "time": _rfc3339_ms(when) if when else None}
+    if via == COPY:
+        return _from_copy(workspace, db, sql, args, files)
+    request = {"sql": sql, "time": _rfc3339_ms(when) if when else None, "scan_to": via == AUTO}
     environ = {**workspace.litestream.environment(), "LITESTREAM_REPLICA_URL": replica_url(db.entry)}
     answer = _ask(request, environ, workspace.settings)
+    if answer.get("scans"):
+        return _from_copy(workspace, db, sql, args, files)
     if txid is not None and answer["txid"] != f"{txid:016x}":
         raise BackupError(
             f"the VFS shows the replica by time, and txid {txid:016x} shares its second with later "
@@ -185,6 +206,92 @@ def run(workspace: Any, db: Any, sql: str, timestamp: datetime | None = None, tx
             "PATH' gives that txid exactly"
         )
     return Answer(db.name, answer["columns"], answer["rows"], answer["txid"], answer["time"])
+
+
+def copies(settings: Any) -> Path:
+    """Where local copies for queries are kept: the state dir, 0700, one per database."""
+    return settings.state_dir / "query"
+
+
+def _from_copy(workspace: Any, db: Any, sql: str, args: list[str], files: list[Any]) -> Answer:
+    """Restore the point to a local copy (or reuse the one kept for the latest state while the
+    replica has not moved on) and ask it, read-only, with the same screen and authorizer."""
+    import hashlib
+    import tempfile
+
+    from .files import private_dir
+    from .ltx import plan
+
+    folder = private_dir(copies(workspace.settings))
+    key = hashlib.sha256(str(db.path).encode("utf-8")).hexdigest()[:16]
+    latest = plan(files).max_txid if not args else None
+    kept = folder / f"{key}-{latest:016x}.db" if latest is not None else None
+    if kept is not None and kept.is_file():
+        path, txid = kept, f"{latest:016x}"
+    else:
+        work = Path(tempfile.mkdtemp(prefix="restore-", dir=folder))
+        try:
+            restored = work / "copy.db"
+            # No timeout: a download of the whole database takes as long as its size and the link need.
+            summary = db.replica.json("restore", "-o", str(restored), *args, timeout=None)
+            txid = str(summary.get("txid") or "")
+            if kept is not None:
+                for old in folder.glob(f"{key}-*.db"):  # one kept copy a database: bounded
+                    old.unlink(missing_ok=True)
+                os.replace(restored, kept)
+                path = kept
+            else:
+                path = restored
+            answer = _answer_local(path, sql)
+        finally:
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
+        return Answer(db.name, answer["columns"], answer["rows"], txid, _time_of(files, txid), via=COPY)
+    answer = _answer_local(path, sql)
+    return Answer(db.name, answer["columns"], answer["rows"], txid, _time_of(files, txid), via=COPY)
+
+
+def _time_of(files: list[Any], txid: str) -> str:
+    """The time of the point ``txid``: when the earliest file reaching it was written (a
+    compaction that rewrites older files does not move it)."""
+    try:
+        number = int(txid, 16)
+    except ValueError:
+        return ""
+    ends = [f.timestamp for f in files if f.max_txid == number]
+    return min(ends).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if ends else ""
+
+
+def _answer_local(path: Path, sql: str) -> dict[str, Any]:
+    """``sql`` asked of a local copy, read-only, one statement, the same authorizer's rules."""
+    import sqlite3
+
+    con = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+    allowed = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
+
+    def authorize(action: int, arg1: Any, arg2: Any, *_: Any) -> int:
+        if action in allowed:
+            return sqlite3.SQLITE_OK
+        if action == sqlite3.SQLITE_PRAGMA and (arg2 is None or str(arg1).lower() in READING_PRAGMAS):
+            return sqlite3.SQLITE_OK
+        return sqlite3.SQLITE_DENY
+
+    con.set_authorizer(authorize)
+    try:
+        cursor = con.execute(sql)
+        columns = [d[0] for d in cursor.description or ()]
+        rows = [[_json_value(v) for v in row] for row in cursor]
+    except sqlite3.ProgrammingError as exc:
+        raise BackupError("one statement at a time: run each on its own" if "one statement" in str(exc)
+                          else f"SQL: {exc}") from None
+    except sqlite3.DatabaseError as exc:
+        if "not authorized" in str(exc):
+            raise BackupError(f"{READ_ONLY} ({exc})") from None
+        raise BackupError(f"SQL: {exc}") from None
+    finally:
+        con.close()
+    return {"columns": columns, "rows": rows}
 
 
 def _rfc3339_ms(when: datetime) -> str:
@@ -234,7 +341,7 @@ def _child() -> int:
     os.dup2(2, 1)
     request = json.load(sys.stdin)
     try:
-        result = _answer(request["sql"], request.get("time"))
+        result = _answer(request["sql"], request.get("time"), bool(request.get("scan_to")))
     except _Refused as exc:
         result = {"error": exc.kind, "message": str(exc)}
     json.dump(result, answer_to)
@@ -248,7 +355,15 @@ class _Refused(Exception):
         self.kind = kind
 
 
-def _answer(sql: str, when: str | None) -> dict[str, Any]:
+def scans(detail: str) -> bool:
+    """Does a line of EXPLAIN QUERY PLAN read a whole table (``SCAN t``, not through an index
+    that narrows it)? Through the VFS that fetches the table page by page."""
+    words = detail.split()
+    return words[:1] == ["SCAN"] and words[1:3] != ["CONSTANT", "ROW"] and "USING INDEX" not in detail \
+        and "USING PRIMARY KEY" not in detail and "USING INTEGER PRIMARY KEY" not in detail
+
+
+def _answer(sql: str, when: str | None, scan_to: bool = False) -> dict[str, Any]:
     import apsw
     import litestream_vfs
 
@@ -280,6 +395,14 @@ def _answer(sql: str, when: str | None) -> dict[str, Any]:
         nonlocal statements
         statements += 1
         return statements == 1
+
+    if scan_to:
+        try:
+            details = [str(row[-1]) for row in con.execute(f"EXPLAIN QUERY PLAN {sql}")]
+        except apsw.Error:
+            details = []  # the statement itself says what is wrong, below
+        if any(scans(d) for d in details):
+            return {"scans": True, "txid": txid, "time": time}
 
     cursor = con.cursor()
     cursor.exec_trace = one_statement

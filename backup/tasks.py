@@ -447,22 +447,25 @@ def restore(c, output=None, timestamp=None, txid=None, force=False, dry_run=Fals
         "date-time, an age such as 2h); default: the latest state",
         "txid": "ask the replica as it was at this litestream txid (16 hex digits); default: the latest",
         "db": "the database to ask when there are several (as for restore); default: the only one",
-        "json": "print {\"columns\", \"rows\", \"txid\", \"timestamp\"} instead of a table; default off",
+        "json": "print {\"columns\", \"rows\", \"txid\", \"timestamp\", \"via\"} instead of a table; default off",
+        "via": "vfs (read the replica in place, page by page), copy (restore a local copy, kept in "
+        "the state dir while the replica has not moved on, and ask that), or auto: a copy when the "
+        "query plan scans a table; default auto",
     },
 )
 @actionable
-def query(c, sql=None, timestamp=None, txid=None, db=None, json=False):
+def query(c, sql=None, timestamp=None, txid=None, db=None, json=False, via="auto"):
     """Ask the backup a read-only SQL question, at any point in time, without restoring it."""
     from .query import missing, run
 
     if sql is None or not sql.strip():
         raise BackupError("give the SQL to ask, e.g. inv backup.query \"select count(*) from t\"", code=EXIT_CONFIG)
-    if missing():  # before anything is read: what to install comes first
+    if via != "copy" and missing():  # before anything is read: what to install comes first
         raise BackupError(missing(), code=EXIT_CONFIG)
     when, upto = _point_in_time(timestamp, txid)
     workspace = _from_replicas(cfg.load())
     chosen = workspace.database(db, "a query asks")
-    _show(run(workspace, chosen, sql, timestamp=when, txid=upto), json)
+    _show(run(workspace, chosen, sql, timestamp=when, txid=upto, via=via), json)
 
 
 @task(help={

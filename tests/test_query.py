@@ -57,14 +57,22 @@ def refused(ws: Workspace, *args: str, code: int = 1) -> str:
 def check_time_travel(ws: Workspace) -> None:
     between, first_txid = two_batches(ws)
     latest = ask(ws, "select count(*) as n from items", "--json")
-    assert set(latest) == {"columns", "rows", "txid", "timestamp"}
+    assert set(latest) == {"columns", "rows", "txid", "timestamp", "via"}
     assert latest["columns"] == ["n"] and latest["rows"] == [[5]]
+    assert latest["via"] == "copy"  # the plan scans the table: a local copy answers
+    in_place = ask(ws, "select count(*) as n from items", "--json", "--via", "vfs")
+    assert in_place["via"] == "vfs" and in_place["rows"] == [[5]] and in_place["txid"] == latest["txid"]
+    # The copy of the latest state is kept while the replica has not moved on: no restore.
+    again = ws.inv("backup.query", "select count(*) from items", "--via", "copy", env={"CHORA_BACKUP_DEBUG": "1"})
+    assert again.returncode == 0 and "'restore'" not in again.stderr, again.stderr
+    assert len(list((ws.state / "query").glob("*.db"))) == 1
     earlier = ask(ws, "select count(*) from items", "--timestamp", between, "--json")
     assert earlier["rows"] == [[3]] and earlier["txid"] == first_txid < latest["txid"]
     by_txid = ask(ws, "select body from items order by id", "--txid", first_txid, "--json")
     assert [row[0] for row in by_txid["rows"]] == ["row 0", "row 1", "row 2"]
     table = ask(ws, "select id, body from items where id = 4")["text"]
     assert "four" in table and f"at txid {latest['txid']}" in table and "(1 row from the replica" in table
+    assert "read in place)" in table  # a point lookup: the VFS fetches a few pages
 
     assert "only a statement that reads" in refused(ws, "delete from items")
     assert "only a statement that reads" in refused(ws, "create table x (y)")
@@ -183,3 +191,15 @@ def test_a_refused_statement_asks_nothing_of_the_replica(r2ws, s3_endpoint):
     assert "one statement at a time" in refused(r2ws, "select 1; select 2")
     assert "not a read: pragma user_version with a value" in refused(r2ws, "pragma user_version = 1")
     assert requests() == before
+
+
+@pytest.mark.parametrize("detail, scan", [
+    ("SCAN items", True),
+    ("SCAN items USING COVERING INDEX items_kind", True),  # every page of the index
+    ("SEARCH items USING INTEGER PRIMARY KEY (rowid=?)", False),
+    ("SEARCH items USING INDEX items_kind (kind=?)", False),
+    ("SCAN CONSTANT ROW", False),
+    ("SCAN items USING INDEX items_kind", False),  # in index order, as far as the query reads
+])
+def test_a_plan_that_scans_a_table_is_answered_from_a_copy(detail, scan):
+    assert query.scans(detail) is scan
