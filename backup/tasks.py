@@ -461,6 +461,7 @@ def query(c, sql=None, timestamp=None, txid=None, db=None, json=False, via="auto
     if sql is None or not sql.strip():
         raise BackupError("give the SQL to ask, e.g. inv backup.query \"select count(*) from t\"", code=EXIT_CONFIG)
     if via != "copy" and missing():  # before anything is read: what to install comes first
+        # (--via copy needs no VFS: it restores a local copy and asks that)
         raise BackupError(missing(), code=EXIT_CONFIG)
     when, upto = _point_in_time(timestamp, txid)
     workspace = _from_replicas(cfg.load())
