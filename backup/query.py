@@ -35,6 +35,7 @@ from urllib.parse import quote, urlencode
 
 from . import child
 from .errors import EXIT_CONFIG, BackupError
+from .timeparse import iso_z
 
 EXTRA = "pip install 'chora-backup[query]'"
 # A query still reading after this is stuck, not slow (a scan of a 200 MB replica through
@@ -205,7 +206,10 @@ def run(workspace: Any, db: Any, sql: str, timestamp: datetime | None = None, tx
             f"changes (it shows txid {answer['txid']}): 'inv backup.restore --txid {txid:016x} --output "
             "PATH' gives that txid exactly"
         )
-    return Answer(db.name, answer["columns"], answer["rows"], answer["txid"], answer["time"])
+    # The VFS names the time of the newest file it read, which a level-1 compaction rewrites
+    # later: the point's own time is that of the first file that reached its txid.
+    when_written = _time_of(files, str(answer["txid"])) or answer["time"]
+    return Answer(db.name, answer["columns"], answer["rows"], answer["txid"], when_written)
 
 
 def copies(settings: Any) -> Path:
@@ -253,14 +257,15 @@ def _from_copy(workspace: Any, db: Any, sql: str, args: list[str], files: list[A
 
 
 def _time_of(files: list[Any], txid: str) -> str:
-    """The time of the point ``txid``: when the earliest file reaching it was written (a
-    compaction that rewrites older files does not move it)."""
+    """The time of the point ``txid``: when the first file that reached it was written, so a
+    compaction that later merges it into a level-1 file does not move it (while litestream
+    keeps that first file: an hour at the generated l0-retention)."""
     try:
         number = int(txid, 16)
     except ValueError:
         return ""
     ends = [f.timestamp for f in files if f.max_txid == number]
-    return min(ends).astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if ends else ""
+    return iso_z(min(ends)) if ends else ""
 
 
 def _answer_local(path: Path, sql: str) -> dict[str, Any]:

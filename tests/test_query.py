@@ -203,3 +203,31 @@ def test_a_refused_statement_asks_nothing_of_the_replica(r2ws, s3_endpoint):
 ])
 def test_a_plan_that_scans_a_table_is_answered_from_a_copy(detail, scan):
     assert query.scans(detail) is scan
+
+
+def test_the_time_of_the_latest_state_does_not_move_when_a_compaction_rewrites_its_files(r2ws):
+    """The VFS names the newest file it read, which a level-1 merge writes later (on S3, the
+    object's time); the answer's time is that of the first file that reached the txid, before
+    and after the merge."""
+    from test_holes import set_levels
+
+    ws = r2ws
+    make_db(ws.db, 3)
+    assert ws.inv("backup.setup").returncode == 0
+    set_levels(ws, "3s", "720h", "720h")  # level 1 merges every 3 s
+    assert ws.inv("backup.start-bg").returncode == 0
+    insert(ws.db, "four")
+    wait_for(lambda: ask(ws, "select count(*) from items", "--json", "--via", "vfs")["rows"] == [[4]], 30,
+             interval=0.5, what="the insert in the replica")
+    before = ask(ws, "select body from items where id = 4", "--json")
+    assert before["via"] == "vfs"
+    txid = int(before["txid"], 16)
+
+    def merged() -> bool:
+        proc = ws.litestream("ltx", "-config", str(ws.config), "-level", "1", "-json", str(ws.db))
+        return proc.returncode == 0 and any(int(f["max_txid"], 16) >= txid for f in json.loads(proc.stdout or "[]"))
+
+    wait_for(merged, 30, interval=1, what="a level-1 file over the txid")
+    after = ask(ws, "select body from items where id = 4", "--json")
+    assert after["txid"] == before["txid"] and after["timestamp"] == before["timestamp"], (before, after)
+    assert ws.inv("backup.stop").returncode == 0
