@@ -18,7 +18,7 @@ from .ping import ping as pinging
 from .owner import Ownership, read_local, read_owner
 from .render import render
 from .status import gather, is_wal
-from .timeparse import from_litestream
+from .timeparse import epoch, from_litestream
 from .wal import risk
 from .workspace import Database, Workspace
 
@@ -253,7 +253,7 @@ def _drill(workspace: Workspace, db: Database, record: drills.Record, now: float
         return Check("drill", FAIL, f"{last}, and no drill runner runs beside the daemon",
                      "restart the daemon ('inv backup.stop', then 'inv backup.start-bg'); 'inv backup.logs' says why")
     watching = record.schedule.get("watching_since") or record.schedule.get("started_at")
-    since = max(timestamp(passed) if passed else 0.0, timestamp(watching))
+    since = max(epoch(passed) or 0.0, epoch(watching) or 0.0)
     limit = 2 * parse_duration(interval)
     if now - since > limit:
         return Check("drill", FAIL, f"{last}: no drill passed within twice the interval ({interval})",
@@ -266,13 +266,6 @@ def _drill(workspace: Workspace, db: Database, record: drills.Record, now: float
         return Check("drill", WARN, f"{detail}; every {interval} downloads the whole database that often",
                      "a longer BACKUP_VERIFY_INTERVAL (24h is the default); 'inv backup.cost' counts it")
     return Check("drill", OK, detail)
-
-
-def timestamp(text: object) -> float:
-    try:
-        return from_litestream(str(text)).timestamp()
-    except (TypeError, ValueError):
-        return 0.0
 
 
 def _service(workspace: Workspace) -> Check:

@@ -22,7 +22,6 @@ import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,8 @@ from . import process
 from .config import Settings
 from .files import read_json, write_private
 from .process import ProcessState
+from .timeparse import epoch
+from .timeparse import iso_seconds as iso
 
 MODULE = "backup.drill"
 RECORD_LOCK_WAIT = 10.0  # seconds: a record is written in milliseconds
@@ -65,10 +66,6 @@ def runner(settings: Settings) -> process.Managed:
 def argv(litestream_pid: int) -> list[str]:
     # -I: the workspace's folder on sys.path must not decide which backup.drill runs.
     return [sys.executable, "-I", "-m", MODULE, str(litestream_pid)]
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
 
 
 # -- the record ----------------------------------------------------------------------
@@ -140,10 +137,8 @@ def stopped(settings: Settings) -> None:
 
 
 def _seconds_between(earlier: object, later: object) -> float:
-    try:
-        return (datetime.fromisoformat(str(later)) - datetime.fromisoformat(str(earlier))).total_seconds()
-    except (TypeError, ValueError):
-        return 0.0
+    first, last = epoch(earlier), epoch(later)
+    return 0.0 if first is None or last is None else last - first
 
 
 @dataclass(frozen=True)

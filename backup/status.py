@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -28,7 +27,7 @@ from .files import mtime, read_json, update_json
 from .localstate import local_txid, unsynced_since
 from .ltx import SNAPSHOT_LEVEL, LtxFile
 from .process import ProcessState
-from .timeparse import from_litestream
+from .timeparse import from_litestream, iso_seconds
 from .wal import risk, written_since
 from .workspace import Database, Workspace
 
@@ -128,10 +127,6 @@ def _hex(txid: int | None) -> str | None:
     return None if txid is None else f"{txid:016x}"
 
 
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
-
-
 def _parse_time(text: str) -> float:
     return from_litestream(text).timestamp()
 
@@ -219,9 +214,9 @@ def _database_status(
     replica_txid = max((f.max_txid for f in files), default=None)
     status.replica_txid = _hex(replica_txid)
     if files:
-        status.replica_time = _iso(max(f.timestamp for f in files).timestamp())
+        status.replica_time = iso_seconds(max(f.timestamp for f in files).timestamp())
     snapshots = [f.timestamp.timestamp() for f in files if f.level == SNAPSHOT_LEVEL]
-    status.latest_snapshot = _iso(max(snapshots)) if snapshots else None
+    status.latest_snapshot = iso_seconds(max(snapshots)) if snapshots else None
     chain = unit.replica.plan()
     status.restorable = chain.restorable
     if chain.hole:

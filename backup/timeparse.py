@@ -77,6 +77,19 @@ def _normal_fraction(text: str) -> str:
     return _FRACTION.sub(lambda m: "." + m.group(1)[:6].ljust(6, "0"), text)
 
 
+def iso_seconds(ts: float) -> str:
+    """A POSIX time as RFC 3339 in UTC, to the second: how chora-backup's own records say when."""
+    return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="seconds")
+
+
+def epoch(text: object) -> float | None:
+    """A time a record or litestream wrote, as POSIX seconds; None when it is not one."""
+    try:
+        return from_litestream(str(text)).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
 def iso_z(when: datetime) -> str:
     """RFC 3339 in UTC with a 'Z', as litestream prints it."""
     return when.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
