@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import _thread
 import contextlib
+import os
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -70,14 +72,14 @@ class Runner:
         started = self.clock()
         interval = settings.verify_interval
         if interval is None:
-            drills.schedule(settings, pid=_pid(), started_at=iso(started), interval=config.OFF, next=None)
+            drills.schedule(settings, pid=os.getpid(), started_at=iso(started), interval=config.OFF, next=None)
             self.say("restore drills are off (BACKUP_VERIFY_INTERVAL=off); 'inv backup.verify' proves "
                      "the replica on demand")
             self._wait(None)
             return
         due = started + interval
         while True:
-            drills.schedule(settings, pid=_pid(), started_at=iso(started), interval=settings.verify_interval_text,
+            drills.schedule(settings, pid=os.getpid(), started_at=iso(started), interval=settings.verify_interval_text,
                             next=iso(due))
             self.say(f"next restore drill at {iso(due)} (every {settings.verify_interval_text})")
             self._wait(due)
@@ -122,8 +124,12 @@ class Runner:
             raise
         except BackupError as exc:
             proofs = {path: Proof(False, exc.message) for path in paths}
-        except Exception as exc:  # noqa: BLE001 -- a full disk, an unreadable file: a failed drill, said
-            proofs = {path: Proof(False, f"the drill could not run: {type(exc).__name__}: {exc}") for path in paths}
+        except (OSError, sqlite3.Error) as exc:  # a full disk, an unreadable file: a failed drill, said
+            where = drills.folder(settings)
+            proofs = {path: Proof(False, f"the drill could not run: {type(exc).__name__}: {exc}: it restores "
+                                         f"into {where}, which needs about twice the database's size free and "
+                                         "must be writable; 'inv backup.verify' runs the same check now")
+                      for path in paths}
         finally:
             drills.clean(settings)
         self._check()  # a drill cut short by a stop leaves no verdict
@@ -146,12 +152,6 @@ class Runner:
             return
         ok, what = ping(target, self.settings, what="the drill's ping")
         self.say(what if ok else f"the drill's ping failed: {what}")
-
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()
 
 
 @contextlib.contextmanager
