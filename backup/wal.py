@@ -173,9 +173,10 @@ class NoImage(Exception):
         self.reason, self.again = reason, again
 
 
-def image_possible(db: Path, txid: int) -> None:
-    """Raise NoImage when ``Reading.image`` at ``txid`` cannot work now, from the files alone
-    (no WAL, no position, a WAL restarted or shorter since): cheap, before a download."""
+def image_possible(db: Path, txid: int) -> Position:
+    """litestream's position at ``txid``, or NoImage when ``Reading.image`` at it cannot work
+    now, from the files alone (no WAL, no position, a WAL restarted or shorter since): cheap,
+    before a download, and again under the read transaction."""
     pos = position(db, txid)
     if pos is None or pos.page_size <= 0 or pos.end < WAL_HEADER:
         raise NoImage(f"litestream no longer keeps its position at txid {txid:016x}", again=True)
@@ -189,6 +190,7 @@ def image_possible(db: Path, txid: int) -> None:
         raise NoImage(f"its WAL restarted after txid {txid:016x}", again=True)
     if length < pos.end:
         raise NoImage(f"its WAL is shorter than at txid {txid:016x}", again=True)
+    return pos
 
 
 class Reading:
@@ -253,16 +255,10 @@ class Reading:
         main, log, index = (self._files.get(s) for s in ("", "-wal", "-shm"))
         if main is None or log is None or index is None:
             raise NoImage("it has no WAL (no connection has it open)")
-        pos = position(self.db, txid)
-        if pos is None or pos.page_size <= 0 or pos.end < WAL_HEADER:
-            raise NoImage(f"litestream no longer keeps its position at txid {txid:016x}", again=True)
         if not all(_same(fh, Path(f"{self.db}{s}")) for s, fh in self._files.items()):
             raise NoImage("its files were replaced meanwhile", again=True)
-        head = _pread(log, 0, WAL_HEADER)
-        if len(head) < WAL_HEADER or struct.unpack(">II", head[16:24]) != pos.salts:
-            raise NoImage(f"its WAL restarted after txid {txid:016x}", again=True)
-        if os.fstat(log.fileno()).st_size < pos.end:
-            raise NoImage(f"its WAL is shorter than at txid {txid:016x}", again=True)
+        pos = image_possible(self.db, txid)  # of the very files held: checked just above
+        head = _pread(log, 0, WAL_HEADER)  # its salts, for the WAL index's below
         frames = (pos.end - WAL_HEADER) // (pos.page_size + FRAME_HEADER)
         _copy(main, out)
         _copy(log, Path(f"{out}-wal"), pos.end)
