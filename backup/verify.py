@@ -219,10 +219,10 @@ class _Syncer:
     one ``replicate -once`` syncs every database, so it runs once per round.
     """
 
-    def __init__(self, workspace: Workspace, daemon_only: bool = False):
+    def __init__(self, workspace: Workspace, daemon_only: bool = False, restore_timeout: float | None = None):
         self.workspace = workspace
         self.daemon_only = daemon_only
-        self.restore_timeout: float | None = None  # the restores of this run (None: no limit)
+        self.restore_timeout = restore_timeout  # the restores of this run (None: no limit)
         self._once: _Synced | BackupError | None = None
 
     def again(self) -> None:
@@ -716,8 +716,7 @@ def verify(
     if not workspace.configured:
         return VerifyResult(configured=False)
     result = VerifyResult(configured=True)
-    sync = _Syncer(workspace, daemon_only)
-    sync.restore_timeout = restore_timeout
+    sync = _Syncer(workspace, daemon_only, restore_timeout)
     running = workspace.running
     for unit in databases:
         before = len(result.checks)
