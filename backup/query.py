@@ -186,11 +186,11 @@ def run(workspace: Any, db: Any, sql: str, timestamp: datetime | None = None, tx
     if txid is not None:
         # The VFS travels by time: the moment the file ending at that txid was written
         # (listed to the second, so the end of that second).
-        ends = [f.timestamp for f in files if f.max_txid == txid]
-        if not ends:
+        written = _first_written(files, txid)
+        if written is None:
             raise BackupError(f"--txid {txid:016x} is not the end of any file in the replica: give a txid "
                               "'inv backup.snapshots' or 'inv backup.restore --dry-run' names, or --timestamp")
-        when = min(ends) + timedelta(milliseconds=999)
+        when = written + timedelta(milliseconds=999)
     elif timestamp is not None:
         when = timestamp
     if via == COPY:
@@ -221,6 +221,7 @@ def _from_copy(workspace: Any, db: Any, sql: str, args: list[str], files: list[A
     """Restore the point to a local copy (or reuse the one kept for the latest state while the
     replica has not moved on) and ask it, read-only, with the same screen and authorizer."""
     import hashlib
+    import shutil
     import tempfile
 
     from .files import private_dir
@@ -230,30 +231,29 @@ def _from_copy(workspace: Any, db: Any, sql: str, args: list[str], files: list[A
     key = hashlib.sha256(str(db.path).encode("utf-8")).hexdigest()[:16]
     latest = plan(files).max_txid if not args else None
     kept = folder / f"{key}-{latest:016x}.db" if latest is not None else None
-    if kept is not None and kept.is_file():
-        path, txid = kept, f"{latest:016x}"
-    else:
-        work = Path(tempfile.mkdtemp(prefix="restore-", dir=folder))
-        try:
-            restored = work / "copy.db"
+    work = None if kept is not None and kept.is_file() else Path(tempfile.mkdtemp(prefix="restore-", dir=folder))
+    try:
+        if work is None:
+            path, txid = kept, f"{latest:016x}"
+        else:
+            path = work / "copy.db"
             # No timeout: a download of the whole database takes as long as its size and the link need.
-            summary = db.replica.json("restore", "-o", str(restored), *args, timeout=None)
-            txid = str(summary.get("txid") or "")
+            txid = str(db.replica.json("restore", "-o", str(path), *args, timeout=None).get("txid") or "")
             if kept is not None:
                 for old in folder.glob(f"{key}-*.db"):  # one kept copy a database: bounded
                     old.unlink(missing_ok=True)
-                os.replace(restored, kept)
+                os.replace(path, kept)
                 path = kept
-            else:
-                path = restored
-            answer = _answer_local(path, sql)
-        finally:
-            import shutil
-
+        answer = _answer_local(path, sql)
+    finally:
+        if work is not None:
             shutil.rmtree(work, ignore_errors=True)
-        return Answer(db.name, answer["columns"], answer["rows"], txid, _time_of(files, txid), via=COPY)
-    answer = _answer_local(path, sql)
     return Answer(db.name, answer["columns"], answer["rows"], txid, _time_of(files, txid), via=COPY)
+
+
+def _first_written(files: list[Any], txid: int) -> datetime | None:
+    """When the first file that reached ``txid`` was written (None: no file ends there)."""
+    return min((f.timestamp for f in files if f.max_txid == txid), default=None)
 
 
 def _time_of(files: list[Any], txid: str) -> str:
@@ -261,11 +261,26 @@ def _time_of(files: list[Any], txid: str) -> str:
     compaction that later merges it into a level-1 file does not move it (while litestream
     keeps that first file: an hour at the generated l0-retention)."""
     try:
-        number = int(txid, 16)
+        written = _first_written(files, int(txid, 16))
     except ValueError:
         return ""
-    ends = [f.timestamp for f in files if f.max_txid == number]
-    return iso_z(min(ends)) if ends else ""
+    return iso_z(written) if written else ""
+
+
+def authorizer(lib: Any) -> Any:
+    """The one rule, for the VFS's connection (``lib``: apsw) and a local copy's (sqlite3),
+    which name SQLite's action codes alike: a statement may read tables, call functions and
+    read pragmas, nothing else."""
+    allowed = {lib.SQLITE_SELECT, lib.SQLITE_READ, lib.SQLITE_FUNCTION, lib.SQLITE_RECURSIVE}
+
+    def authorize(action: int, arg1: Any, arg2: Any, *_: Any) -> int:
+        if action in allowed:
+            return lib.SQLITE_OK
+        if action == lib.SQLITE_PRAGMA and (arg2 is None or str(arg1).lower() in READING_PRAGMAS):
+            return lib.SQLITE_OK  # a pragma read, or one that takes a name to describe
+        return lib.SQLITE_DENY
+
+    return authorize
 
 
 def _answer_local(path: Path, sql: str) -> dict[str, Any]:
@@ -273,16 +288,7 @@ def _answer_local(path: Path, sql: str) -> dict[str, Any]:
     import sqlite3
 
     con = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
-    allowed = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
-
-    def authorize(action: int, arg1: Any, arg2: Any, *_: Any) -> int:
-        if action in allowed:
-            return sqlite3.SQLITE_OK
-        if action == sqlite3.SQLITE_PRAGMA and (arg2 is None or str(arg1).lower() in READING_PRAGMAS):
-            return sqlite3.SQLITE_OK
-        return sqlite3.SQLITE_DENY
-
-    con.set_authorizer(authorize)
+    con.set_authorizer(authorizer(sqlite3))
     try:
         cursor = con.execute(sql)
         columns = [d[0] for d in cursor.description or ()]
@@ -384,16 +390,7 @@ def _answer(sql: str, when: str | None, scan_to: bool = False) -> dict[str, Any]
     except apsw.Error as exc:
         raise _Refused("vfs", str(exc)) from None
 
-    allowed = {apsw.SQLITE_SELECT, apsw.SQLITE_READ, apsw.SQLITE_FUNCTION, apsw.SQLITE_RECURSIVE}
-
-    def authorize(action: int, arg1: Any, arg2: Any, *_: Any) -> int:
-        if action in allowed:
-            return apsw.SQLITE_OK
-        if action == apsw.SQLITE_PRAGMA and (arg2 is None or str(arg1).lower() in READING_PRAGMAS):
-            return apsw.SQLITE_OK  # a pragma read, or one that takes a name to describe
-        return apsw.SQLITE_DENY
-
-    con.authorizer = authorize
+    con.authorizer = authorizer(apsw)
     statements = 0
 
     def one_statement(_cursor: Any, _sql: str, _bindings: Any) -> bool:
