@@ -51,7 +51,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _workspace import BIN, REPO, Bench, counting, fill, median, run_main, s3_server, workspace  # noqa: E402
-from verify import check, fill_rows  # noqa: E402  (bench/verify.py: rows costly to hash)
+from verify import fill_rows, raw_restore  # noqa: E402  (bench/verify.py: rows costly to hash)
 
 sys.path.insert(0, str(REPO))
 import psutil  # noqa: E402
@@ -211,18 +211,6 @@ def cost(megabytes: float, history: int) -> None:
                 one_drill(ws, log, s3, bucket, size, f"b) after {history} more writes, one per sync interval")
         finally:
             ws.stop()
-
-
-def raw_restore(ws: Bench, out: Path) -> float:
-    config_path = ws.path / "litestream.yml"
-    started = time.perf_counter()
-    proc = subprocess.run([str(BIN / "litestream"), "restore", "-config", str(config_path), "-no-expand-env",
-                           "-o", str(out), str(ws.db)], check=False, cwd=ws.path, env=ws.litestream_env(),
-                          capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if proc.returncode != 0 or not out.is_file():
-        raise SystemExit(f"bench: litestream restore failed: {proc.stderr.strip()}")
-    return seconds + check(out)
 
 
 def speed(sizes: list[float], runs: int) -> None:

@@ -17,11 +17,12 @@ from __future__ import annotations
 import argparse
 import os
 import sqlite3
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _workspace import BIN, median, timed, workspace
+from _workspace import BIN, Bench, median, workspace
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from backup.verify import digest  # noqa: E402
@@ -56,6 +57,19 @@ def check(path: Path) -> float:
     return time.perf_counter() - start
 
 
+def raw_restore(ws: Bench, out: Path) -> float:
+    """`litestream restore -o` of the workspace's database plus `PRAGMA integrity_check`: seconds."""
+    config_path = ws.path / "litestream.yml"
+    started = time.perf_counter()
+    proc = subprocess.run([str(BIN / "litestream"), "restore", "-config", str(config_path), "-no-expand-env",
+                           "-o", str(out), str(ws.db)], check=False, cwd=ws.path, env=ws.litestream_env(),
+                          capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0 or not out.is_file():
+        raise SystemExit(f"bench: litestream restore failed: {proc.stderr.strip()}")
+    return seconds + check(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="200,1000", help="database sizes in MB")
@@ -70,13 +84,10 @@ def main() -> None:
             ws.inv("backup.start-bg")
             ws.inv("backup.stop")  # final sync: nothing left to sync
             megabytes = ws.db.stat().st_size / 1e6
-            config = str(ws.path / "litestream.yml")
             raw, ours, rowwise = [], [], []
             for run in range(args.runs):
                 out = ws.root / f"raw-{run}.db"
-                seconds = timed([str(BIN / "litestream"), "restore", "-config", config, "-no-expand-env",
-                                 "-o", str(out), str(ws.db)], ws.path, ws.litestream_env())
-                raw.append(seconds + check(out))
+                raw.append(raw_restore(ws, out))
                 start = time.perf_counter()
                 result = ws.inv("backup.verify", check=False)
                 ours.append(time.perf_counter() - start)
