@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 from .config import parse_duration
 from .errors import ConfigError
 from .ltconfig import MISSING, LitestreamConfig, checkpoint_interval
+from .ltx import LISTS_PER_PLAN
 
 if TYPE_CHECKING:
     from .ltx import LtxFile
@@ -55,10 +56,9 @@ HOURS_PER_MONTH = 730
 
 LIST_PER_IDLE_TICK = 1  # every level but the snapshot's
 LIST_PER_L0_RETENTION = 2  # the level-1 files, then the L0 files
-# A restore drill's restore plans from one listing of the snapshot level and of each of
-# levels 8 to 0 (replica.go's CalcRestorePlan), then GETs each file of the plan: the
-# snapshot and what each level holds since (bench/drill.py counts them).
-LIST_PER_RESTORE = 10
+# A restore drill's restore lists as every restore plans (LISTS_PER_PLAN), then GETs each
+# file of the plan: the snapshot and what each level holds since (bench/drill.py counts them).
+LIST_PER_RESTORE = LISTS_PER_PLAN
 
 
 @dataclass(frozen=True)

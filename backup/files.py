@@ -143,3 +143,14 @@ def update_json(path: Path, key: str, value: object) -> None:
             write_private(path, json.dumps(data, indent=1, sort_keys=True).encode("utf-8"))
     except OSError:
         pass
+
+
+def size_text(n: float | None) -> str:
+    """A size for people: 610 B, 16.0 KB, 1.2 GB ("-" when unknown)."""
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)

@@ -16,6 +16,9 @@ from .errors import hole_message, missing_txids
 from .timeparse import from_litestream, iso_z
 
 SNAPSHOT_LEVEL = 9
+# A restore plans from one listing of the snapshot level and of each of levels 8 to 0
+# (replica.go's CalcRestorePlan), then reads each file of the plan.
+LISTS_PER_PLAN = 10
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,8 @@ from urllib.parse import quote, urlencode
 
 from . import child
 from .errors import EXIT_CONFIG, BackupError
+from .files import size_text
+from .ltx import LISTS_PER_PLAN, LtxFile, plan
 from .timeparse import iso_z
 
 EXTRA = "pip install 'chora-backup[query]'"
@@ -64,10 +66,12 @@ class Answer:
     timestamp: str
     notes: list[str] = field(default_factory=list)
     via: str = "vfs"  # what answered: the VFS reading the replica in place, or a local copy
+    requests: Requests | None = None  # what it asked of the replica
 
     def as_dict(self) -> dict[str, Any]:
+        asked = self.requests or Requests()
         return {"columns": self.columns, "rows": self.rows, "txid": self.txid, "timestamp": self.timestamp,
-                "via": self.via}
+                "via": self.via, "requests": asked.as_dict(), "bytes": asked.bytes}
 
     def as_lines(self) -> list[str]:
         cells = [[_cell(v) for v in row] for row in self.rows]
@@ -80,7 +84,32 @@ class Answer:
         count = f"{len(self.rows)} row{'s' if len(self.rows) != 1 else ''}"
         how = "read in place" if self.via == VFS else "a local copy of it"
         lines.append(f"({count} from the replica of {self.database} at txid {self.txid}, {self.timestamp}; {how})")
+        if self.requests:
+            lines.append(f"({self.requests.describe()})")
         return lines + self.notes
+
+
+@dataclass(frozen=True)
+class Requests:
+    """What a query asked of the replica: LISTs (Class A on R2), GETs and HEADs (Class B),
+    and the bytes of the objects (or parts of them) it downloaded; listings' own bytes aside."""
+
+    lists: int = 0
+    gets: int = 0
+    heads: int = 0
+    bytes: int = 0
+
+    def __add__(self, other: Requests) -> Requests:
+        return Requests(self.lists + other.lists, self.gets + other.gets, self.heads + other.heads,
+                        self.bytes + other.bytes)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"list": self.lists, "get": self.gets, "head": self.heads}
+
+    def describe(self) -> str:
+        counts = [f"{n} {what}{'s' if n != 1 else ''}" for n, what in
+                  ((self.lists, "LIST"), (self.gets, "GET"), (self.heads, "HEAD")) if n]
+        return f"asked the replica: {', '.join(counts) or 'nothing'}; {size_text(self.bytes)} downloaded"
 
 
 def _cell(value: Any) -> str:
@@ -157,6 +186,7 @@ def screen(sql: str) -> None:
 
 
 VFS, COPY, AUTO = "vfs", "copy", "auto"
+LATEST = datetime(2999, 12, 31, tzinfo=timezone.utc)  # the VFS's time for "every file there is"
 VIA = (VFS, COPY, AUTO)
 
 
@@ -180,7 +210,10 @@ def run(workspace: Any, db: Any, sql: str, timestamp: datetime | None = None, tx
     reason = missing() if via != COPY else None
     if reason:
         raise BackupError(reason, code=EXIT_CONFIG)
-    files = db.replica.files()
+    # chora-backup's own listing where it can open the replica (one LIST per 1,000 files;
+    # litestream's asks once per level)
+    files = db.replica.relist() if db.replica.has_store else db.replica.files()
+    listed = Requests(lists=_pages(len(files)) if db.replica.has_store else LISTS_PER_PLAN)
     args = point_args(files, db.path, timestamp, txid, lambda: workspace.state)  # restore's window and its errors
     when = None
     if txid is not None:
@@ -193,23 +226,40 @@ def run(workspace: Any, db: Any, sql: str, timestamp: datetime | None = None, tx
         when = written + timedelta(milliseconds=999)
     elif timestamp is not None:
         when = timestamp
+    else:
+        # The latest state, pinned: while no time is set the VFS polls the replica for new
+        # files every second (two LISTs), for as long as the query runs; pinned, a one-shot
+        # query's requests are bounded. A time past any file's, not the newest listed one's:
+        # the VFS compares the times litestream's writer stamped, on its own clock.
+        when = LATEST
     if via == COPY:
-        return _from_copy(workspace, db, sql, args, files)
-    request = {"sql": sql, "time": _rfc3339_ms(when) if when else None, "scan_to": via == AUTO}
-    environ = {**workspace.litestream.environment(), "LITESTREAM_REPLICA_URL": replica_url(db.entry)}
-    answer = _ask(request, environ, workspace.settings)
+        return _from_copy(workspace, db, sql, args, files, listed)
+    request = {"sql": sql, "time": _rfc3339_ms(when), "scan_to": via == AUTO}
+    answer, asked = _ask(request, workspace, db, files)
+    asked += listed
     if answer.get("scans"):
-        return _from_copy(workspace, db, sql, args, files)
+        return _from_copy(workspace, db, sql, args, files, asked)
     if txid is not None and answer["txid"] != f"{txid:016x}":
         raise BackupError(
             f"the VFS shows the replica by time, and txid {txid:016x} shares its second with later "
             f"changes (it shows txid {answer['txid']}): 'inv backup.restore --txid {txid:016x} --output "
             "PATH' gives that txid exactly"
         )
-    # The VFS names the time of the newest file it read, which a level-1 compaction rewrites
-    # later: the point's own time is that of the first file that reached its txid.
-    when_written = _time_of(files, str(answer["txid"])) or answer["time"]
-    return Answer(db.name, answer["columns"], answer["rows"], answer["txid"], when_written)
+    # The VFS names the time of the newest file it read (or the time it was set to), which a
+    # level-1 compaction rewrites later: the point's own time is that of the first file that
+    # reached its txid (listed again when that file came after the listing).
+    written = _time_of(files, str(answer["txid"]))
+    if not written and db.replica.has_store:
+        files = db.replica.relist()
+        asked += Requests(lists=_pages(len(files)))
+        written = _time_of(files, str(answer["txid"]))
+    return Answer(db.name, answer["columns"], answer["rows"], answer["txid"], written or answer["time"],
+                  requests=asked)
+
+
+def _pages(count: int) -> int:
+    """LISTs of a listing of ``count`` files: S3 answers 1,000 keys a page."""
+    return max(1, -(-count // 1000))
 
 
 def copies(settings: Any) -> Path:
@@ -217,7 +267,8 @@ def copies(settings: Any) -> Path:
     return settings.state_dir / "query"
 
 
-def _from_copy(workspace: Any, db: Any, sql: str, args: list[str], files: list[Any]) -> Answer:
+def _from_copy(workspace: Any, db: Any, sql: str, args: list[str], files: list[LtxFile],
+               asked: Requests) -> Answer:
     """Restore the point to a local copy (or reuse the one kept for the latest state while the
     replica has not moved on) and ask it, read-only, with the same screen and authorizer."""
     import hashlib
@@ -225,7 +276,6 @@ def _from_copy(workspace: Any, db: Any, sql: str, args: list[str], files: list[A
     import tempfile
 
     from .files import private_dir
-    from .ltx import plan
 
     folder = private_dir(copies(workspace.settings))
     key = hashlib.sha256(str(db.path).encode("utf-8")).hexdigest()[:16]
@@ -239,6 +289,7 @@ def _from_copy(workspace: Any, db: Any, sql: str, args: list[str], files: list[A
             path = work / "copy.db"
             # No timeout: a download of the whole database takes as long as its size and the link need.
             txid = str(db.replica.json("restore", "-o", str(path), *args, timeout=None).get("txid") or "")
+            asked += _restore_requests(files, args)
             if kept is not None:
                 for old in folder.glob(f"{key}-*.db"):  # one kept copy a database: bounded
                     old.unlink(missing_ok=True)
@@ -248,7 +299,31 @@ def _from_copy(workspace: Any, db: Any, sql: str, args: list[str], files: list[A
     finally:
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
-    return Answer(db.name, answer["columns"], answer["rows"], txid, _time_of(files, txid), via=COPY)
+    return Answer(db.name, answer["columns"], answer["rows"], txid, _time_of(files, txid), via=COPY,
+                  requests=asked)
+
+
+def _restore_requests(files: list[LtxFile], args: list[str]) -> Requests:
+    """What ``litestream restore`` asks of the replica (cmd/litestream/restore.go, replica.go).
+    At a txid it plans once. Otherwise it plans twice (once to name the txid, once to
+    restore) and first compares the replica with an old v0.3 one: a LIST of generations and
+    one of each level. A plan at a time HEADs every file for the time stamped on it. Then it
+    GETs each file of its plan whole."""
+    at_txid = args[:1] == ["-txid"]
+    if at_txid:
+        upto = int(args[1], 16)
+        chain = plan(f for f in files if f.max_txid <= upto).files
+    elif args[:1] == ["-timestamp"]:
+        from .timeparse import parse
+
+        at = parse(args[1])
+        chain = plan(f for f in files if f.timestamp <= at).files
+    else:
+        chain = plan(files).files
+    plans = 1 if at_txid else 2
+    lists = plans * LISTS_PER_PLAN + (0 if at_txid else 1 + LISTS_PER_PLAN)
+    heads = plans * len(files) if args[:1] == ["-timestamp"] else 0
+    return Requests(lists, len(chain), heads, sum(f.size for f in chain))
 
 
 def _first_written(files: list[Any], txid: int) -> datetime | None:
@@ -310,16 +385,33 @@ def _rfc3339_ms(when: datetime) -> str:
     return when.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _ask(request: dict[str, Any], environ: dict[str, str], settings: Any) -> dict[str, Any]:
+def _ask(request: dict[str, Any], workspace: Any, db: Any, files: list[LtxFile]) -> tuple[dict[str, Any], Requests]:
+    """Ask the VFS child; count what it asked of the replica from its own debug log."""
+    from .files import private_dir
+
+    settings = workspace.settings
+    folder = private_dir(copies(settings))
+    for left in folder.glob("vfs-*.log"):  # by a query that was killed: a log of its own pid
+        if not _alive(left.stem.partition("-")[2]):
+            left.unlink(missing_ok=True)
+    log = folder / f"vfs-{os.getpid()}.log"
+    log.write_bytes(b"")
+    log.chmod(0o600)
+    environ = {**workspace.litestream.environment(), "LITESTREAM_REPLICA_URL": replica_url(db.entry),
+               "LITESTREAM_LOG_LEVEL": "DEBUG", "LITESTREAM_LOG_FILE": str(log)}
     try:
-        proc = child.run(
-            # -I: the workspace's folder on sys.path must not decide which backup.query runs.
-            [sys.executable, "-I", "-m", "backup.query"], QUERY_TIMEOUT, what="the query",
-            input=json.dumps(request), env=environ,
-        )
-    except child.ChildTimeout as exc:
-        raise BackupError(f"{exc.message} (it was stopped): narrow it with WHERE or LIMIT, or "
-                          "restore a copy with 'inv backup.restore --output PATH' and query that") from None
+        try:
+            proc = child.run(
+                # -I: the workspace's folder on sys.path must not decide which backup.query runs.
+                [sys.executable, "-I", "-m", "backup.query"], QUERY_TIMEOUT, what="the query",
+                input=json.dumps(request), env=environ,
+            )
+        except child.ChildTimeout as exc:
+            raise BackupError(f"{exc.message} (it was stopped): narrow it with WHERE or LIMIT, or "
+                              "restore a copy with 'inv backup.restore --output PATH' and query that") from None
+        asked = vfs_requests(log.read_text("utf-8", errors="replace"), files)
+    finally:
+        log.unlink(missing_ok=True)
     try:
         answer = json.loads(proc.stdout or "null")
     except ValueError:
@@ -329,7 +421,62 @@ def _ask(request: dict[str, Any], environ: dict[str, str], settings: Any) -> dic
         raise BackupError(settings.mask(f"the query process failed (exit {proc.returncode}): {last[0]}"))
     if "error" in answer:
         raise BackupError(settings.mask(_explain(answer)))
-    return answer
+    return answer, asked
+
+
+def _alive(pid: str) -> bool:
+    import psutil
+
+    return pid.isdigit() and psutil.pid_exists(int(pid))
+
+
+# What the VFS fetches, as its debug log tells it (litestream's vfs.go and replica_client.go):
+# each plan lists the snapshot level, then levels 8 to 0 (one "finding ltx files for level"
+# line each); a plan at a time (all but the first, when the file opens) also HEADs every file
+# for the time stamped on it; each file of a plan costs a GET of its page index (the last
+# 32 KB) and one of its header; opening reads one header for the page size; each page read
+# from storage is one ranged GET of its frame; a poll lists levels 0 and 1.
+_LOG_LINE = re.compile(r'msg="(?P<msg>[^"]*)"(?P<rest>.*)')
+_FIELD = re.compile(r'(\w+)=("[^"]*"|\S+)')
+_ELEM = re.compile(r"Level:(\d+) MinTXID:(\w+) MaxTXID:(\w+) Offset:\d+ Size:(\d+)")
+PAGE_INDEX_READ = 32 * 1024  # replica_client.go's DefaultEstimatedPageIndexSize
+LTX_HEADER = 100
+
+
+def vfs_requests(log: str, files: list[LtxFile]) -> Requests:
+    """Count what the VFS asked of the replica from its debug log (``files``: the listing,
+    for the files' sizes and how many a timed plan HEADs)."""
+    sizes = {(f.level, f.min_txid, f.max_txid): f.size for f in files}
+    frames: dict[str, int] = {}  # page number -> size of its frame, as the index last said
+    lists = gets = heads = downloaded = plans = 0
+    for line in log.splitlines():
+        found = _LOG_LINE.search(line)
+        if not found:
+            continue
+        msg, fields = found["msg"], dict(_FIELD.findall(found["rest"]))
+        if msg == "adding page index":
+            elem = _ELEM.search(fields.get("elem", ""))
+            if elem:
+                frames[fields.get("page", "")] = int(elem[4])
+        elif msg in ("data read from storage", "transient page fetch error, retrying"):
+            gets += 1
+            downloaded += frames.get(fields.get("page", ""), 0)
+        elif msg == "opening page index":
+            key = (int(fields.get("level", "0")), int(fields.get("min", "0"), 16), int(fields.get("max", "0"), 16))
+            gets += 2
+            downloaded += min(sizes.get(key, PAGE_INDEX_READ), PAGE_INDEX_READ) + LTX_HEADER
+        elif msg == "finding ltx files for level":
+            lists += 1
+            if fields.get("level") == "8":  # a plan begins: its snapshot level was listed first
+                lists += 1
+                heads += len(files) if plans else 0
+                plans += 1
+        elif msg == "opening file":
+            gets += 1
+            downloaded += LTX_HEADER
+        elif msg == "polling replica client":
+            lists += 2
+    return Requests(lists, gets, heads, downloaded)
 
 
 def _explain(answer: dict[str, Any]) -> str:

@@ -23,7 +23,7 @@ from .errors import (
     hole_message,
     missing_bucket,
 )
-from .files import mtime, read_json, update_json
+from .files import mtime, read_json, size_text, update_json
 from .localstate import local_txid, unsynced_since
 from .ltx import SNAPSHOT_LEVEL, LtxFile
 from .process import ProcessState
@@ -537,16 +537,6 @@ def _listed(workspace: Workspace, present: list[Database], now: float) -> list[D
             for db in workspace.databases]
 
 
-def _size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return str(n)
-
-
 def _verified_line(v: dict[str, Any]) -> str:
     if v.get("ok") is None:
         return v["message"]
@@ -561,7 +551,7 @@ def _lines(status: Status) -> list[str]:
     if status.running:
         line = f"daemon    running (pid {status.pid}"
         if "uptime_seconds" in d:
-            line += f", up {d['uptime_seconds']}s, {_size(d.get('memory_bytes'))}"
+            line += f", up {d['uptime_seconds']}s, {size_text(d.get('memory_bytes'))}"
         lines = [line + ")"]
     elif d["state"] == "unknown":
         lines = [f"daemon    unknown (access denied): {d.get('unknown_reason')}"]
@@ -596,7 +586,7 @@ def _lines(status: Status) -> list[str]:
             lines.append("  state          does not exist yet (litestream waits for it)")
             continue
         wal = {True: "WAL", False: "not WAL (litestream switches it)", None: "unknown"}[db.wal_mode]
-        lines.append(f"  size           {_size(db.size_bytes)}, {wal}")
+        lines.append(f"  size           {size_text(db.size_bytes)}, {wal}")
         lines.append(f"  local txid     {db.local_txid or '-'}")
         if db.replica_source == "daemon":
             source = "from the daemon" if db.daemon_answered else \

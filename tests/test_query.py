@@ -57,7 +57,7 @@ def refused(ws: Workspace, *args: str, code: int = 1) -> str:
 def check_time_travel(ws: Workspace) -> None:
     between, first_txid = two_batches(ws)
     latest = ask(ws, "select count(*) as n from items", "--json")
-    assert set(latest) == {"columns", "rows", "txid", "timestamp", "via"}
+    assert set(latest) == {"columns", "rows", "txid", "timestamp", "via", "requests", "bytes"}
     assert latest["columns"] == ["n"] and latest["rows"] == [[5]]
     assert latest["via"] == "copy"  # the plan scans the table: a local copy answers
     in_place = ask(ws, "select count(*) as n from items", "--json", "--via", "vfs")
@@ -231,3 +231,57 @@ def test_the_time_of_the_latest_state_does_not_move_when_a_compaction_rewrites_i
     after = ask(ws, "select body from items where id = 4", "--json")
     assert after["txid"] == before["txid"] and after["timestamp"] == before["timestamp"], (before, after)
     assert ws.inv("backup.stop").returncode == 0
+
+
+def test_requests_and_bytes_reported_are_the_ones_the_s3_server_answered(r2ws, s3_endpoint):
+    """Each answer's `requests` (LIST, GET, HEAD) are the ones the S3 server logged for it, by
+    either path, at the latest state and at a time; and a long query through the VFS makes no
+    more requests than a short one: pinned to a time, the VFS does not poll for new files."""
+    import re
+    from urllib.parse import unquote
+
+    from conftest import MOTO_LOGS
+
+    ws = r2ws
+    make_db(ws.db, 3)
+    assert ws.inv("backup.setup").returncode == 0
+    assert ws.inv("backup.start-bg").returncode == 0
+    for batch in ("four", "five"):  # files at level 0 beside the snapshot
+        insert(ws.db, batch)
+        wait_for(lambda: ask(ws, "select count(*) from items", "--json", "--via", "copy")["rows"][0][0] >= 4
+                 + (batch == "five"), 20, interval=0.5, what=f"{batch} in the replica")
+    between = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    time.sleep(1.2)
+    insert(ws.db, "six")
+    assert ws.inv("backup.stop").returncode == 0  # its final sync: everything is in the replica
+    log = MOTO_LOGS[s3_endpoint]
+    line = re.compile(r'"(GET|HEAD) /' + re.escape(ws.bucket) + r'(\S*) HTTP')
+
+    def served(mark: int) -> dict:
+        time.sleep(0.3)  # moto's log lines land
+        text = re.sub(r"\x1b\[[0-9;]*m", "", log.read_text("utf-8", errors="replace")[mark:])
+        found = {"list": 0, "get": 0, "head": 0}
+        for method, target in line.findall(text):
+            path = unquote(target.partition("?")[0])
+            kind = "head" if method == "HEAD" else "get" if path.strip("/") else "list"
+            found[kind] += 1
+        return found
+
+    slow = "with recursive c(x) as (select 1 union all select x + 1 from c where x < 30000000) select count(*) from c"
+    answers = {}
+    for name, args in {
+        "point": ("select body from items where id = 2",),
+        "point at a time": ("select count(*) from items", "--timestamp", between),
+        "scan through the VFS": ("select count(*) from items", "--via", "vfs"),
+        "a long query through the VFS": (slow, "--via", "vfs"),
+        "scan from a copy": ("select count(*) from items", "--via", "copy"),
+    }.items():
+        mark = len(log.read_text("utf-8", errors="replace"))
+        answers[name] = ask(ws, *args, "--json")
+        assert answers[name]["requests"] == served(mark), name
+        assert answers[name]["bytes"] > 0, name
+    assert answers["point"]["via"] == "vfs" and answers["scan from a copy"]["via"] == "copy"
+    assert answers["point at a time"]["rows"] == [[5]]
+    assert answers["point at a time"]["requests"]["head"] > 0  # litestream reads each file's time
+    # A query that runs for seconds asks no more than a quick one: no LIST a second while it runs.
+    assert answers["a long query through the VFS"]["requests"]["list"] == answers["point"]["requests"]["list"]
