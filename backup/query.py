@@ -27,6 +27,7 @@ import json
 import os
 import re
 import sys
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -196,9 +197,10 @@ def run(workspace: Any, db: Any, sql: str, timestamp: datetime | None = None, tx
 
     ``via``: VFS reads the replica in place, page by page (a point lookup fetches a few
     pages); COPY restores it to a local copy first (kept in the state dir for the next query
-    while the replica has not moved on) and asks that; AUTO asks the VFS for the query plan
-    (a few pages) and takes the copy when the plan scans a table, which through the VFS
-    would fetch the table page by page.
+    while the replica has not moved on) and asks that. AUTO takes the kept copy when there is
+    one; else it asks the VFS for the query plan (a few pages) and takes a copy when the plan
+    scans a table (which through the VFS would fetch the table page by page), or when the
+    statement is still reading after its budget (``_budget``).
     """
     from .restore import point_args
 
@@ -232,12 +234,14 @@ def run(workspace: Any, db: Any, sql: str, timestamp: datetime | None = None, tx
         # query's requests are bounded. A time past any file's, not the newest listed one's:
         # the VFS compares the times litestream's writer stamped, on its own clock.
         when = LATEST
-    if via == COPY:
-        return _from_copy(workspace, db, sql, args, files, listed)
-    request = {"sql": sql, "time": _rfc3339_ms(when), "scan_to": via == AUTO}
+    kept = _kept_copy(workspace.settings, db, files, args)
+    if via == COPY or (via == AUTO and kept is not None and kept.is_file()):
+        return _from_copy(workspace, db, sql, args, files, listed)  # a kept copy answers at local speed
+    request = {"sql": sql, "time": _rfc3339_ms(when), "scan_to": via == AUTO,
+               "budget": _budget(files, args) if via == AUTO else None}
     answer, asked = _ask(request, workspace, db, files)
     asked += listed
-    if answer.get("scans"):
+    if answer.get("scans") or answer.get("over_budget"):
         return _from_copy(workspace, db, sql, args, files, asked)
     if txid is not None and answer["txid"] != f"{txid:016x}":
         raise BackupError(
@@ -257,6 +261,17 @@ def run(workspace: Any, db: Any, sql: str, timestamp: datetime | None = None, tx
                   requests=asked)
 
 
+# How long auto lets a statement read through the VFS before it takes a copy instead: half
+# of what a restore of the point's files would take at 100 MB/s, and at least a second.
+# Past it, the query still answers within 1.5 times a restore plus the local statement.
+MIN_BUDGET = 1.0
+BUDGET_RATE = 200e6
+
+
+def _budget(files: list[LtxFile], args: list[str]) -> float:
+    return max(MIN_BUDGET, _restore_requests(files, args).bytes / BUDGET_RATE)
+
+
 def _pages(count: int) -> int:
     """LISTs of a listing of ``count`` files: S3 answers 1,000 keys a page."""
     return max(1, -(-count // 1000))
@@ -271,27 +286,24 @@ def _from_copy(workspace: Any, db: Any, sql: str, args: list[str], files: list[L
                asked: Requests) -> Answer:
     """Restore the point to a local copy (or reuse the one kept for the latest state while the
     replica has not moved on) and ask it, read-only, with the same screen and authorizer."""
-    import hashlib
     import shutil
     import tempfile
 
     from .files import private_dir
 
     folder = private_dir(copies(workspace.settings))
-    key = hashlib.sha256(str(db.path).encode("utf-8")).hexdigest()[:16]
-    latest = plan(files).max_txid if not args else None
-    kept = folder / f"{key}-{latest:016x}.db" if latest is not None else None
+    kept = _kept_copy(workspace.settings, db, files, args)
     work = None if kept is not None and kept.is_file() else Path(tempfile.mkdtemp(prefix="restore-", dir=folder))
     try:
         if work is None:
-            path, txid = kept, f"{latest:016x}"
+            path, txid = kept, kept.stem.rpartition("-")[2]
         else:
             path = work / "copy.db"
             # No timeout: a download of the whole database takes as long as its size and the link need.
             txid = str(db.replica.json("restore", "-o", str(path), *args, timeout=None).get("txid") or "")
             asked += _restore_requests(files, args)
             if kept is not None:
-                for old in folder.glob(f"{key}-*.db"):  # one kept copy a database: bounded
+                for old in folder.glob(f"{kept.stem.rpartition('-')[0]}-*.db"):  # one kept copy a database
                     old.unlink(missing_ok=True)
                 os.replace(path, kept)
                 path = kept
@@ -301,6 +313,18 @@ def _from_copy(workspace: Any, db: Any, sql: str, args: list[str], files: list[L
             shutil.rmtree(work, ignore_errors=True)
     return Answer(db.name, answer["columns"], answer["rows"], txid, _time_of(files, txid), via=COPY,
                   requests=asked)
+
+
+def _kept_copy(settings: Any, db: Any, files: list[LtxFile], args: list[str]) -> Path | None:
+    """Where the copy of the latest state is kept, named by the database and the txid it
+    holds (None for a point in the past: such copies are not kept)."""
+    import hashlib
+
+    latest = plan(files).max_txid if not args else None
+    if latest is None:
+        return None
+    key = hashlib.sha256(str(db.path).encode("utf-8")).hexdigest()[:16]
+    return copies(settings) / f"{key}-{latest:016x}.db"
 
 
 def _restore_requests(files: list[LtxFile], args: list[str]) -> Requests:
@@ -499,7 +523,7 @@ def _child() -> int:
     os.dup2(2, 1)
     request = json.load(sys.stdin)
     try:
-        result = _answer(request["sql"], request.get("time"), bool(request.get("scan_to")))
+        result = _answer(request["sql"], request.get("time"), bool(request.get("scan_to")), request.get("budget"))
     except _Refused as exc:
         result = {"error": exc.kind, "message": str(exc)}
     json.dump(result, answer_to)
@@ -521,7 +545,7 @@ def scans(detail: str) -> bool:
         and "USING PRIMARY KEY" not in detail and "USING INTEGER PRIMARY KEY" not in detail
 
 
-def _answer(sql: str, when: str | None, scan_to: bool = False) -> dict[str, Any]:
+def _answer(sql: str, when: str | None, scan_to: bool = False, budget: float | None = None) -> dict[str, Any]:
     import apsw
     import litestream_vfs
 
@@ -555,10 +579,16 @@ def _answer(sql: str, when: str | None, scan_to: bool = False) -> dict[str, Any]
 
     cursor = con.cursor()
     cursor.exec_trace = one_statement
+    # Over its budget, the statement is interrupted: the parent takes a local copy instead.
+    timer = threading.Timer(budget, con.interrupt) if budget else None
     try:
+        if timer:
+            timer.start()
         cursor.execute(sql)
         columns = [d[0] for d in cursor.get_description()] if statements else []
         rows = [[_json_value(v) for v in row] for row in cursor]
+    except apsw.InterruptError:
+        return {"over_budget": True, "txid": txid, "time": time}
     except apsw.ExecTraceAbort:
         raise _Refused("several", sql) from None
     except (apsw.AuthError, apsw.ReadOnlyError) as exc:
@@ -567,6 +597,9 @@ def _answer(sql: str, when: str | None, scan_to: bool = False) -> dict[str, Any]
         columns, rows = [], []
     except apsw.Error as exc:
         raise _Refused("sql", str(exc)) from None
+    finally:
+        if timer:
+            timer.cancel()
     if statements > 1:
         raise _Refused("several", sql)
     return {"columns": columns, "rows": rows, "txid": txid, "time": time}

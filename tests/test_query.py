@@ -72,7 +72,9 @@ def check_time_travel(ws: Workspace) -> None:
     assert [row[0] for row in by_txid["rows"]] == ["row 0", "row 1", "row 2"]
     table = ask(ws, "select id, body from items where id = 4")["text"]
     assert "four" in table and f"at txid {latest['txid']}" in table and "(1 row from the replica" in table
-    assert "read in place)" in table  # a point lookup: the VFS fetches a few pages
+    # A point lookup, which the VFS would answer from a few pages: the kept copy answers it
+    # (the replica has not moved on), with one LIST and nothing downloaded.
+    assert "a local copy of it)" in table and "(asked the replica: 1 LIST; 0 B downloaded)" in table
 
     assert "only a statement that reads" in refused(ws, "delete from items")
     assert "only a statement that reads" in refused(ws, "create table x (y)")
@@ -285,3 +287,23 @@ def test_requests_and_bytes_reported_are_the_ones_the_s3_server_answered(r2ws, s
     assert answers["point at a time"]["requests"]["head"] > 0  # litestream reads each file's time
     # A query that runs for seconds asks no more than a quick one: no LIST a second while it runs.
     assert answers["a long query through the VFS"]["requests"]["list"] == answers["point"]["requests"]["list"]
+
+
+def test_a_statement_still_reading_through_the_vfs_after_its_budget_is_answered_from_a_copy(r2ws):
+    """A range over the whole primary key is no SCAN in the plan, yet reads every page: through
+    the VFS it would fetch the table page by page. Past its budget (a second for a small
+    database) auto stops it and answers from a local copy, with the right rows."""
+    import os
+    import sqlite3
+
+    ws = r2ws
+    make_db(ws.db, 3)
+    with sqlite3.connect(ws.db) as con:
+        con.executemany("insert into items (body) values (?)", [(os.urandom(500).hex(),) for _ in range(6000)])
+    assert ws.inv("backup.setup").returncode == 0
+    assert ws.inv("backup.snapshot").returncode == 0
+    sql = "select count(*) from items where id > 0"
+    answer = ask(ws, sql, "--json")
+    assert answer["via"] == "copy" and answer["rows"] == [[6003]], answer
+    # It read through the VFS first (for its budget), then restored: both counted.
+    assert answer["requests"]["get"] > 10 and answer["bytes"] > ws.db.stat().st_size / 2, answer
