@@ -133,7 +133,15 @@ def _from_replicas(settings: cfg.Settings, write_config: bool = True) -> Any:
         workspace = _workspace(settings, remember=False)  # the config just written from .env
     elif not workspace.configured:
         workspace = _workspace(settings, remember=False)  # raises: how to write one
-    return workspace.with_replicas()
+    return _as_settings_say(workspace).with_replicas()
+
+
+def _as_settings_say(workspace: Any) -> Any:
+    """A command that only reads replicas reads them where the settings put them now."""
+    workspace, notes = workspace.where_settings_say()
+    for line in notes:
+        print(f"note: {line}", file=sys.stderr)
+    return workspace
 
 
 def _show(result: Any, as_json: bool) -> None:
@@ -299,7 +307,11 @@ def stop(c, timeout=None, follower=None, all=False):  # noqa: A002 -- the flag i
 )
 @actionable
 def follow(c, output=None, interval="1s", background=False, force=False, db=None, json=False, timeout=None):
-    """Keep a read-only copy of a database that applies the replica's changes as they arrive."""
+    """Keep a read-only copy of a database that applies the replica's changes as they arrive.
+
+    It reads the replica the settings name now (flags > environment > .env > defaults),
+    with a note when litestream.yml, which replication follows, names another.
+    """
     from .follow import run_foreground, start
 
     if output is None or not output.strip():
@@ -417,7 +429,11 @@ DB_HELP = ("one database: its path as written in BACKUP_DB, relative, or absolut
 )
 @actionable
 def restore(c, output=None, timestamp=None, txid=None, force=False, dry_run=False, json=False, db=None):
-    """Restore the databases from their replicas, each checked by SQLite before it replaces anything."""
+    """Restore the databases from their replicas, each checked by SQLite before it replaces anything.
+
+    It reads the replica the settings name now (flags > environment > .env > defaults),
+    with a note when litestream.yml, which replication follows, names another.
+    """
     from .restore import restore as do_restore
 
     when, upto = _point_in_time(timestamp, txid)
@@ -447,15 +463,24 @@ def restore(c, output=None, timestamp=None, txid=None, force=False, dry_run=Fals
         "date-time, an age such as 2h); default: the latest state",
         "txid": "ask the replica as it was at this litestream txid (16 hex digits); default: the latest",
         "db": "the database to ask when there are several (as for restore); default: the only one",
-        "json": "print {\"columns\", \"rows\", \"txid\", \"timestamp\", \"via\"} instead of a table; default off",
+        "json": "print {\"columns\", \"rows\", \"txid\", \"timestamp\", \"via\", \"requests\": {\"list\", "
+        "\"get\", \"head\"}, \"bytes\"} instead of a table; default off",
         "via": "vfs (read the replica in place, page by page), copy (restore a local copy, kept in "
-        "the state dir while the replica has not moved on, and ask that), or auto: a copy when the "
-        "query plan scans a table; default auto",
+        "the state dir while the replica has not moved on, and ask that), or auto: the kept copy if "
+        "there is one, else the VFS unless the query plan scans a table or the statement is still "
+        "reading after its budget (about half a restore's time); default auto",
     },
 )
 @actionable
 def query(c, sql=None, timestamp=None, txid=None, db=None, json=False, via="auto"):
-    """Ask the backup a read-only SQL question, at any point in time, without restoring it."""
+    """Ask the backup a read-only SQL question, at any point in time, without restoring it.
+
+    Settings follow the one precedence rule of every command: task flags > the process
+    environment > the workspace's .env > built-in defaults. The replica read is the one they
+    name now (R2_ENDPOINT, R2_BUCKET, BACKUP_REPLICA_PATH, BACKUP_LOCAL_DIR), as for restore
+    and snapshots; a note says so when litestream.yml, which replication follows until setup
+    is re-run, names another.
+    """
     from .query import missing, run
 
     if sql is None or not sql.strip():
@@ -476,10 +501,14 @@ def query(c, sql=None, timestamp=None, txid=None, db=None, json=False, via="auto
 })
 @actionable
 def snapshots(c, json=False, db=None):
-    """List each replica's snapshots and the restorable window (earliest to latest)."""
+    """List each replica's snapshots and the restorable window (earliest to latest).
+
+    It reads the replica the settings name now (flags > environment > .env > defaults),
+    with a note when litestream.yml, which replication follows, names another.
+    """
     from .restore import snapshots as list_snapshots
 
-    workspace = _workspace()
+    workspace = _as_settings_say(_workspace())
     _show(list_snapshots(workspace, workspace.select(db)), json)
 
 

@@ -99,6 +99,44 @@ class Database:
         return self.entry.sync_interval
 
 
+def _databases(settings: Settings, config: LitestreamConfig, litestream: Litestream, source: Path,
+               remember: bool, moved: set[Path] = frozenset()) -> tuple[Database, ...]:
+    """Every database the config names, with its replica. ``moved``: entries whose replica is
+    not the one ``source`` names (each read through a one-database file of its own)."""
+    databases: list[Database] = []
+    for entry in config.databases:
+        if entry.pattern is None:
+            replica = Replica(settings, entry, litestream, source, found=entry.path in moved, remember=remember)
+            databases.append(Database(entry.path, _name(entry.path, settings.workspace), entry, replica))
+            continue
+        for resolved in entry.databases():
+            replica = Replica(settings, resolved, litestream, source, found=True, remember=remember)
+            databases.append(Database(resolved.path, _name(resolved.path, settings.workspace),
+                                      resolved, replica, entry))
+    return tuple(databases)
+
+
+def _place(entry: Entry) -> tuple[object, ...]:
+    """Where an entry's replica is."""
+    return entry.replica_type, entry.endpoint, entry.bucket, entry.location.rstrip("/"), entry.region or "auto"
+
+
+def _variables(old: Entry, new: Entry, mode: str) -> str:
+    """The settings that moved a replica from ``old`` to ``new``."""
+    from .config import R2
+
+    if old.replica_type != new.replica_type:
+        return "R2 settings present" if new.replica_type == "s3" else "no R2 settings"
+    named = []
+    if old.endpoint != new.endpoint:
+        named.append("R2_ENDPOINT or R2_ACCOUNT_ID")
+    if old.bucket != new.bucket:
+        named.append("R2_BUCKET")
+    if old.location.rstrip("/") != new.location.rstrip("/"):
+        named.append("BACKUP_REPLICA_PATH" if mode == R2 else "BACKUP_LOCAL_DIR or BACKUP_REPLICA_PATH")
+    return ", ".join(named) or "the region"
+
+
 def _name(path: Path, workspace: Path) -> str:
     try:
         return path.relative_to(workspace).as_posix()
@@ -135,17 +173,8 @@ class Workspace:
             config, changed, source = active.config, active.changed, active.source
         else:
             config, changed, source = cls._unwritten(settings), False, settings.config_path
-        databases: list[Database] = []
-        for entry in config.databases:
-            if entry.pattern is None:
-                replica = Replica(settings, entry, litestream, source, remember=remember)
-                databases.append(Database(entry.path, _name(entry.path, settings.workspace), entry, replica))
-                continue
-            for resolved in entry.databases():
-                replica = Replica(settings, resolved, litestream, source, found=True, remember=remember)
-                databases.append(Database(resolved.path, _name(resolved.path, settings.workspace),
-                                          resolved, replica, entry))
-        return cls(settings, config, litestream, state, tuple(databases), source, configured, changed)
+        databases = _databases(settings, config, litestream, source, remember)
+        return cls(settings, config, litestream, state, databases, source, configured, changed)
 
     @staticmethod
     def _unwritten(settings: Settings) -> LitestreamConfig:
@@ -159,6 +188,45 @@ class Workspace:
         except BackupError:
             raise ConfigError(NO_CONFIG) from None
         return read_config(settings.config_path, text.encode("utf-8"))
+
+    def where_settings_say(self) -> tuple[Workspace, list[str]]:
+        """This workspace reading each replica where the settings put it now (flags >
+        environment > .env > defaults), for a command that only reads replicas. That is where
+        litestream.yml replicates, unless a setting changed since setup wrote it (R2_ENDPOINT
+        in the environment, say): then the replica the settings name is read, and a note
+        names the difference. Replication itself keeps to litestream.yml until setup is re-run."""
+        from dataclasses import replace
+
+        import yaml
+
+        from .config import LOCAL, R2
+        from .ltconfig import parse_config
+        from .render import render
+
+        mode = LOCAL if all(e.replica_type == "file" for e in self.config.databases) else R2
+        try:  # what setup would write now (not a reading of the file)
+            rendered = parse_config(yaml.safe_load(render(self.settings, mode)), self.settings.config_path, True)
+        except BackupError:
+            return self, []  # the settings name no replica of their own: litestream.yml's it is
+        said = {e.path: e for e in rendered.databases}
+        entries, notes, moved = [], [], set()
+        for entry in self.config.databases:
+            new = said.get(entry.path)
+            if new is None or _place(new) == _place(entry):
+                entries.append(entry)
+                continue
+            moved.add(entry.path)
+            entries.append(replace(entry, replica_type=new.replica_type, replica=new.replica, endpoint=new.endpoint,
+                                   bucket=new.bucket, location=new.location, region=new.region))
+            command = "inv backup.setup" if mode == R2 else "inv backup.local --no-start"
+            notes.append(f"{_name(entry.path, self.settings.workspace)}: reading {new.replica}, where the settings "
+                         f"put it ({_variables(entry, new, mode)}); litestream.yml replicates to {entry.replica} "
+                         f"until '{command}' is re-run")
+        if not notes:
+            return self, []
+        config = replace(self.config, databases=tuple(entries))
+        databases = _databases(self.settings, config, self.litestream, self.source, remember=False, moved=moved)
+        return replace(self, config=config, databases=databases), notes
 
     @property
     def running(self) -> bool:
