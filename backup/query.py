@@ -31,6 +31,7 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from time import monotonic
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -235,8 +236,8 @@ def run(workspace: Any, db: Any, sql: str, timestamp: datetime | None = None, tx
         # the VFS compares the times litestream's writer stamped, on its own clock.
         when = LATEST
     kept = _kept_copy(workspace.settings, db, files, args)
-    if via == COPY or (via == AUTO and kept is not None and kept.is_file()):
-        return _from_copy(workspace, db, sql, args, files, listed)  # a kept copy answers at local speed
+    if first_choice(via, kept is not None and kept.is_file(), _restore_requests(files, args).bytes) == COPY:
+        return _from_copy(workspace, db, sql, args, files, listed)
     request = {"sql": sql, "time": _rfc3339_ms(when), "scan_to": via == AUTO,
                "budget": _budget(files, args) if via == AUTO else None}
     answer, asked = _ask(request, workspace, db, files)
@@ -261,15 +262,28 @@ def run(workspace: Any, db: Any, sql: str, timestamp: datetime | None = None, tx
                   requests=asked)
 
 
-# How long auto lets a statement read through the VFS before it takes a copy instead: half
-# of what a restore of the point's files would take at 100 MB/s, and at least a second.
-# Past it, the query still answers within 1.5 times a restore plus the local statement.
-MIN_BUDGET = 1.0
-BUDGET_RATE = 200e6
+# auto's bounds, so a query takes at most about 1.5 times a restore plus the statement on
+# the copy (bench/query_cost.py). A restore is guessed at 100 MB/s, faster than most links,
+# so the guess errs short. Under COPY_UNDER bytes to download, a restore costs no more than
+# the VFS's set-up (it plans twice and reads each file's page index and header: 0.8 s on
+# the local S3 server, where 128 MB restore in 1.9 s): auto restores a copy straight away.
+# Above it, the VFS child gets half the guessed restore time, from its start, before the
+# statement is stopped and a copy answers; at least MIN_STATEMENT for the statement itself.
+RESTORE_RATE = 100e6
+COPY_UNDER = 128 * 2**20
+MIN_STATEMENT = 0.25
+
+
+def first_choice(via: str, kept: bool, download: int) -> str:
+    """VFS or COPY, before anything is asked of the VFS: ``kept``, a copy of the point is
+    kept (it answers at local speed); ``download``, the bytes a restore of it fetches."""
+    if via != AUTO:
+        return via
+    return COPY if kept or download < COPY_UNDER else VFS
 
 
 def _budget(files: list[LtxFile], args: list[str]) -> float:
-    return max(MIN_BUDGET, _restore_requests(files, args).bytes / BUDGET_RATE)
+    return 0.5 * _restore_requests(files, args).bytes / RESTORE_RATE
 
 
 def _pages(count: int) -> int:
@@ -579,8 +593,11 @@ def _answer(sql: str, when: str | None, scan_to: bool = False, budget: float | N
 
     cursor = con.cursor()
     cursor.exec_trace = one_statement
-    # Over its budget, the statement is interrupted: the parent takes a local copy instead.
-    timer = threading.Timer(budget, con.interrupt) if budget else None
+    # Over its budget (counted from this process's start), the statement is interrupted: the
+    # parent takes a local copy instead.
+    timer = None
+    if budget is not None:
+        timer = threading.Timer(max(MIN_STATEMENT, budget - (monotonic() - _STARTED)), con.interrupt)
     try:
         if timer:
             timer.start()
@@ -606,4 +623,5 @@ def _answer(sql: str, when: str | None, scan_to: bool = False, budget: float | N
 
 
 if __name__ == "__main__":
+    _STARTED = monotonic()
     sys.exit(_child())

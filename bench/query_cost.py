@@ -1,27 +1,45 @@
-"""What `inv backup.query` fetches from S3, next to a restore of the same database.
+"""What `inv backup.query` costs and how long it takes, beside a restore of the same point.
 
-    python bench/query_cost.py [--megabytes 100] [--runs 3]
+    python bench/query_cost.py [--megabytes 200] [--runs 3]
 
-A database of about --megabytes MB (rows of 1 KB of incompressible bytes, an index on
-a small column) replicated to moto's S3 server on 127.0.0.1 through a byte-counting TCP
-forwarder. Then, each --runs times: a point query (one row by primary key), a
-`count(*)` (SQLite counts through the smallest index), and `inv backup.restore --output`
-of the whole database. Prints the bytes each fetched from S3 (medians), their share of
-the database, GET requests, and seconds. Target: a point query fetches under 5 % of the
-database and answers faster than the restore.
+A database of about --megabytes MB (items: an integer key, a small indexed column `k`, 1 KB
+of incompressible bytes a row; tags: 2,000 rows naming items, indexed by tag) replicated
+to moto's S3 server on 127.0.0.1 through a TCP forwarder that counts the bytes sent back.
+The replica holds two states: the database, then (seconds later) 1,000 more rows, so
+`--timestamp` asks the earlier one.
+
+For each statement (a point lookup, an index range, a full-table count(*), a join), at the
+latest state and at the earlier time, --runs times with no kept copy: seconds, LISTs, GETs
+and HEADs (moto's log), bytes (the forwarder), the path that answered (`via`) and whether
+the answer's own `requests` and `bytes` agree; beside them, `inv backup.restore --output` of
+the same point plus the statement on that local copy, and the ratio of the query's time to
+theirs. Then a query answered by the copy kept for the latest state. Medians throughout.
+Targets (issue 27): every ratio at most 1.5; a point lookup under 5 % of the database's
+bytes and faster than the restore.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
+import shutil
 import socket
 import sqlite3
 import threading
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
-from _workspace import counting, median, s3_server, workspace
+from _workspace import counting, median, run_main, s3_server, workspace
+
+STATEMENTS = {
+    "point lookup": "select k, length(body) from items where id = {middle}",
+    "index range": "select count(*) from items where k between 10 and 12",
+    "count(*)": "select count(*) from items",
+    "join": "select count(*), sum(length(i.body)) from tags t join items i on i.id = t.item_id where t.tag = 'red'",
+}
+TAGS = ("red", "green", "blue", "amber", "grey")
 
 
 class Meter:
@@ -65,23 +83,45 @@ def fill(db: Path, megabytes: float) -> int:
     con.execute("PRAGMA journal_mode=WAL")
     con.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, k INTEGER, body BLOB)")
     con.execute("CREATE INDEX items_k ON items (k)")
+    con.execute("CREATE TABLE tags (item_id INTEGER, tag TEXT)")
+    con.execute("CREATE INDEX tags_tag ON tags (tag)")
     rows = int(megabytes * 1e6 / 1000)
     for start in range(0, rows, 1000):
         con.executemany("INSERT INTO items (k, body) VALUES (?, ?)",
                         [(n % 97, os.urandom(1000)) for n in range(start, min(rows, start + 1000))])
         con.commit()
+    step = max(1, rows // 2000)
+    con.executemany("INSERT INTO tags VALUES (?, ?)",
+                    [(item, TAGS[n % len(TAGS)]) for n, item in enumerate(range(1, rows, step))])
+    con.commit()
     con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     con.close()
     return rows
 
 
-def main() -> None:
+def more_rows(db: Path, count: int) -> None:
+    con = sqlite3.connect(db)
+    con.executemany("INSERT INTO items (k, body) VALUES (?, ?)", [(n % 97, os.urandom(1000)) for n in range(count)])
+    con.commit()
+    con.close()
+
+
+def local_seconds(path: Path, sql: str) -> tuple[float, list]:
+    began = time.perf_counter()
+    con = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    rows = con.execute(sql).fetchall()
+    con.close()
+    return time.perf_counter() - began, [list(r) for r in rows]
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--megabytes", type=float, default=100)
+    parser.add_argument("--megabytes", type=float, default=200)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     requests = counting()
-    with contextlib.ExitStack() as stack, workspace() as ws:
+    results: dict[tuple[str, str], list[dict]] = {}
+    with contextlib.ExitStack() as stack, workspace(sync_interval="1s") as ws:
         endpoint, log, s3 = s3_server(stack)
         meter = Meter(int(endpoint.rsplit(":", 1)[1]))
         stack.callback(meter.close)
@@ -94,32 +134,67 @@ def main() -> None:
         size = ws.db.stat().st_size
         ws.inv("backup.setup")
         ws.inv("backup.start-bg", "--timeout", "600")
-        ws.inv("backup.stop")  # its final sync: the replica holds everything
-        cases = {
-            "point query": ["backup.query", f"select k, length(body) from items where id = {rows // 2}"],
-            "count(*)": ["backup.query", "select count(*) from items"],
-        }
-        results: dict[str, list[tuple[int, int, float]]] = {name: [] for name in [*cases, "restore --output"]}
+        ws.inv("backup.stop")  # its final sync: the replica holds the first state
+        time.sleep(1.5)
+        earlier = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        time.sleep(1.5)
+        more_rows(ws.db, 1000)
+        ws.inv("backup.start-bg", "--timeout", "600")
+        ws.inv("backup.stop")
+        kept = ws.root / "state" / "query"
+        points = {"latest": [], f"at {earlier[11:19]}": ["--timestamp", earlier]}
+
+        def measured(argv: list[str]) -> tuple[dict, float, object]:
+            mark, before = log.mark(), meter.down
+            began = time.perf_counter()
+            proc = ws.inv(*argv)
+            seconds = time.perf_counter() - began
+            time.sleep(0.3)  # moto's access log lines land
+            tally = log.tally(mark, log.mark()).get("bench-query")
+            ops = tally.by_op if tally else {}
+            return ({"LIST": ops.get("ListObjectsV2", 0), "GET": ops.get("GetObject", 0),
+                     "HEAD": ops.get("HeadObject", 0), "bytes": meter.down - before}, seconds, proc)
+
         for run in range(args.runs):
-            out = ws.root / f"restored-{run}.db"
-            for name, argv in [*cases.items(), ("restore --output", ["backup.restore", "--output", str(out)])]:
-                mark, before = log.mark(), meter.down
-                began = time.perf_counter()
-                proc = ws.inv(*argv)
-                seconds = time.perf_counter() - began
-                if name == "count(*)" and str(rows) not in proc.stdout:
-                    raise SystemExit(f"count(*) did not answer {rows}: {proc.stdout}")
-                time.sleep(0.3)  # moto's access log lines land
-                tally = log.tally(mark, log.mark()).get("bench-query")
-                gets = tally.by_op["GetObject"] if tally else 0
-                results[name].append((meter.down - before, gets, seconds))
-            out.unlink(missing_ok=True)
+            for point, when in points.items():
+                out = ws.root / f"restored-{run}.db"
+                counts, restore_s, _ = measured(["backup.restore", "--output", str(out), *when])
+                results.setdefault(("restore --output", point), []).append({**counts, "seconds": restore_s})
+                for name, template in STATEMENTS.items():
+                    sql = template.format(middle=rows // 2)
+                    local_s, local_rows = local_seconds(out, sql)
+                    shutil.rmtree(kept, ignore_errors=True)  # cold: no copy kept from before
+                    counts, seconds, proc = measured(["backup.query", sql, "--json", *when])
+                    answer = json.loads(proc.stdout)
+                    if answer["rows"] != local_rows:
+                        raise SystemExit(f"{name} {point}: {answer['rows']} != the restored copy's {local_rows}")
+                    reported = dict(answer["requests"], bytes=answer["bytes"])
+                    agree = all(reported[k.lower()] == counts[k] for k in ("LIST", "GET", "HEAD"))
+                    results.setdefault((name, point), []).append({
+                        **counts, "seconds": seconds, "via": answer["via"], "agree": agree,
+                        "reported_bytes": answer["bytes"], "beside": restore_s + local_s,
+                    })
+                out.unlink(missing_ok=True)
+            # A copy kept for the latest state answers the next query.
+            sql = STATEMENTS["point lookup"].format(middle=rows // 2)
+            ws.inv("backup.query", sql, "--via", "copy")
+            counts, seconds, proc = measured(["backup.query", sql, "--json"])
+            results.setdefault(("point lookup, copy kept", "latest"), []).append(
+                {**counts, "seconds": seconds, "via": json.loads(proc.stdout)["via"], "agree": True})
     print(f"database: {size / 1e6:.0f} MB, {rows} rows; medians of {args.runs} runs, through the local S3 server")
-    print(f"{'':<18} {'fetched':>10} {'of the db':>10} {'GETs':>6} {'seconds':>8}")
-    for name, runs in results.items():
-        fetched, gets, seconds = (median([r[i] for r in runs]) for i in range(3))
-        print(f"{name:<18} {fetched / 1e6:>8.2f}MB {fetched / size:>9.1%} {gets:>6.0f} {seconds:>8.2f}")
+    print(f"{'statement':<26}{'point':<13}{'via':<6}{'seconds':>8}{'LIST':>6}{'GET':>6}{'HEAD':>6}"
+          f"{'MB':>8}{'of db':>7}{'agree':>6}{'restore+local':>14}{'ratio':>7}")
+    for (name, point), runs in results.items():
+        mid = {k: median([r[k] for r in runs]) for k in ("seconds", "LIST", "GET", "HEAD", "bytes")}
+        via = "/".join(sorted({r.get("via", "-") for r in runs}))
+        agree = "yes" if all(r.get("agree", True) for r in runs) else "NO"
+        beside = median([r["beside"] for r in runs]) if "beside" in runs[0] else None
+        ratio = f"{mid['seconds'] / beside:.2f}" if beside else "-"
+        print(f"{name:<26}{point:<13}{via:<6}{mid['seconds']:>8.2f}{mid['LIST']:>6.0f}{mid['GET']:>6.0f}"
+              f"{mid['HEAD']:>6.0f}{mid['bytes'] / 1e6:>8.2f}{mid['bytes'] / size:>7.1%}{agree:>6}"
+              f"{(f'{beside:.2f}' if beside else '-'):>14}{ratio:>7}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

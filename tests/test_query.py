@@ -221,8 +221,7 @@ def test_the_time_of_the_latest_state_does_not_move_when_a_compaction_rewrites_i
     insert(ws.db, "four")
     wait_for(lambda: ask(ws, "select count(*) from items", "--json", "--via", "vfs")["rows"] == [[4]], 30,
              interval=0.5, what="the insert in the replica")
-    before = ask(ws, "select body from items where id = 4", "--json")
-    assert before["via"] == "vfs"
+    before = ask(ws, "select body from items where id = 4", "--json", "--via", "vfs")
     txid = int(before["txid"], 16)
 
     def merged() -> bool:
@@ -230,7 +229,7 @@ def test_the_time_of_the_latest_state_does_not_move_when_a_compaction_rewrites_i
         return proc.returncode == 0 and any(int(f["max_txid"], 16) >= txid for f in json.loads(proc.stdout or "[]"))
 
     wait_for(merged, 30, interval=1, what="a level-1 file over the txid")
-    after = ask(ws, "select body from items where id = 4", "--json")
+    after = ask(ws, "select body from items where id = 4", "--json", "--via", "vfs")
     assert after["txid"] == before["txid"] and after["timestamp"] == before["timestamp"], (before, after)
     assert ws.inv("backup.stop").returncode == 0
 
@@ -240,6 +239,7 @@ def test_requests_and_bytes_reported_are_the_ones_the_s3_server_answered(r2ws, s
     either path, at the latest state and at a time; and a long query through the VFS makes no
     more requests than a short one: pinned to a time, the VFS does not poll for new files."""
     import re
+    import shutil
     from urllib.parse import unquote
 
     from conftest import MOTO_LOGS
@@ -272,29 +272,44 @@ def test_requests_and_bytes_reported_are_the_ones_the_s3_server_answered(r2ws, s
     slow = "with recursive c(x) as (select 1 union all select x + 1 from c where x < 30000000) select count(*) from c"
     answers = {}
     for name, args in {
-        "point": ("select body from items where id = 2",),
-        "point at a time": ("select count(*) from items", "--timestamp", between),
+        "point": ("select body from items where id = 2", "--via", "vfs"),
+        "point at a time": ("select count(*) from items", "--timestamp", between, "--via", "vfs"),
+        "a copy at a time": ("select count(*) from items", "--timestamp", between, "--via", "copy"),
         "scan through the VFS": ("select count(*) from items", "--via", "vfs"),
         "a long query through the VFS": (slow, "--via", "vfs"),
         "scan from a copy": ("select count(*) from items", "--via", "copy"),
     }.items():
+        shutil.rmtree(ws.state / "query", ignore_errors=True)  # no copy kept from before
         mark = len(log.read_text("utf-8", errors="replace"))
         answers[name] = ask(ws, *args, "--json")
         assert answers[name]["requests"] == served(mark), name
         assert answers[name]["bytes"] > 0, name
     assert answers["point"]["via"] == "vfs" and answers["scan from a copy"]["via"] == "copy"
-    assert answers["point at a time"]["rows"] == [[5]]
+    assert answers["point at a time"]["rows"] == answers["a copy at a time"]["rows"] == [[5]]
     assert answers["point at a time"]["requests"]["head"] > 0  # litestream reads each file's time
     # A query that runs for seconds asks no more than a quick one: no LIST a second while it runs.
     assert answers["a long query through the VFS"]["requests"]["list"] == answers["point"]["requests"]["list"]
 
 
-def test_a_statement_still_reading_through_the_vfs_after_its_budget_is_answered_from_a_copy(r2ws):
+@pytest.mark.parametrize("via, kept, download, chosen", [
+    ("auto", False, 500 * 2**20, "vfs"),  # a large replica: the VFS reads a few pages
+    ("auto", False, 10 * 2**20, "copy"),  # a small one restores faster than the VFS sets up
+    ("auto", True, 500 * 2**20, "copy"),  # a kept copy answers at local speed
+    ("vfs", True, 10 * 2**20, "vfs"), ("copy", False, 500 * 2**20, "copy"),  # forced
+])
+def test_the_first_choice_of_auto(via, kept, download, chosen):
+    assert query.first_choice(via, kept, download) == chosen
+
+
+def test_a_statement_still_reading_through_the_vfs_after_its_budget_is_stopped(r2ws):
     """A range over the whole primary key is no SCAN in the plan, yet reads every page: through
-    the VFS it would fetch the table page by page. Past its budget (a second for a small
-    database) auto stops it and answers from a local copy, with the right rows."""
+    the VFS it would fetch the table page by page. Past its budget the child stops it and
+    says so (auto then answers from a local copy); with no budget it answers."""
     import os
     import sqlite3
+
+    from backup import config
+    from backup.workspace import Workspace
 
     ws = r2ws
     make_db(ws.db, 3)
@@ -302,8 +317,12 @@ def test_a_statement_still_reading_through_the_vfs_after_its_budget_is_answered_
         con.executemany("insert into items (body) values (?)", [(os.urandom(500).hex(),) for _ in range(6000)])
     assert ws.inv("backup.setup").returncode == 0
     assert ws.inv("backup.snapshot").returncode == 0
-    sql = "select count(*) from items where id > 0"
-    answer = ask(ws, sql, "--json")
-    assert answer["via"] == "copy" and answer["rows"] == [[6003]], answer
-    # It read through the VFS first (for its budget), then restored: both counted.
-    assert answer["requests"]["get"] > 10 and answer["bytes"] > ws.db.stat().st_size / 2, answer
+    workspace = Workspace.load(config.load(ws.path, environ={**os.environ, **ws.env}))
+    db = workspace.databases[0]
+    files = db.replica.relist()
+    request = {"sql": "select count(*) from items where id > 0", "time": query._rfc3339_ms(query.LATEST),
+               "scan_to": True}
+    stopped, asked = query._ask({**request, "budget": 0}, workspace, db, files)
+    assert stopped.get("over_budget") and asked.gets < 300, (stopped, asked)  # it read for a moment only
+    answered, asked = query._ask({**request, "budget": None}, workspace, db, files)
+    assert answered["rows"] == [[6003]] and asked.gets > 600, asked  # page by page: what the budget spares
