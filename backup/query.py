@@ -33,7 +33,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from time import monotonic
 from typing import Any
-from urllib.parse import quote, urlencode
+from urllib.parse import quote, unquote, urlencode
 
 from . import child
 from .errors import EXIT_CONFIG, BackupError
@@ -68,12 +68,12 @@ class Answer:
     timestamp: str
     notes: list[str] = field(default_factory=list)
     via: str = "vfs"  # what answered: the VFS reading the replica in place, or a local copy
-    requests: Requests | None = None  # what it asked of the replica
+    requests: Requests | None = None  # what it asked of an S3 replica (None: a folder, nothing billed)
 
     def as_dict(self) -> dict[str, Any]:
-        asked = self.requests or Requests()
+        asked = self.requests
         return {"columns": self.columns, "rows": self.rows, "txid": self.txid, "timestamp": self.timestamp,
-                "via": self.via, "requests": asked.as_dict(), "bytes": asked.bytes}
+                "via": self.via, "requests": asked.as_dict() if asked else None, "bytes": asked.bytes if asked else None}
 
     def as_lines(self) -> list[str]:
         cells = [[_cell(v) for v in row] for row in self.rows]
@@ -218,7 +218,6 @@ def run(workspace: Any, db: Any, sql: str, timestamp: datetime | None = None, tx
     files = db.replica.relist() if db.replica.has_store else db.replica.files()
     listed = Requests(lists=_pages(len(files)) if db.replica.has_store else LISTS_PER_PLAN)
     args = point_args(files, db.path, timestamp, txid, lambda: workspace.state)  # restore's window and its errors
-    when = None
     if txid is not None:
         # The VFS travels by time: the moment the file ending at that txid was written
         # (listed to the second, so the end of that second).
@@ -259,7 +258,7 @@ def run(workspace: Any, db: Any, sql: str, timestamp: datetime | None = None, tx
         asked += Requests(lists=_pages(len(files)))
         written = _time_of(files, str(answer["txid"]))
     return Answer(db.name, answer["columns"], answer["rows"], answer["txid"], written or answer["time"],
-                  requests=asked)
+                  requests=asked if db.entry.replica_type == "s3" else None)
 
 
 # auto's bounds, so a query takes at most about 1.5 times a restore plus the statement on
@@ -326,7 +325,7 @@ def _from_copy(workspace: Any, db: Any, sql: str, args: list[str], files: list[L
         if work is not None:
             shutil.rmtree(work, ignore_errors=True)
     return Answer(db.name, answer["columns"], answer["rows"], txid, _time_of(files, txid), via=COPY,
-                  requests=asked)
+                  requests=asked if db.entry.replica_type == "s3" else None)
 
 
 def _kept_copy(settings: Any, db: Any, files: list[LtxFile], args: list[str]) -> Path | None:
@@ -424,32 +423,20 @@ def _rfc3339_ms(when: datetime) -> str:
 
 
 def _ask(request: dict[str, Any], workspace: Any, db: Any, files: list[LtxFile]) -> tuple[dict[str, Any], Requests]:
-    """Ask the VFS child; count what it asked of the replica from its own debug log."""
-    from .files import private_dir
-
+    """Ask the VFS child; count what it asked of an S3 replica from the requests it saw."""
     settings = workspace.settings
-    folder = private_dir(copies(settings))
-    for left in folder.glob("vfs-*.log"):  # by a query that was killed: a log of its own pid
-        if not _alive(left.stem.partition("-")[2]):
-            left.unlink(missing_ok=True)
-    log = folder / f"vfs-{os.getpid()}.log"
-    log.write_bytes(b"")
-    log.chmod(0o600)
-    environ = {**workspace.litestream.environment(), "LITESTREAM_REPLICA_URL": replica_url(db.entry),
-               "LITESTREAM_LOG_LEVEL": "DEBUG", "LITESTREAM_LOG_FILE": str(log)}
+    environ = {**workspace.litestream.environment(), "LITESTREAM_REPLICA_URL": replica_url(db.entry)}
+    if db.entry.replica_type == "s3":
+        environ["LITESTREAM_S3_DEBUG"] = "request"  # read by the child, never passed on (see _Seen)
     try:
-        try:
-            proc = child.run(
-                # -I: the workspace's folder on sys.path must not decide which backup.query runs.
-                [sys.executable, "-I", "-m", "backup.query"], QUERY_TIMEOUT, what="the query",
-                input=json.dumps(request), env=environ,
-            )
-        except child.ChildTimeout as exc:
-            raise BackupError(f"{exc.message} (it was stopped): narrow it with WHERE or LIMIT, or "
-                              "restore a copy with 'inv backup.restore --output PATH' and query that") from None
-        asked = vfs_requests(log.read_text("utf-8", errors="replace"), files)
-    finally:
-        log.unlink(missing_ok=True)
+        proc = child.run(
+            # -I: the workspace's folder on sys.path must not decide which backup.query runs.
+            [sys.executable, "-I", "-m", "backup.query"], QUERY_TIMEOUT, what="the query",
+            input=json.dumps(request), env=environ,
+        )
+    except child.ChildTimeout as exc:
+        raise BackupError(f"{exc.message} (it was stopped): narrow it with WHERE or LIMIT, or "
+                          "restore a copy with 'inv backup.restore --output PATH' and query that") from None
     try:
         answer = json.loads(proc.stdout or "null")
     except ValueError:
@@ -459,62 +446,33 @@ def _ask(request: dict[str, Any], workspace: Any, db: Any, files: list[LtxFile])
         raise BackupError(settings.mask(f"the query process failed (exit {proc.returncode}): {last[0]}"))
     if "error" in answer:
         raise BackupError(settings.mask(_explain(answer)))
-    return answer, asked
+    return answer, _requests_of(answer.get("requests") or [], files)
 
 
-def _alive(pid: str) -> bool:
-    import psutil
-
-    return pid.isdigit() and psutil.pid_exists(int(pid))
-
-
-# What the VFS fetches, as its debug log tells it (litestream's vfs.go and replica_client.go):
-# each plan lists the snapshot level, then levels 8 to 0 (one "finding ltx files for level"
-# line each); a plan at a time (all but the first, when the file opens) also HEADs every file
-# for the time stamped on it; each file of a plan costs a GET of its page index (the last
-# 32 KB) and one of its header; opening reads one header for the page size; each page read
-# from storage is one ranged GET of its frame; a poll lists levels 0 and 1.
-_LOG_LINE = re.compile(r'msg="(?P<msg>[^"]*)"(?P<rest>.*)')
-_FIELD = re.compile(r'(\w+)=("[^"]*"|\S+)')
-_ELEM = re.compile(r"Level:(\d+) MinTXID:(\w+) MaxTXID:(\w+) Offset:\d+ Size:(\d+)")
-PAGE_INDEX_READ = 32 * 1024  # replica_client.go's DefaultEstimatedPageIndexSize
-LTX_HEADER = 100
-
-
-def vfs_requests(log: str, files: list[LtxFile]) -> Requests:
-    """Count what the VFS asked of the replica from its debug log (``files``: the listing,
-    for the files' sizes and how many a timed plan HEADs)."""
-    sizes = {(f.level, f.min_txid, f.max_txid): f.size for f in files}
-    frames: dict[str, int] = {}  # page number -> size of its frame, as the index last said
-    lists = gets = heads = downloaded = plans = 0
-    for line in log.splitlines():
-        found = _LOG_LINE.search(line)
-        if not found:
-            continue
-        msg, fields = found["msg"], dict(_FIELD.findall(found["rest"]))
-        if msg == "adding page index":
-            elem = _ELEM.search(fields.get("elem", ""))
-            if elem:
-                frames[fields.get("page", "")] = int(elem[4])
-        elif msg in ("data read from storage", "transient page fetch error, retrying"):
-            gets += 1
-            downloaded += frames.get(fields.get("page", ""), 0)
-        elif msg == "opening page index":
-            key = (int(fields.get("level", "0")), int(fields.get("min", "0"), 16), int(fields.get("max", "0"), 16))
-            gets += 2
-            downloaded += min(sizes.get(key, PAGE_INDEX_READ), PAGE_INDEX_READ) + LTX_HEADER
-        elif msg == "finding ltx files for level":
+def _requests_of(seen: list[list[Any]], files: list[LtxFile]) -> Requests:
+    """The child's requests ([kind, key, first byte, last byte]) as counts; a GET's bytes from
+    its range (open-ended: to the end of the object, whose size the listing gives)."""
+    sizes = {_ltx_key(f): f.size for f in files}
+    lists = gets = heads = downloaded = 0
+    for kind, key, first, last in seen:
+        if kind == "list":
             lists += 1
-            if fields.get("level") == "8":  # a plan begins: its snapshot level was listed first
-                lists += 1
-                heads += len(files) if plans else 0
-                plans += 1
-        elif msg == "opening file":
+        elif kind == "head":
+            heads += 1
+        else:
             gets += 1
-            downloaded += LTX_HEADER
-        elif msg == "polling replica client":
-            lists += 2
+            end = last if last is not None else sizes.get(_key_tail(key), 0) - 1
+            downloaded += max(0, end - (first or 0) + 1)
     return Requests(lists, gets, heads, downloaded)
+
+
+def _ltx_key(f: LtxFile) -> str:
+    """How an LTX file's object key ends: <level, 4 hex digits>/<min txid>-<max txid>.ltx."""
+    return f"{f.level:04x}/{f.min_txid:016x}-{f.max_txid:016x}.ltx"
+
+
+def _key_tail(key: str) -> str:
+    return "/".join(key.rsplit("/", 2)[-2:])
 
 
 def _explain(answer: dict[str, Any]) -> str:
@@ -534,15 +492,77 @@ def _explain(answer: dict[str, Any]) -> str:
 def _child() -> int:
     """Read the request on stdin, answer on the original stdout (the VFS logs to fd 1)."""
     answer_to = os.fdopen(os.dup(1), "w", encoding="utf-8")
-    os.dup2(2, 1)
+    seen = _Seen() if os.environ.get("LITESTREAM_S3_DEBUG") else None
+    if seen is None:
+        os.dup2(2, 1)
     request = json.load(sys.stdin)
     try:
         result = _answer(request["sql"], request.get("time"), bool(request.get("scan_to")), request.get("budget"))
     except _Refused as exc:
         result = {"error": exc.kind, "message": str(exc)}
+    if seen is not None:
+        result["requests"] = seen.close()
     json.dump(result, answer_to)
     answer_to.close()
     return 0
+
+
+class _Seen:
+    """The S3 requests the VFS makes, read from the AWS SDK's dump of each one on this
+    process's stderr (LITESTREAM_S3_DEBUG=request). A dump is consumed here and never passed
+    on (its Authorization line names the access key id); every other line, the VFS's own
+    log (fd 1) included, goes on to the real stderr."""
+
+    def __init__(self) -> None:
+        self.requests: list[list[Any]] = []
+        self._out = os.dup(2)
+        read, self._write = os.pipe()
+        os.dup2(self._write, 2)
+        os.dup2(self._write, 1)
+        self._thread = threading.Thread(target=self._read, args=(read,), daemon=True)
+        self._thread.start()
+
+    def _read(self, fd: int) -> None:
+        dump: list[str] | None = None
+        with os.fdopen(fd, "rb") as stream:
+            for raw in stream:
+                line = raw.decode("utf-8", "replace").rstrip("\r\n")
+                if line.startswith("SDK ") and line.endswith(" Request"):
+                    if dump:
+                        self._note(dump)
+                    dump = []
+                elif dump is not None:
+                    if line:
+                        dump.append(line)
+                    else:  # the blank line after a request's headers
+                        self._note(dump)
+                        dump = None
+                else:
+                    os.write(self._out, raw)
+        if dump:
+            self._note(dump)
+
+    def _note(self, dump: list[str]) -> None:
+        method, _, rest = dump[0].partition(" ")
+        path, _, query = rest.split(" ")[0].partition("?")
+        kind = "head" if method == "HEAD" else "list" if "list-type=" in query else "get" if method == "GET" else ""
+        if not kind:
+            return
+        first = last = None
+        for header in dump[1:]:
+            name, _, value = header.partition(":")
+            span = re.match(r"\s*bytes=(\d+)-(\d*)", value) if name.strip().lower() == "range" else None
+            if span:
+                first, last = int(span[1]), int(span[2]) if span[2] else None
+        self.requests.append([kind, unquote(path), first, last])
+
+    def close(self) -> list[list[Any]]:
+        """Every request seen, once the VFS is done: its stderr and stdout back as they were."""
+        os.dup2(self._out, 2)
+        os.dup2(self._out, 1)
+        os.close(self._write)
+        self._thread.join(timeout=10)
+        return self.requests
 
 
 class _Refused(Exception):
@@ -553,8 +573,14 @@ class _Refused(Exception):
 
 def scans(detail: str) -> bool:
     """Does a line of EXPLAIN QUERY PLAN read a whole table (``SCAN t``, not through an index
-    that narrows it)? Through the VFS that fetches the table page by page."""
+    that narrows it), or all of it from one end (``SEARCH t USING INTEGER PRIMARY KEY
+    (rowid>?)``: a range with one bound and no equality)? Through the VFS that fetches the
+    table page by page."""
     words = detail.split()
+    if words[:1] == ["SEARCH"]:
+        found = re.search(r"\(([^()]*)\)\s*$", detail)
+        constraint = (found[1] if found else "").replace(">=", ">").replace("<=", "<")
+        return "=" not in constraint and (">" in constraint) != ("<" in constraint)
     return words[:1] == ["SCAN"] and words[1:3] != ["CONSTANT", "ROW"] and "USING INDEX" not in detail \
         and "USING PRIMARY KEY" not in detail and "USING INTEGER PRIMARY KEY" not in detail
 
@@ -569,27 +595,31 @@ def _answer(sql: str, when: str | None, scan_to: bool = False, budget: float | N
         loader.load_extension(litestream_vfs.loadable_path())
         con = apsw.Connection("file:replica.db?vfs=litestream",
                               flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+    except apsw.Error as exc:
+        raise _Refused("vfs", str(exc)) from None
+    con.authorizer = authorizer(apsw)
+    if scan_to:
+        # The plan, from the schema as it is now, before the point is set: setting it plans
+        # the replica a second time, which a scan answered from a copy never needs.
+        try:
+            details = [str(row[-1]) for row in con.execute(f"EXPLAIN QUERY PLAN {sql}")]
+        except apsw.Error:
+            details = []  # the statement itself says what is wrong, below
+        if any(scans(d) for d in details):
+            return {"scans": True}
+    try:
         if when:
             con.execute("SELECT litestream_set_time(?)", (when,)).fetchall()
         txid, time = con.execute("SELECT litestream_txid(), litestream_time()").fetchone()
     except apsw.Error as exc:
         raise _Refused("vfs", str(exc)) from None
 
-    con.authorizer = authorizer(apsw)
     statements = 0
 
     def one_statement(_cursor: Any, _sql: str, _bindings: Any) -> bool:
         nonlocal statements
         statements += 1
         return statements == 1
-
-    if scan_to:
-        try:
-            details = [str(row[-1]) for row in con.execute(f"EXPLAIN QUERY PLAN {sql}")]
-        except apsw.Error:
-            details = []  # the statement itself says what is wrong, below
-        if any(scans(d) for d in details):
-            return {"scans": True, "txid": txid, "time": time}
 
     cursor = con.cursor()
     cursor.exec_trace = one_statement

@@ -74,7 +74,11 @@ def check_time_travel(ws: Workspace) -> None:
     assert "four" in table and f"at txid {latest['txid']}" in table and "(1 row from the replica" in table
     # A point lookup, which the VFS would answer from a few pages: the kept copy answers it
     # (the replica has not moved on), with one LIST and nothing downloaded.
-    assert "a local copy of it)" in table and "(asked the replica: 1 LIST; 0 B downloaded)" in table
+    assert "a local copy of it)" in table
+    if (ws.path / "litestream.yml").read_text().count("type: s3"):  # requests are counted on S3
+        assert "(asked the replica: 1 LIST; 0 B downloaded)" in table
+    else:
+        assert "asked the replica" not in table and latest["requests"] is None and latest["bytes"] is None
 
     assert "only a statement that reads" in refused(ws, "delete from items")
     assert "only a statement that reads" in refused(ws, "create table x (y)")
@@ -202,6 +206,10 @@ def test_a_refused_statement_asks_nothing_of_the_replica(r2ws, s3_endpoint):
     ("SEARCH items USING INDEX items_kind (kind=?)", False),
     ("SCAN CONSTANT ROW", False),
     ("SCAN items USING INDEX items_kind", False),  # in index order, as far as the query reads
+    ("SEARCH items USING INTEGER PRIMARY KEY (rowid>?)", True),  # from one end to the other
+    ("SEARCH items USING COVERING INDEX items_kind (kind<?)", True),
+    ("SEARCH items USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)", False),  # a bounded range
+    ("SEARCH items USING INDEX items_kind (kind=? AND rowid>?)", False),  # narrowed by equality
 ])
 def test_a_plan_that_scans_a_table_is_answered_from_a_copy(detail, scan):
     assert query.scans(detail) is scan
@@ -302,9 +310,9 @@ def test_the_first_choice_of_auto(via, kept, download, chosen):
 
 
 def test_a_statement_still_reading_through_the_vfs_after_its_budget_is_stopped(r2ws):
-    """A range over the whole primary key is no SCAN in the plan, yet reads every page: through
-    the VFS it would fetch the table page by page. Past its budget the child stops it and
-    says so (auto then answers from a local copy); with no budget it answers."""
+    """A statement that reads every page through the VFS fetches the table page by page. Past
+    its budget the child stops it and says so (auto then answers from a local copy); with no
+    budget it answers."""
     import os
     import sqlite3
 
@@ -320,8 +328,9 @@ def test_a_statement_still_reading_through_the_vfs_after_its_budget_is_stopped(r
     workspace = Workspace.load(config.load(ws.path, environ={**os.environ, **ws.env}))
     db = workspace.databases[0]
     files = db.replica.relist()
+    # (auto's plan check would send this one to a copy first: here the budget alone is tried)
     request = {"sql": "select count(*) from items where id > 0", "time": query._rfc3339_ms(query.LATEST),
-               "scan_to": True}
+               "scan_to": False}
     stopped, asked = query._ask({**request, "budget": 0}, workspace, db, files)
     assert stopped.get("over_budget") and asked.gets < 300, (stopped, asked)  # it read for a moment only
     answered, asked = query._ask({**request, "budget": None}, workspace, db, files)
