@@ -111,7 +111,15 @@ class Requests:
     def describe(self) -> str:
         counts = [f"{n} {what}{'s' if n != 1 else ''}" for n, what in
                   ((self.lists, "LIST"), (self.gets, "GET"), (self.heads, "HEAD")) if n]
-        return f"asked the replica: {', '.join(counts) or 'nothing'}; {size_text(self.bytes)} downloaded"
+        return (f"asked the replica: {', '.join(counts) or 'nothing'}; {size_text(self.bytes)} downloaded; "
+                f"${self.price:.6f} at R2's list price")
+
+    @property
+    def price(self) -> float:
+        """In US dollars on R2: LISTs are Class A, GETs and HEADs Class B, downloads free."""
+        from .cost import PRICE_CLASS_A, PRICE_CLASS_B
+
+        return self.lists * PRICE_CLASS_A + (self.gets + self.heads) * PRICE_CLASS_B
 
 
 def _cell(value: Any) -> str:
@@ -267,10 +275,11 @@ def run(workspace: Any, db: Any, sql: str, timestamp: datetime | None = None, tx
 # the VFS's set-up (it plans twice and reads each file's page index and header: 0.8 s on
 # the local S3 server, where 128 MB restore in 1.9 s): auto restores a copy straight away.
 # Above it, the VFS child gets half the guessed restore time, from its start, before the
-# statement is stopped and a copy answers; at least MIN_STATEMENT for the statement itself.
+# statement is stopped and a copy answers; at least MIN_STATEMENT for the statement itself
+# (a point lookup's few pages: each a ranged GET, ~50 ms on the local S3 server).
 RESTORE_RATE = 100e6
 COPY_UNDER = 128 * 2**20
-MIN_STATEMENT = 0.25
+MIN_STATEMENT = 1.0
 
 
 def first_choice(via: str, kept: bool, download: int) -> str:
@@ -585,6 +594,15 @@ def scans(detail: str) -> bool:
         and "USING PRIMARY KEY" not in detail and "USING INTEGER PRIMARY KEY" not in detail
 
 
+def joins_many(details: list[str]) -> bool:
+    """Does a plan look rows up in one table for each of many rows of another (a join whose
+    outer loop is not a lookup of one row by its key)? Through the VFS each lookup is a page
+    fetched, one request at a time."""
+    tables = [d for d in details if d.split()[:1] in (["SCAN"], ["SEARCH"]) and "CONSTANT ROW" not in d]
+    one_row = re.compile(r"USING (INTEGER )?PRIMARY KEY \((rowid|[^()]*)=\?\)\s*$")
+    return len(tables) > 1 and not one_row.search(tables[0])
+
+
 def _answer(sql: str, when: str | None, scan_to: bool = False, budget: float | None = None) -> dict[str, Any]:
     import apsw
     import litestream_vfs
@@ -605,7 +623,7 @@ def _answer(sql: str, when: str | None, scan_to: bool = False, budget: float | N
             details = [str(row[-1]) for row in con.execute(f"EXPLAIN QUERY PLAN {sql}")]
         except apsw.Error:
             details = []  # the statement itself says what is wrong, below
-        if any(scans(d) for d in details):
+        if any(scans(d) for d in details) or joins_many(details):
             return {"scans": True}
     try:
         if when:

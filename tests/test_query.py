@@ -76,7 +76,7 @@ def check_time_travel(ws: Workspace) -> None:
     # (the replica has not moved on), with one LIST and nothing downloaded.
     assert "a local copy of it)" in table
     if (ws.path / "litestream.yml").read_text().count("type: s3"):  # requests are counted on S3
-        assert "(asked the replica: 1 LIST; 0 B downloaded)" in table
+        assert "(asked the replica: 1 LIST; 0 B downloaded; $0.000005 at R2's list price)" in table
     else:
         assert "asked the replica" not in table and latest["requests"] is None and latest["bytes"] is None
 
@@ -213,6 +213,16 @@ def test_a_refused_statement_asks_nothing_of_the_replica(r2ws, s3_endpoint):
 ])
 def test_a_plan_that_scans_a_table_is_answered_from_a_copy(detail, scan):
     assert query.scans(detail) is scan
+
+
+@pytest.mark.parametrize("details, many", [
+    (["SEARCH t USING INDEX tags_tag (tag=?)", "SEARCH i USING INTEGER PRIMARY KEY (rowid=?)"], True),
+    (["SEARCH i USING INTEGER PRIMARY KEY (rowid=?)", "SEARCH t USING INDEX tags_item (item_id=?)"], False),
+    (["SEARCH i USING INTEGER PRIMARY KEY (rowid=?)"], False),  # one table: no join
+    (["SEARCH t USING INDEX tags_tag (tag=?)"], False),
+])
+def test_a_join_that_looks_up_many_rows_is_answered_from_a_copy(details, many):
+    assert query.joins_many(details) is many
 
 
 def test_the_time_of_the_latest_state_does_not_move_when_a_compaction_rewrites_its_files(r2ws):
