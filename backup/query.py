@@ -31,7 +31,6 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from time import monotonic
 from typing import Any
 from urllib.parse import quote, unquote, urlencode
 
@@ -269,14 +268,13 @@ def run(workspace: Any, db: Any, sql: str, timestamp: datetime | None = None, tx
                   requests=asked if db.entry.replica_type == "s3" else None)
 
 
-# auto's bounds, so a query takes at most about 1.5 times a restore plus the statement on
-# the copy (bench/query_cost.py). A restore is guessed at 100 MB/s, faster than most links,
-# so the guess errs short. Under COPY_UNDER bytes to download, a restore costs no more than
-# the VFS's set-up (it plans twice and reads each file's page index and header: 0.8 s on
-# the local S3 server, where 128 MB restore in 1.9 s): auto restores a copy straight away.
-# Above it, the VFS child gets half the guessed restore time, from its start, before the
-# statement is stopped and a copy answers; at least MIN_STATEMENT for the statement itself
-# (a point lookup's few pages: each a ranged GET, ~50 ms on the local S3 server).
+# auto's bounds, so a query takes little more than a restore plus the statement on the copy
+# (bench/query_cost.py). A restore is guessed at 100 MB/s. Under COPY_UNDER bytes to
+# download, a restore costs no more than the VFS's set-up (it plans twice and reads each
+# file's page index and header: 0.8 s on the local S3 server, where 128 MB restore in
+# 1.9 s): auto restores a copy straight away. Above it, a statement through the VFS gets
+# half the guessed restore time (at least MIN_STATEMENT: a point lookup's few pages, each a
+# ranged GET of up to 80 ms on the local S3 server) before it is stopped and a copy answers.
 RESTORE_RATE = 100e6
 COPY_UNDER = 128 * 2**20
 MIN_STATEMENT = 1.0
@@ -641,11 +639,8 @@ def _answer(sql: str, when: str | None, scan_to: bool = False, budget: float | N
 
     cursor = con.cursor()
     cursor.exec_trace = one_statement
-    # Over its budget (counted from this process's start), the statement is interrupted: the
-    # parent takes a local copy instead.
-    timer = None
-    if budget is not None:
-        timer = threading.Timer(max(MIN_STATEMENT, budget - (monotonic() - _STARTED)), con.interrupt)
+    # Over its budget, the statement is interrupted: the parent takes a local copy instead.
+    timer = threading.Timer(max(MIN_STATEMENT, budget), con.interrupt) if budget is not None else None
     try:
         if timer:
             timer.start()
@@ -671,5 +666,4 @@ def _answer(sql: str, when: str | None, scan_to: bool = False, budget: float | N
 
 
 if __name__ == "__main__":
-    _STARTED = monotonic()
     sys.exit(_child())
