@@ -242,9 +242,11 @@ def run(workspace: Any, db: Any, sql: str, timestamp: datetime | None = None, tx
         # the VFS compares the times litestream's writer stamped, on its own clock.
         when = LATEST
     kept = _kept_copy(workspace.settings, db, files, args)
-    if first_choice(via, kept is not None and kept.is_file(), _restore_requests(files, args).bytes) == COPY:
+    planned = plan_here(db.path, sql) if via == AUTO else None
+    if first_choice(via, kept is not None and kept.is_file(), _restore_requests(files, args).bytes) == COPY \
+            or (planned is not None and too_many_pages(planned)):
         return _from_copy(workspace, db, sql, args, files, listed)
-    request = {"sql": sql, "time": _rfc3339_ms(when), "scan_to": via == AUTO,
+    request = {"sql": sql, "time": _rfc3339_ms(when), "scan_to": via == AUTO and planned is None,
                "budget": _budget(files, args) if via == AUTO else None}
     answer, asked = _ask(request, workspace, db, files)
     asked += listed
@@ -286,6 +288,30 @@ def first_choice(via: str, kept: bool, download: int) -> str:
     if via != AUTO:
         return via
     return COPY if kept or download < COPY_UNDER else VFS
+
+
+def plan_here(db: Path, sql: str) -> list[str] | None:
+    """The statement's query plan from the database on this machine (its schema, read-only,
+    under the same authorizer; no row is read), which spares the VFS's set-up when the plan
+    sends the query to a copy. None when there is no such database or it cannot plan it
+    (a table it does not have yet): then the VFS is asked."""
+    import sqlite3
+
+    if not db.is_file():
+        return None
+    try:
+        # immutable: no lock, no -wal or -shm made (a plan needs only the schema; one in the
+        # WAL alone is not seen, and then the VFS plans it)
+        con = sqlite3.connect(f"{db.absolute().as_uri()}?mode=ro&immutable=1", uri=True)
+    except sqlite3.Error:
+        return None
+    try:
+        con.set_authorizer(authorizer(sqlite3))
+        return [str(row[-1]) for row in con.execute(f"EXPLAIN QUERY PLAN {sql}")]
+    except sqlite3.Error:
+        return None
+    finally:
+        con.close()
 
 
 def _budget(files: list[LtxFile], args: list[str]) -> float:
@@ -579,17 +605,23 @@ class _Refused(Exception):
 
 
 def scans(detail: str) -> bool:
-    """Does a line of EXPLAIN QUERY PLAN read a whole table (``SCAN t``, not through an index
-    that narrows it), or all of it from one end (``SEARCH t USING INTEGER PRIMARY KEY
-    (rowid>?)``: a range with one bound and no equality)? Through the VFS that fetches the
-    table page by page."""
+    """Does a line of EXPLAIN QUERY PLAN read a table page by page through the VFS: a scan
+    (``SCAN t``, not through an index that narrows it), or a range (``SEARCH t USING INTEGER
+    PRIMARY KEY (rowid>?)``, bounded or not, with no equality to narrow it)? Each page is a
+    request of its own (about four a second on the local S3 server), so only lookups by
+    equality stay with the VFS."""
     words = detail.split()
     if words[:1] == ["SEARCH"]:
         found = re.search(r"\(([^()]*)\)\s*$", detail)
         constraint = (found[1] if found else "").replace(">=", ">").replace("<=", "<")
-        return "=" not in constraint and (">" in constraint) != ("<" in constraint)
+        return "=" not in constraint and (">" in constraint or "<" in constraint)
     return words[:1] == ["SCAN"] and words[1:3] != ["CONSTANT", "ROW"] and "USING INDEX" not in detail \
         and "USING PRIMARY KEY" not in detail and "USING INTEGER PRIMARY KEY" not in detail
+
+
+def too_many_pages(details: list[str]) -> bool:
+    """Would this plan read many pages through the VFS (a scan, a range, a many-row join)?"""
+    return any(scans(d) for d in details) or joins_many(details)
 
 
 def joins_many(details: list[str]) -> bool:
@@ -621,7 +653,7 @@ def _answer(sql: str, when: str | None, scan_to: bool = False, budget: float | N
             details = [str(row[-1]) for row in con.execute(f"EXPLAIN QUERY PLAN {sql}")]
         except apsw.Error:
             details = []  # the statement itself says what is wrong, below
-        if any(scans(d) for d in details) or joins_many(details):
+        if too_many_pages(details):
             return {"scans": True}
     try:
         if when:

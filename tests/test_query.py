@@ -197,6 +197,13 @@ def test_a_refused_statement_asks_nothing_of_the_replica(r2ws, s3_endpoint):
     assert "one statement at a time" in refused(r2ws, "select 1; select 2")
     assert "not a read: pragma user_version with a value" in refused(r2ws, "pragma user_version = 1")
     assert requests() == before
+    # A point outside the window is refused from the listing (one LIST): no object is read.
+    text = MOTO_LOGS[s3_endpoint].read_text("utf-8", errors="replace")
+    assert "is before the earliest backup" in refused(r2ws, "select 1", "--timestamp", "2020-01-01T00:00:00Z")
+    time.sleep(0.3)
+    asked = [line for line in MOTO_LOGS[s3_endpoint].read_text("utf-8", errors="replace")[len(text):].splitlines()
+             if f" /{r2ws.bucket}" in line]
+    assert asked and all("list-type=2" in line for line in asked), asked
 
 
 @pytest.mark.parametrize("detail, scan", [
@@ -208,7 +215,7 @@ def test_a_refused_statement_asks_nothing_of_the_replica(r2ws, s3_endpoint):
     ("SCAN items USING INDEX items_kind", False),  # in index order, as far as the query reads
     ("SEARCH items USING INTEGER PRIMARY KEY (rowid>?)", True),  # from one end to the other
     ("SEARCH items USING COVERING INDEX items_kind (kind<?)", True),
-    ("SEARCH items USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)", False),  # a bounded range
+    ("SEARCH items USING INTEGER PRIMARY KEY (rowid>? AND rowid<?)", True),  # a range, page by page
     ("SEARCH items USING INDEX items_kind (kind=? AND rowid>?)", False),  # narrowed by equality
 ])
 def test_a_plan_that_scans_a_table_is_answered_from_a_copy(detail, scan):
@@ -345,3 +352,20 @@ def test_a_statement_still_reading_through_the_vfs_after_its_budget_is_stopped(r
     assert stopped.get("over_budget") and asked.gets < 300, (stopped, asked)  # it read for a moment only
     answered, asked = query._ask({**request, "budget": None}, workspace, db, files)
     assert answered["rows"] == [[6003]] and asked.gets > 600, asked  # page by page: what the budget spares
+
+
+def test_the_plan_is_read_from_the_database_here_read_only(tmp_path):
+    """auto plans from the database on this machine (its schema), which spares the VFS's
+    set-up for a query a copy will answer; nothing there changes, and where it cannot plan
+    (no file, a table it lacks) the VFS is asked instead."""
+    db = tmp_path / "chora.db"
+    make_db(db, 3)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    plan = query.plan_here(db, "select count(*) from items")
+    assert plan and query.too_many_pages(plan)
+    lookup = query.plan_here(db, "select body from items where id = 2")
+    assert lookup and not query.too_many_pages(lookup)
+    assert query.plan_here(db, "select * from not_yet") is None
+    assert query.plan_here(tmp_path / "absent.db", "select 1") is None
+    assert query.plan_here(db, "delete from items") is None  # the authorizer: no write, even planned
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
