@@ -23,6 +23,7 @@ Python's ``sqlite3`` often cannot load extensions (pyenv, macOS): ``apsw`` can.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -348,9 +349,11 @@ def _from_copy(workspace: Any, db: Any, sql: str, args: list[str], files: list[L
             # No timeout: a download of the whole database takes as long as its size and the link need.
             txid = str(db.replica.json("restore", "-o", str(path), *args, timeout=None).get("txid") or "")
             asked += _restore_requests(files, args)
-            if kept is not None:
+            if kept is not None and txid:
                 for old in folder.glob(f"{kept.stem.rpartition('-')[0]}-*.db"):  # one kept copy a database
-                    old.unlink(missing_ok=True)
+                    with contextlib.suppress(OSError):  # (on Windows, one another query has open)
+                        old.unlink()
+                kept = kept.with_name(f"{kept.stem.rpartition('-')[0]}-{txid}.db")  # what it holds
                 os.replace(path, kept)
                 path = kept
         answer = _answer_local(path, sql)
@@ -369,7 +372,7 @@ def _kept_copy(settings: Any, db: Any, files: list[LtxFile], args: list[str]) ->
     latest = plan(files).max_txid if not args else None
     if latest is None:
         return None
-    key = hashlib.sha256(str(db.path).encode("utf-8")).hexdigest()[:16]
+    key = hashlib.sha256(f"{db.path}\n{db.entry.replica}".encode("utf-8")).hexdigest()[:16]
     return copies(settings) / f"{key}-{latest:016x}.db"
 
 
@@ -387,11 +390,13 @@ def _restore_requests(files: list[LtxFile], args: list[str]) -> Requests:
         from .timeparse import parse
 
         at = parse(args[1])
-        chain = plan(f for f in files if f.timestamp <= at).files
+        chain = plan(f for f in files if f.timestamp < at).files
     else:
         chain = plan(files).files
     plans = 1 if at_txid else 2
     lists = plans * LISTS_PER_PLAN + (0 if at_txid else 1 + LISTS_PER_PLAN)
+    if at_txid and chain and len(chain) == 1 and chain[0].max_txid == upto:
+        lists = 1  # the snapshot reaches the txid: litestream plans no further than its level
     heads = plans * len(files) if args[:1] == ["-timestamp"] else 0
     return Requests(lists, len(chain), heads, sum(f.size for f in chain))
 
@@ -458,7 +463,11 @@ def _rfc3339_ms(when: datetime) -> str:
 def _ask(request: dict[str, Any], workspace: Any, db: Any, files: list[LtxFile]) -> tuple[dict[str, Any], Requests]:
     """Ask the VFS child; count what it asked of an S3 replica from the requests it saw."""
     settings = workspace.settings
-    environ = {**workspace.litestream.environment(), "LITESTREAM_REPLICA_URL": replica_url(db.entry)}
+    # litestream's environment, without the VFS's own switches a user may have set
+    # (hydration would download the whole database unasked, write support would write)
+    environ = {name: value for name, value in workspace.litestream.environment().items()
+               if not name.startswith("LITESTREAM_") or name in VFS_KEEPS}
+    environ["LITESTREAM_REPLICA_URL"] = replica_url(db.entry)
     if db.entry.replica_type == "s3":
         environ["LITESTREAM_S3_DEBUG"] = "request"  # read by the child, never passed on (see _Seen)
     try:
@@ -480,6 +489,9 @@ def _ask(request: dict[str, Any], workspace: Any, db: Any, files: list[LtxFile])
     if "error" in answer:
         raise BackupError(settings.mask(_explain(answer)))
     return answer, _requests_of(answer.get("requests") or [], files)
+
+
+VFS_KEEPS = frozenset({"LITESTREAM_ACCESS_KEY_ID", "LITESTREAM_SECRET_ACCESS_KEY"})
 
 
 def _requests_of(seen: list[list[Any]], files: list[LtxFile]) -> Requests:
@@ -528,13 +540,17 @@ def _child() -> int:
     seen = _Seen() if os.environ.get("LITESTREAM_S3_DEBUG") else None
     if seen is None:
         os.dup2(2, 1)
-    request = json.load(sys.stdin)
     try:
-        result = _answer(request["sql"], request.get("time"), bool(request.get("scan_to")), request.get("budget"))
-    except _Refused as exc:
-        result = {"error": exc.kind, "message": str(exc)}
-    if seen is not None:
-        result["requests"] = seen.close()
+        request = json.load(sys.stdin)
+        try:
+            result = _answer(request["sql"], request.get("time"), bool(request.get("scan_to")),
+                             request.get("budget"))
+        except _Refused as exc:
+            result = {"error": exc.kind, "message": str(exc)}
+    finally:
+        requests = seen.close() if seen is not None else None  # the VFS's connections are closed
+    if requests is not None:
+        result["requests"] = requests
     json.dump(result, answer_to)
     answer_to.close()
     return 0
@@ -552,6 +568,7 @@ class _Seen:
         read, self._write = os.pipe()
         os.dup2(self._write, 2)
         os.dup2(self._write, 1)
+        sys.stderr = os.fdopen(os.dup(self._out), "w", encoding="utf-8")  # Python's own: not via the pipe
         self._thread = threading.Thread(target=self._read, args=(read,), daemon=True)
         self._thread.start()
 
@@ -606,22 +623,26 @@ class _Refused(Exception):
 
 def scans(detail: str) -> bool:
     """Does a line of EXPLAIN QUERY PLAN read a table page by page through the VFS: a scan
-    (``SCAN t``, not through an index that narrows it), or a range (``SEARCH t USING INTEGER
-    PRIMARY KEY (rowid>?)``, bounded or not, with no equality to narrow it)? Each page is a
-    request of its own (about four a second on the local S3 server), so only lookups by
-    equality stay with the VFS."""
+    (``SCAN t``, in an index's order or not), or a range (``SEARCH t USING INTEGER PRIMARY
+    KEY (rowid>?)``, bounded or not, with no equality to narrow it)? Each page is a request
+    of its own (about four a second on the local S3 server), so only lookups by equality
+    stay with the VFS."""
     words = detail.split()
     if words[:1] == ["SEARCH"]:
         found = re.search(r"\(([^()]*)\)\s*$", detail)
         constraint = (found[1] if found else "").replace(">=", ">").replace("<=", "<")
         return "=" not in constraint and (">" in constraint or "<" in constraint)
-    return words[:1] == ["SCAN"] and words[1:3] != ["CONSTANT", "ROW"] and "USING INDEX" not in detail \
-        and "USING PRIMARY KEY" not in detail and "USING INTEGER PRIMARY KEY" not in detail
+    return words[:1] == ["SCAN"] and words[1:3] != ["CONSTANT", "ROW"] and "VIRTUAL TABLE" not in detail
 
 
 def too_many_pages(details: list[str]) -> bool:
-    """Would this plan read many pages through the VFS (a scan, a range, a many-row join)?"""
-    return any(scans(d) for d in details) or joins_many(details)
+    """Would this plan read many pages through the VFS (a scan, a range, a many-row join)?
+    Its own subqueries (``CO-ROUTINE c``) and virtual tables (``json_each``) are not the
+    replica's tables: they are left out."""
+    own = frozenset(d.split()[1] for d in details if d.split()[:1] in (["CO-ROUTINE"], ["MATERIALIZE"])
+                    and len(d.split()) > 1)
+    tables = [d for d in details if d.split()[1:2] and d.split()[1] not in own and "VIRTUAL TABLE" not in d]
+    return any(scans(d) for d in tables) or joins_many(tables)
 
 
 def joins_many(details: list[str]) -> bool:
@@ -645,6 +666,14 @@ def _answer(sql: str, when: str | None, scan_to: bool = False, budget: float | N
                               flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
     except apsw.Error as exc:
         raise _Refused("vfs", str(exc)) from None
+    try:
+        return _ask_vfs(apsw, con, sql, when, scan_to, budget)
+    finally:
+        con.close()  # the VFS stops its polling and its requests before they are counted
+        loader.close()
+
+
+def _ask_vfs(apsw: Any, con: Any, sql: str, when: str | None, scan_to: bool, budget: float | None) -> dict[str, Any]:
     con.authorizer = authorizer(apsw)
     if scan_to:
         # The plan, from the schema as it is now, before the point is set: setting it plans

@@ -14,7 +14,7 @@ import contextlib
 import hashlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import process
@@ -116,25 +116,21 @@ def _databases(settings: Settings, config: LitestreamConfig, litestream: Litestr
     return tuple(databases)
 
 
-def _place(entry: Entry) -> tuple[object, ...]:
-    """Where an entry's replica is."""
-    return entry.replica_type, entry.endpoint, entry.bucket, entry.location.rstrip("/"), entry.region or "auto"
-
-
-def _variables(old: Entry, new: Entry, mode: str) -> str:
-    """The settings that moved a replica from ``old`` to ``new``."""
+def _changed(old: Entry, new: Entry, mode: str) -> str:
+    """The settings that put a replica somewhere else than ``old`` ("" where they agree). A
+    value the settings leave unset (a bucket only litestream.yml names) is no difference."""
     from .config import R2
 
     if old.replica_type != new.replica_type:
         return "R2 settings present" if new.replica_type == "s3" else "no R2 settings"
     named = []
-    if old.endpoint != new.endpoint:
+    if new.endpoint and old.endpoint != new.endpoint:
         named.append("R2_ENDPOINT or R2_ACCOUNT_ID")
-    if old.bucket != new.bucket:
+    if new.bucket and old.bucket != new.bucket:
         named.append("R2_BUCKET")
-    if old.location.rstrip("/") != new.location.rstrip("/"):
+    if new.location and old.location.rstrip("/") != new.location.rstrip("/"):
         named.append("BACKUP_REPLICA_PATH" if mode == R2 else "BACKUP_LOCAL_DIR or BACKUP_REPLICA_PATH")
-    return ", ".join(named) or "the region"
+    return ", ".join(named)
 
 
 def _name(path: Path, workspace: Path) -> str:
@@ -194,36 +190,45 @@ class Workspace:
         environment > .env > defaults), for a command that only reads replicas. That is where
         litestream.yml replicates, unless a setting changed since setup wrote it (R2_ENDPOINT
         in the environment, say): then the replica the settings name is read, and a note
-        names the difference. Replication itself keeps to litestream.yml until setup is re-run."""
-        from dataclasses import replace
-
+        names the difference. While a daemon runs, every command describes what it runs:
+        its replica is read, and the note says how to move it. A litestream.yml setup did not
+        write, and a setting left unset, are not second-guessed."""
         import yaml
 
         from .config import LOCAL, R2
         from .ltconfig import parse_config
         from .render import render
 
+        if not self.config.generated:
+            return self, []
         mode = LOCAL if all(e.replica_type == "file" for e in self.config.databases) else R2
         try:  # what setup would write now (not a reading of the file)
             rendered = parse_config(yaml.safe_load(render(self.settings, mode)), self.settings.config_path, True)
         except BackupError:
             return self, []  # the settings name no replica of their own: litestream.yml's it is
-        said = {e.path: e for e in rendered.databases}
+        said = {(e.path, e.pattern): e for e in rendered.databases}
+        command = "inv backup.setup" if mode == R2 else "inv backup.local --no-start"
         entries, notes, moved = [], [], set()
         for entry in self.config.databases:
-            new = said.get(entry.path)
-            if new is None or _place(new) == _place(entry):
+            new = said.get((entry.path, entry.pattern))
+            changed = _changed(entry, new, mode) if new is not None else ""
+            if not changed:
+                entries.append(entry)
+                continue
+            name = _name(entry.path, self.settings.workspace)
+            if self.running:
+                notes.append(f"{name}: the settings name {new.replica} ({changed}), but the running daemon "
+                             f"replicates to {entry.replica}, which this command reads: to move it, "
+                             f"'inv backup.stop', '{command}', then start it again")
                 entries.append(entry)
                 continue
             moved.add(entry.path)
             entries.append(replace(entry, replica_type=new.replica_type, replica=new.replica, endpoint=new.endpoint,
-                                   bucket=new.bucket, location=new.location, region=new.region))
-            command = "inv backup.setup" if mode == R2 else "inv backup.local --no-start"
-            notes.append(f"{_name(entry.path, self.settings.workspace)}: reading {new.replica}, where the settings "
-                         f"put it ({_variables(entry, new, mode)}); litestream.yml replicates to {entry.replica} "
-                         f"until '{command}' is re-run")
-        if not notes:
-            return self, []
+                                   bucket=new.bucket, location=new.location))
+            notes.append(f"{name}: reading {new.replica}, where the settings put it ({changed}); "
+                         f"litestream.yml replicates to {entry.replica} until '{command}' is re-run")
+        if not moved:
+            return self, notes
         config = replace(self.config, databases=tuple(entries))
         databases = _databases(self.settings, config, self.litestream, self.source, remember=False, moved=moved)
         return replace(self, config=config, databases=databases), notes
@@ -241,7 +246,6 @@ class Workspace:
         """This workspace plus each database a folder entry's replica holds that is not here
         (a new machine): one listing of each folder entry's place in the replica."""
         import fnmatch
-        from dataclasses import replace
 
         from .store import STORE_TYPES, open_store
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -32,6 +33,8 @@ def test_a_query_that_outlives_its_hour_says_what_to_do_instead(monkeypatch):
         def mask(text):
             return text
 
+    workspace = SimpleNamespace(settings=Settings(), litestream=SimpleNamespace(environment=dict))
+    db = SimpleNamespace(entry=SimpleNamespace(replica_type="file", location="/nowhere"))
     with pytest.raises(BackupError, match=r"the query did not answer within 3600s \(it was stopped\): "
                                           r"narrow it .*'inv backup.restore --output PATH'"):
-        query._ask({}, {}, Settings())
+        query._ask({}, workspace, db, [])
