@@ -310,7 +310,8 @@ def follow(c, output=None, interval="1s", background=False, force=False, db=None
     """Keep a read-only copy of a database that applies the replica's changes as they arrive.
 
     It reads the replica the settings name now (flags > environment > .env > defaults),
-    with a note when litestream.yml, which replication follows, names another.
+    with a note when litestream.yml, which replication follows, names another; while a
+    daemon runs, its replica, with a note.
     """
     from .follow import run_foreground, start
 
@@ -432,7 +433,8 @@ def restore(c, output=None, timestamp=None, txid=None, force=False, dry_run=Fals
     """Restore the databases from their replicas, each checked by SQLite before it replaces anything.
 
     It reads the replica the settings name now (flags > environment > .env > defaults),
-    with a note when litestream.yml, which replication follows, names another.
+    with a note when litestream.yml, which replication follows, names another; while a
+    daemon runs, its replica, with a note.
     """
     from .restore import restore as do_restore
 
@@ -479,7 +481,7 @@ def query(c, sql=None, timestamp=None, txid=None, db=None, json=False, via="auto
     environment > the workspace's .env > built-in defaults. The replica read is the one they
     name now (R2_ENDPOINT, R2_BUCKET, BACKUP_REPLICA_PATH, BACKUP_LOCAL_DIR), as for restore
     and snapshots; a note says so when litestream.yml, which replication follows until setup
-    is re-run, names another.
+    is re-run, names another. While a daemon runs, its replica is read, with a note.
     """
     from .query import missing, run
 
@@ -504,7 +506,8 @@ def snapshots(c, json=False, db=None):
     """List each replica's snapshots and the restorable window (earliest to latest).
 
     It reads the replica the settings name now (flags > environment > .env > defaults),
-    with a note when litestream.yml, which replication follows, names another.
+    with a note when litestream.yml, which replication follows, names another; while a
+    daemon runs, its replica, with a note.
     """
     from .restore import snapshots as list_snapshots
 
