@@ -354,6 +354,7 @@ def _from_copy(workspace: Any, db: Any, sql: str, args: list[str], files: list[L
                     with contextlib.suppress(OSError):  # (on Windows, one another query has open)
                         old.unlink()
                 kept = kept.with_name(f"{kept.stem.rpartition('-')[0]}-{txid}.db")  # what it holds
+                path.chmod(0o600)  # a copy of the data: as private as the database's own replica
                 os.replace(path, kept)
                 path = kept
         answer = _answer_local(path, sql)

@@ -74,6 +74,8 @@ def check_time_travel(ws: Workspace) -> None:
     again = ws.inv("backup.query", "select count(*) from items", "--via", "copy", env={"CHORA_BACKUP_DEBUG": "1"})
     assert again.returncode == 0 and "'restore'" not in again.stderr, again.stderr
     assert len(list((ws.state / "query").glob("*.db"))) == 1
+    if sys.platform != "win32":
+        assert [oct(p.stat().st_mode & 0o777) for p in (ws.state / "query").glob("*.db")] == ["0o600"]
     earlier = ask(ws, "select count(*) from items", "--timestamp", between, "--json")
     assert earlier["rows"] == [[3]] and earlier["txid"] == first_txid < latest["txid"]
     by_txid = ask(ws, "select body from items order by id", "--txid", first_txid, "--json")
