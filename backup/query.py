@@ -32,7 +32,7 @@ import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, unquote, urlencode
 
 from . import child
@@ -207,9 +207,10 @@ def run(workspace: Any, db: Any, sql: str, timestamp: datetime | None = None, tx
     ``via``: VFS reads the replica in place, page by page (a point lookup fetches a few
     pages); COPY restores it to a local copy first (kept in the state dir for the next query
     while the replica has not moved on) and asks that. AUTO takes the kept copy when there is
-    one; else it asks the VFS for the query plan (a few pages) and takes a copy when the plan
-    scans a table (which through the VFS would fetch the table page by page), or when the
-    statement is still reading after its budget (``_budget``).
+    one, or a copy when the replica is small (``first_choice``); else the query plan (from the
+    database here, or the VFS) sends a scan, a range or a many-row join to a copy
+    (``too_many_pages``), and the VFS answers the rest, stopped for a copy when the statement
+    is still reading after its budget.
     """
     from .restore import point_args
 
@@ -222,9 +223,9 @@ def run(workspace: Any, db: Any, sql: str, timestamp: datetime | None = None, tx
     if reason:
         raise BackupError(reason, code=EXIT_CONFIG)
     # chora-backup's own listing where it can open the replica (one LIST per 1,000 files;
-    # litestream's asks once per level)
+    # litestream's asks once per level); requests are counted for S3 replicas only
     files = db.replica.relist() if db.replica.has_store else db.replica.files()
-    listed = Requests(lists=_pages(len(files)) if db.replica.has_store else LISTS_PER_PLAN)
+    listed = Requests(lists=_pages(len(files)))
     args = point_args(files, db.path, timestamp, txid, lambda: workspace.state)  # restore's window and its errors
     if txid is not None:
         # The VFS travels by time: the moment the file ending at that txid was written
@@ -242,17 +243,18 @@ def run(workspace: Any, db: Any, sql: str, timestamp: datetime | None = None, tx
         # query's requests are bounded. A time past any file's, not the newest listed one's:
         # the VFS compares the times litestream's writer stamped, on its own clock.
         when = LATEST
-    kept = _kept_copy(workspace.settings, db, files, args)
+    copy = _Copy(_kept_copy(workspace.settings, db, files, args), _restore_requests(files, args))
     planned = plan_here(db.path, sql) if via == AUTO else None
-    if first_choice(via, kept is not None and kept.is_file(), _restore_requests(files, args).bytes) == COPY \
+    if first_choice(via, copy.kept is not None and copy.kept.is_file(), copy.restore.bytes) == COPY \
             or (planned is not None and too_many_pages(planned)):
-        return _from_copy(workspace, db, sql, args, files, listed)
+        return _from_copy(workspace, db, sql, args, files, copy, listed)
+    # auto's budget for the statement: half of what the restore would take at RESTORE_RATE
     request = {"sql": sql, "time": _rfc3339_ms(when), "scan_to": via == AUTO and planned is None,
-               "budget": _budget(files, args) if via == AUTO else None}
+               "budget": 0.5 * copy.restore.bytes / RESTORE_RATE if via == AUTO else None}
     answer, asked = _ask(request, workspace, db, files)
     asked += listed
     if answer.get("scans") or answer.get("over_budget"):
-        return _from_copy(workspace, db, sql, args, files, asked)
+        return _from_copy(workspace, db, sql, args, files, copy, asked)
     if txid is not None and answer["txid"] != f"{txid:016x}":
         raise BackupError(
             f"the VFS shows the replica by time, and txid {txid:016x} shares its second with later "
@@ -277,7 +279,7 @@ def run(workspace: Any, db: Any, sql: str, timestamp: datetime | None = None, tx
 # file's page index and header: 0.8 s on the local S3 server, where 128 MB restore in
 # 1.9 s): auto restores a copy straight away. Above it, a statement through the VFS gets
 # half the guessed restore time (at least MIN_STATEMENT: a point lookup's few pages, each a
-# ranged GET of up to 80 ms on the local S3 server) before it is stopped and a copy answers.
+# ranged GET of up to 250 ms on the local S3 server) before it is stopped and a copy answers.
 RESTORE_RATE = 100e6
 COPY_UNDER = 128 * 2**20
 MIN_STATEMENT = 1.0
@@ -315,10 +317,6 @@ def plan_here(db: Path, sql: str) -> list[str] | None:
         con.close()
 
 
-def _budget(files: list[LtxFile], args: list[str]) -> float:
-    return 0.5 * _restore_requests(files, args).bytes / RESTORE_RATE
-
-
 def _pages(count: int) -> int:
     """LISTs of a listing of ``count`` files: S3 answers 1,000 keys a page."""
     return max(1, -(-count // 1000))
@@ -329,7 +327,15 @@ def copies(settings: Any) -> Path:
     return settings.state_dir / "query"
 
 
-def _from_copy(workspace: Any, db: Any, sql: str, args: list[str], files: list[LtxFile],
+class _Copy(NamedTuple):
+    """A local copy of the point: where it is kept (None: not kept, a point in the past), and
+    what a restore of it asks of the replica."""
+
+    kept: Path | None
+    restore: Requests
+
+
+def _from_copy(workspace: Any, db: Any, sql: str, args: list[str], files: list[LtxFile], copy: _Copy,
                asked: Requests) -> Answer:
     """Restore the point to a local copy (or reuse the one kept for the latest state while the
     replica has not moved on) and ask it, read-only, with the same screen and authorizer."""
@@ -339,7 +345,7 @@ def _from_copy(workspace: Any, db: Any, sql: str, args: list[str], files: list[L
     from .files import private_dir
 
     folder = private_dir(copies(workspace.settings))
-    kept = _kept_copy(workspace.settings, db, files, args)
+    kept = copy.kept
     work = None if kept is not None and kept.is_file() else Path(tempfile.mkdtemp(prefix="restore-", dir=folder))
     try:
         if work is None:
@@ -348,7 +354,7 @@ def _from_copy(workspace: Any, db: Any, sql: str, args: list[str], files: list[L
             path = work / "copy.db"
             # No timeout: a download of the whole database takes as long as its size and the link need.
             txid = str(db.replica.json("restore", "-o", str(path), *args, timeout=None).get("txid") or "")
-            asked += _restore_requests(files, args)
+            asked += copy.restore
             if kept is not None and txid:
                 for old in folder.glob(f"{kept.stem.rpartition('-')[0]}-*.db"):  # one kept copy a database
                     with contextlib.suppress(OSError):  # (on Windows, one another query has open)
@@ -498,7 +504,9 @@ VFS_KEEPS = frozenset({"LITESTREAM_ACCESS_KEY_ID", "LITESTREAM_SECRET_ACCESS_KEY
 def _requests_of(seen: list[list[Any]], files: list[LtxFile]) -> Requests:
     """The child's requests ([kind, key, first byte, last byte]) as counts; a GET's bytes from
     its range (open-ended: to the end of the object, whose size the listing gives)."""
-    sizes = {_ltx_key(f): f.size for f in files}
+    from .store import ltx_key
+
+    sizes = {ltx_key(f, "s3"): f.size for f in files}
     lists = gets = heads = downloaded = 0
     for kind, key, first, last in seen:
         if kind == "list":
@@ -512,12 +520,8 @@ def _requests_of(seen: list[list[Any]], files: list[LtxFile]) -> Requests:
     return Requests(lists, gets, heads, downloaded)
 
 
-def _ltx_key(f: LtxFile) -> str:
-    """How an LTX file's object key ends: <level, 4 hex digits>/<min txid>-<max txid>.ltx."""
-    return f"{f.level:04x}/{f.min_txid:016x}-{f.max_txid:016x}.ltx"
-
-
 def _key_tail(key: str) -> str:
+    """How an object key ends: the part ``store.ltx_key`` names."""
     return "/".join(key.rsplit("/", 2)[-2:])
 
 

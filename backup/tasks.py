@@ -469,8 +469,9 @@ def restore(c, output=None, timestamp=None, txid=None, force=False, dry_run=Fals
         "\"get\", \"head\"}, \"bytes\"} instead of a table; default off",
         "via": "vfs (read the replica in place, page by page), copy (restore a local copy, kept in "
         "the state dir while the replica has not moved on, and ask that), or auto: the kept copy if "
-        "there is one, else the VFS unless the query plan scans a table or the statement is still "
-        "reading after its budget (about half a restore's time); default auto",
+        "there is one, a copy of a replica under 128 MB, else the VFS for a lookup by equality (a "
+        "scan, range or many-row join goes to a copy, as does a statement still reading after "
+        "half a restore's likely time); default auto",
     },
 )
 @actionable

@@ -116,6 +116,16 @@ def _databases(settings: Settings, config: LitestreamConfig, litestream: Litestr
     return tuple(databases)
 
 
+def _rendered(settings: Settings, mode: str) -> LitestreamConfig:
+    """The litestream.yml setup would write now, in ``mode`` (not a reading of the file)."""
+    import yaml
+
+    from .ltconfig import parse_config
+    from .render import render
+
+    return parse_config(yaml.safe_load(render(settings, mode)), settings.config_path, generated=True)
+
+
 def _changed(old: Entry, new: Entry, mode: str) -> str:
     """The settings that put a replica somewhere else than ``old`` ("" where they agree). A
     value the settings leave unset (a bucket only litestream.yml names) is no difference."""
@@ -176,14 +186,11 @@ class Workspace:
     def _unwritten(settings: Settings) -> LitestreamConfig:
         """The config .env would render: with no R2 settings at all, local mode's."""
         from .config import LOCAL, R2
-        from .render import render
 
-        mode = R2 if settings.bucket or settings.access_key_id else LOCAL
         try:
-            text = render(settings, mode)
+            return _rendered(settings, R2 if settings.bucket or settings.access_key_id else LOCAL)
         except BackupError:
             raise ConfigError(NO_CONFIG) from None
-        return read_config(settings.config_path, text.encode("utf-8"))
 
     def where_settings_say(self) -> tuple[Workspace, list[str]]:
         """This workspace reading each replica where the settings put it now (flags >
@@ -193,17 +200,13 @@ class Workspace:
         names the difference. While a daemon runs, every command describes what it runs:
         its replica is read, and the note says how to move it. A litestream.yml setup did not
         write, and a setting left unset, are not second-guessed."""
-        import yaml
-
         from .config import LOCAL, R2
-        from .ltconfig import parse_config
-        from .render import render
 
         if not self.config.generated:
             return self, []
         mode = LOCAL if all(e.replica_type == "file" for e in self.config.databases) else R2
-        try:  # what setup would write now (not a reading of the file)
-            rendered = parse_config(yaml.safe_load(render(self.settings, mode)), self.settings.config_path, True)
+        try:
+            rendered = _rendered(self.settings, mode)
         except BackupError:
             return self, []  # the settings name no replica of their own: litestream.yml's it is
         said = {(e.path, e.pattern): e for e in rendered.databases}
